@@ -1,0 +1,759 @@
+"""Storage backend: the interface contract, exercised on real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+import sys
+import textwrap
+import time
+
+import pytest
+
+from gatehouse.backend import Op, SQLiteBackend, open_backend
+from gatehouse.backend import sqlite as sqlite_mod
+from gatehouse.errors import AlreadyExists, BadParameter, CompareFailed, GatehouseError, LimitExceeded, NotFound
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+@pytest.fixture
+async def db(tmp_path):
+    backend = await SQLiteBackend.open(str(tmp_path / "backend.sqlite"), reap_interval=0.2)
+    yield backend
+    await backend.close()
+
+
+async def next_event(watcher, timeout=5.0):
+    return await asyncio.wait_for(watcher.__anext__(), timeout)
+
+
+async def run_python(code: str, *args: str) -> str:
+    """Run a snippet in another process (with the agent's sources importable)."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", textwrap.dedent(code), *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+# --------------------------------------------------------------------------- CRUD
+
+async def test_crud_roundtrip(db):
+    created = await db.create("users/alice", {"roles": ["access"], "n": 1})
+    assert created.key == "users/alice" and created.value == {"roles": ["access"], "n": 1}
+    assert created.revision == 1 and created.expires is None
+    assert await db.get("users/alice") == created
+
+    updated = await db.update("users/alice", {"roles": ["editor"]})
+    assert updated.revision == 2
+    assert (await db.get("users/alice")).value == {"roles": ["editor"]}
+
+    put = await db.put("users/bob", {"x": None})
+    assert put.revision == 3
+    overwritten = await db.put("users/bob", {"x": 2})
+    assert overwritten.revision == 4 and (await db.get("users/bob")).value == {"x": 2}
+
+    await db.delete("users/alice")
+    with pytest.raises(NotFound):
+        await db.get("users/alice")
+    assert await db.revision() == 5
+
+
+async def test_returned_values_are_copies(db):
+    value = {"list": [1, 2]}
+    item = await db.put("a/b", value)
+    value["list"].append(3)
+    item.value["list"].append(4)
+    assert (await db.get("a/b")).value == {"list": [1, 2]}
+
+
+async def test_get_range_sorted_and_prefix_bounded(db):
+    for key in ["roles/b", "roles/a", "users/z", "roles/c/d", "rolesx/a", "roles"]:
+        await db.put(key, {"k": key})
+    assert [i.key for i in await db.get_range("roles/")] == ["roles/a", "roles/b", "roles/c/d"]
+    assert [i.key for i in await db.get_range("roles")] == ["roles", "roles/a", "roles/b",
+                                                             "roles/c/d", "rolesx/a"]
+    assert [i.key for i in await db.get_range("")] == sorted(
+        ["roles/b", "roles/a", "users/z", "roles/c/d", "rolesx/a", "roles"])
+    assert await db.get_range("nothing/") == []
+
+
+async def test_prefix_is_not_a_like_pattern(db):
+    for key in ["a%/1", "a_b/1", "axb/1", "ab/1", "a\\/1"]:
+        await db.put(key, {})
+    assert [i.key for i in await db.get_range("a_")] == ["a_b/1"]
+    assert [i.key for i in await db.get_range("a%")] == ["a%/1"]
+    assert [i.key for i in await db.get_range("a\\")] == ["a\\/1"]
+    assert await db.delete_range("a_") == 1
+    assert [i.key for i in await db.get_range("a")] == ["a%/1", "a\\/1", "ab/1", "axb/1"]
+
+
+async def test_unicode_keys_inside_prefix(db):
+    await db.put("nodes/\U0001F600", {})
+    await db.put("nodes/\u00e9", {})
+    assert [i.key for i in await db.get_range("nodes/")] == ["nodes/\u00e9", "nodes/\U0001F600"]
+
+
+async def test_delete_range(db):
+    for key in ["tokens/a", "tokens/b", "tokens/c", "users/a"]:
+        await db.put(key, {})
+    before = await db.revision()
+    assert await db.delete_range("tokens/") == 3
+    assert await db.get_range("tokens/") == []
+    assert [i.key for i in await db.get_range("")] == ["users/a"]
+    assert await db.revision() == before + 3
+    assert await db.delete_range("tokens/") == 0
+
+
+async def test_json_stored_canonical(db, tmp_path):
+    await db.put("a/b", {"z": 1, "a": {"y": [1, "x"], "b": True}})
+    conn = sqlite3.connect(str(tmp_path / "backend.sqlite"))
+    try:
+        (text,) = conn.execute("SELECT value FROM items WHERE key = 'a/b'").fetchone()
+    finally:
+        conn.close()
+    assert text == '{"a":{"b":true,"y":[1,"x"]},"z":1}'
+
+
+# --------------------------------------------------------------------------- errors
+
+async def test_not_found_errors(db):
+    for call in (db.get("users/nobody"), db.update("users/nobody", {}),
+                 db.compare_and_swap("users/nobody", 1, {}), db.delete("users/nobody")):
+        with pytest.raises(NotFound) as info:
+            await call
+        assert str(info.value) == 'storage item "users/nobody" not found'
+        assert info.value.status == 404
+
+
+async def test_already_exists_error(db):
+    await db.create("users/alice", {"v": 1})
+    with pytest.raises(AlreadyExists) as info:
+        await db.create("users/alice", {"v": 2})
+    assert str(info.value) == 'storage item "users/alice" already exists'
+    assert (await db.get("users/alice")).value == {"v": 1}
+
+
+@pytest.mark.parametrize("key", ["", "/users/alice", "users/../etc", "..", "users//alice",
+                                 "users/alice/", "users/./x", "a\nb", "a\x00b", 42, None])
+async def test_bad_keys_rejected(db, key):
+    with pytest.raises(BadParameter) as info:
+        await db.put(key, {})
+    assert "storage key" in str(info.value) and "invalid" in str(info.value)
+    with pytest.raises(BadParameter):
+        await db.get(key)
+    assert await db.revision() == 0
+
+
+@pytest.mark.parametrize("prefix", ["/users/", "a//", "../", "a/../"])
+async def test_bad_prefixes_rejected(db, prefix):
+    with pytest.raises(BadParameter) as info:
+        await db.get_range(prefix)
+    assert "storage prefix" in str(info.value)
+    with pytest.raises(BadParameter):
+        await db.delete_range(prefix)
+
+
+@pytest.mark.parametrize("value", [["a"], "text", None, {"x": object()}, {"x": float("nan")}, {1: {2j}}])
+async def test_bad_values_rejected(db, value):
+    with pytest.raises(BadParameter) as info:
+        await db.put("a/b", value)
+    assert "a/b" in str(info.value)
+    with pytest.raises(NotFound):
+        await db.get("a/b")
+
+
+async def test_bad_expiry_and_ops_rejected(db):
+    with pytest.raises(BadParameter):
+        await db.put("a/b", {}, expires="tomorrow")
+    with pytest.raises(BadParameter):
+        await db.put("a/b", {}, expires=float("inf"))
+    with pytest.raises(BadParameter) as info:
+        await db.atomic([Op("upsert", "a/b", {})])
+    assert "unknown atomic operation 'upsert'" in str(info.value)
+    with pytest.raises(BadParameter):
+        await db.atomic([Op("cas", "a/b", {})])  # no revision
+    with pytest.raises(BadParameter):
+        await db.atomic([("put", "a/b", {})])
+    with pytest.raises(BadParameter):
+        await db.wait_for_change("5", 0.1)
+    assert await db.revision() == 0
+
+
+# --------------------------------------------------------------------------- CAS, atomic
+
+async def test_compare_and_swap(db):
+    first = await db.create("cas/root/host", {"gen": 1})
+    second = await db.compare_and_swap("cas/root/host", first.revision, {"gen": 2})
+    assert second.revision > first.revision and second.value == {"gen": 2}
+    with pytest.raises(CompareFailed) as info:
+        await db.compare_and_swap("cas/root/host", first.revision, {"gen": 3})
+    assert str(info.value) == (f'storage item "cas/root/host" was changed by another writer '
+                               f'(revision {second.revision}, expected {first.revision}); '
+                               f'read it again and retry')
+    assert info.value.status == 409
+    assert (await db.get("cas/root/host")).value == {"gen": 2}
+
+
+async def test_atomic_success_returns_per_op_results(db):
+    base = await db.put("a/base", {"v": 0})
+    await db.put("a/old", {})
+    results = await db.atomic([
+        Op("require_revision", "a/base", revision=base.revision),
+        Op("require_absent", "a/new"),
+        Op("create", "a/new", {"v": 1}),
+        Op("cas", "a/base", {"v": 1}, revision=base.revision),
+        Op("put", "a/put", {"v": 2}),
+        Op("delete", "a/old"),
+    ])
+    assert results[0] == base
+    assert results[1] is None and results[5] is None
+    assert results[2].value == {"v": 1} and results[3].value == {"v": 1} and results[4].value == {"v": 2}
+    revs = [r.revision for r in results[2:5]]
+    assert revs == sorted(revs) and len(set(revs)) == 3
+    assert [i.key for i in await db.get_range("a/")] == ["a/base", "a/new", "a/put"]
+    assert await db.atomic([]) == []
+
+
+async def test_atomic_ops_see_earlier_ops(db):
+    results = await db.atomic([Op("create", "k/x", {"v": 1}), Op("update", "k/x", {"v": 2})])
+    assert (await db.get("k/x")).value == {"v": 2} and results[1].revision == results[0].revision + 1
+    with pytest.raises(AlreadyExists):
+        await db.atomic([Op("put", "k/y", {}), Op("create", "k/y", {})])
+    with pytest.raises(NotFound):
+        await db.get("k/y")
+
+
+@pytest.mark.parametrize("failing, error", [
+    (Op("create", "t/existing", {}), AlreadyExists),
+    (Op("update", "t/missing", {}), NotFound),
+    (Op("cas", "t/existing", {}, revision=999), CompareFailed),
+    (Op("delete", "t/missing"), NotFound),
+    (Op("require_absent", "t/existing"), AlreadyExists),
+    (Op("require_revision", "t/existing", revision=999), CompareFailed),
+    (Op("require_revision", "t/missing", revision=1), NotFound),
+])
+async def test_atomic_all_or_nothing(db, failing, error):
+    existing = await db.put("t/existing", {"v": "original"})
+    victim = await db.put("t/victim", {"v": "kept"})
+    watcher = db.watch(["t/"])
+    before = await db.revision()
+    with pytest.raises(error):
+        await db.atomic([
+            Op("put", "t/first", {"v": 1}),
+            Op("delete", "t/victim"),
+            Op("put", "t/existing", {"v": "changed"}),
+            Op("put", "t/second", {"v": 2}),
+            failing,
+            Op("put", "t/after", {"v": 3}),
+        ])
+    assert await db.get_range("t/") == [existing, victim]
+    assert await db.revision() == before
+    # nothing was announced either: the next event is a later write
+    await db.put("t/marker", {})
+    event = await next_event(watcher)
+    assert event.key == "t/marker" and event.revision == before + 1
+
+
+# --------------------------------------------------------------------------- expiry
+
+async def test_expired_items_behave_as_absent(db):
+    ttl = time.time() + 0.4
+    item = await db.put("tokens/short", {"role": "node"}, expires=ttl)
+    assert item.expires == ttl
+    await db.put("tokens/long", {}, expires=time.time() + 3600)
+    await db.put("tokens/forever", {})
+    assert (await db.get("tokens/short")).expires == ttl
+    await asyncio.sleep(0.6)
+    with pytest.raises(NotFound):
+        await db.get("tokens/short")
+    assert [i.key for i in await db.get_range("tokens/")] == ["tokens/forever", "tokens/long"]
+    for call in (db.update("tokens/short", {}), db.delete("tokens/short"),
+                 db.compare_and_swap("tokens/short", item.revision, {})):
+        with pytest.raises(NotFound):
+            await call
+    recreated = await db.create("tokens/short", {"again": True})
+    assert recreated.value == {"again": True} and recreated.expires is None
+
+
+async def test_already_expired_write_is_invisible(db):
+    await db.put("x/past", {}, expires=time.time() - 1)
+    with pytest.raises(NotFound):
+        await db.get("x/past")
+    await db.atomic([Op("require_absent", "x/past")])
+
+
+async def test_reaper_deletes_and_announces(db, tmp_path):
+    watcher = db.watch(["sessions/"])
+    put = await db.put("sessions/s1", {}, expires=time.time() + 0.3)
+    await db.put("sessions/keep", {})
+    assert (await next_event(watcher)).revision == put.revision
+    await next_event(watcher)
+    event = await next_event(watcher, timeout=10)
+    assert (event.type, event.key, event.item) == ("delete", "sessions/s1", None)
+    assert event.revision > put.revision
+    conn = sqlite3.connect(str(tmp_path / "backend.sqlite"))
+    try:
+        keys = [row[0] for row in conn.execute("SELECT key FROM items")]
+    finally:
+        conn.close()
+    assert keys == ["sessions/keep"]
+
+
+async def test_reaper_starts_for_items_found_at_open(tmp_path):
+    path = str(tmp_path / "b.sqlite")
+    first = await SQLiteBackend.open(path)
+    await first.put("a/b", {}, expires=time.time() + 0.2)
+    await first.close()
+    second = await SQLiteBackend.open(path, reap_interval=0.1)
+    try:
+        watcher = second.watch(["a/"])
+        event = await next_event(watcher, timeout=10)
+        assert (event.type, event.key) == ("delete", "a/b")
+    finally:
+        await second.close()
+
+
+# --------------------------------------------------------------------------- persistence, revisions
+
+async def test_persistence_and_revision_across_reopen(tmp_path):
+    path = str(tmp_path / "data" / "backend.sqlite")
+    first = await SQLiteBackend.open(path)
+    await first.put("users/alice", {"n": 1})
+    await first.put("users/bob", {"n": 2}, expires=time.time() + 3600)
+    await first.put("users/tmp", {})
+    await first.delete("users/tmp")
+    await first.delete_range("users/bob")
+    last = await first.revision()
+    assert last == 5
+    await first.close()
+
+    second = await SQLiteBackend.open(path)
+    try:
+        assert await second.revision() == last
+        alice = await second.get("users/alice")
+        assert alice.value == {"n": 1} and alice.revision == 1
+        with pytest.raises(NotFound):
+            await second.get("users/bob")
+        nxt = await second.put("users/carol", {})
+        assert nxt.revision == last + 1
+    finally:
+        await second.close()
+
+
+async def test_revision_never_goes_backwards_after_deleting_everything(tmp_path):
+    path = str(tmp_path / "backend.sqlite")
+    backend = await SQLiteBackend.open(path)
+    seen = []
+    for i in range(5):
+        seen.append((await backend.put(f"k/{i}", {})).revision)
+    await backend.delete_range("")
+    seen.append(await backend.revision())
+    await backend.close()
+    backend = await SQLiteBackend.open(path)
+    try:
+        assert await backend.revision() == seen[-1] == 10
+        seen.append((await backend.create("k/0", {})).revision)
+    finally:
+        await backend.close()
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+async def test_closed_backend_refuses_work(tmp_path):
+    backend = await SQLiteBackend.open(str(tmp_path / "b.sqlite"))
+    watcher = backend.watch([])
+    pending = asyncio.ensure_future(watcher.__anext__())
+    await asyncio.sleep(0)
+    await backend.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 5)
+    with pytest.raises(GatehouseError, match="closed"):
+        await backend.get("a/b")
+    with pytest.raises(GatehouseError, match="closed"):
+        backend.watch(["a/"])
+    await backend.close()  # idempotent
+
+
+# --------------------------------------------------------------------------- files
+
+async def test_file_modes(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "newdir" / "backend.sqlite"
+        backend = await SQLiteBackend.open(str(path))
+        try:
+            await backend.put("a/b", {"secret": "x"})
+            for suffix in ("", "-wal", "-shm"):
+                mode = stat.S_IMODE(os.stat(str(path) + suffix).st_mode)
+                assert mode == 0o600, f"{suffix or 'db'} mode {oct(mode)}"
+            assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+            conn = sqlite3.connect(str(path))
+            try:
+                assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            finally:
+                conn.close()
+        finally:
+            await backend.close()
+    finally:
+        os.umask(old)
+
+
+async def test_loose_existing_file_is_tightened(tmp_path):
+    path = tmp_path / "backend.sqlite"
+    path.touch()
+    os.chmod(path, 0o644)
+    backend = await SQLiteBackend.open(str(path))
+    await backend.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+async def test_not_a_database(tmp_path):
+    path = tmp_path / "backend.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(GatehouseError, match="not a usable SQLite database"):
+        await SQLiteBackend.open(str(path))
+
+
+async def test_open_backend(tmp_path):
+    backend = await open_backend({}, str(tmp_path))
+    try:
+        await backend.put("a/b", {})
+        assert os.path.exists(tmp_path / "backend.sqlite")
+    finally:
+        await backend.close()
+    backend = await open_backend({"type": "sqlite", "path": "sub/other.sqlite"}, str(tmp_path))
+    await backend.close()
+    assert os.path.exists(tmp_path / "sub" / "other.sqlite")
+    explicit = str(tmp_path / "explicit.sqlite")
+    backend = await open_backend({"type": "sqlite", "path": explicit}, "/nonexistent")
+    await backend.close()
+    assert os.path.exists(explicit)
+
+    with pytest.raises(BadParameter) as info:
+        await open_backend({"type": "etcd"}, str(tmp_path))
+    assert str(info.value) == "unknown storage type 'etcd'; use sqlite"
+    with pytest.raises(BadParameter, match="unknown storage setting 'pth'"):
+        await open_backend({"type": "sqlite", "pth": "x"}, str(tmp_path))
+
+
+# --------------------------------------------------------------------------- watch
+
+async def test_watch_order_and_prefix_filter(db):
+    await db.put("roles/before", {})
+    watcher = db.watch(["roles/", "cas/"])
+    assert watcher.start_revision == 1
+    await db.put("roles/a", {"v": 1})
+    await db.put("users/x", {})
+    await db.atomic([Op("put", "cas/root/user", {}), Op("delete", "roles/before")])
+    await db.update("roles/a", {"v": 2})
+    await db.delete_range("roles/")
+    events = [await next_event(watcher) for _ in range(5)]
+    assert [(e.type, e.key) for e in events] == [
+        ("put", "roles/a"), ("put", "cas/root/user"), ("delete", "roles/before"),
+        ("put", "roles/a"), ("delete", "roles/a")]
+    assert [e.revision for e in events] == [2, 4, 5, 6, 7]
+    assert events[3].item.value == {"v": 2} and events[3].item.revision == 6
+    assert events[4].item is None
+    watcher.close()
+    with pytest.raises(StopAsyncIteration):
+        await next_event(watcher)
+
+
+async def test_watch_all_keys_and_context_manager(db):
+    async with db.watch([]) as watcher:
+        await db.put("a/1", {})
+        await db.put("z/1", {})
+        assert [(await next_event(watcher)).key for _ in range(2)] == ["a/1", "z/1"]
+    assert watcher.closed
+
+
+async def test_watch_is_cancel_safe(db):
+    watcher = db.watch(["a/"])
+    waiting = asyncio.ensure_future(watcher.__anext__())
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await db.put("a/1", {})
+    await db.put("a/2", {})
+    # a cancelled wait loses nothing and delivers nothing twice
+    assert [(await next_event(watcher)).key for _ in range(2)] == ["a/1", "a/2"]
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(watcher.__anext__(), 0.1)
+    await db.put("a/3", {})
+    assert (await next_event(watcher)).key == "a/3"
+
+
+async def test_many_watchers_get_every_event(db):
+    watchers = [db.watch(["n/"]) for _ in range(5)]
+
+    async def consume(w):
+        return [(await next_event(w)).revision for _ in range(50)]
+
+    consumers = [asyncio.ensure_future(consume(w)) for w in watchers]
+    for i in range(50):
+        await db.put(f"n/{i % 7}", {"i": i})
+    results = await asyncio.gather(*consumers)
+    assert all(r == list(range(1, 51)) for r in results)
+
+
+async def test_slow_watcher_is_closed_not_blocking(tmp_path):
+    backend = await SQLiteBackend.open(str(tmp_path / "b.sqlite"), watcher_queue=5)
+    try:
+        slow = backend.watch(["a/"])
+        fast = backend.watch(["a/"])
+        got = []
+
+        async def consume():
+            async for event in fast:
+                got.append(event.revision)
+                if len(got) == 20:
+                    return
+        consumer = asyncio.ensure_future(consume())
+        for i in range(20):
+            await backend.put(f"a/{i}", {})   # never blocks on the slow watcher
+        await asyncio.wait_for(consumer, 5)
+        assert got == list(range(1, 21))
+        assert slow.closed
+        with pytest.raises(LimitExceeded, match="fell behind"):
+            await next_event(slow)
+        with pytest.raises(StopAsyncIteration):
+            await next_event(slow)
+    finally:
+        await backend.close()
+
+
+# --------------------------------------------------------------------------- wait_for_change
+
+async def test_wait_for_change_wakes_on_matching_write(db):
+    await db.put("other/x", {})
+    since = await db.revision()
+    waiter = asyncio.ensure_future(db.wait_for_change(since, 30, ["roles/"]))
+    await asyncio.sleep(0.1)
+    await db.put("other/y", {})         # not under the prefix
+    await asyncio.sleep(0.3)
+    assert not waiter.done()
+    written = await db.put("roles/r", {})
+    assert await asyncio.wait_for(waiter, 5) == written.revision
+
+
+async def test_wait_for_change_any_key_and_timeout(db):
+    since = await db.revision()
+    started = time.monotonic()
+    assert await db.wait_for_change(since, 0.2) == since
+    assert time.monotonic() - started >= 0.15
+    assert await db.wait_for_change(since, 0) == since
+    waiter = asyncio.ensure_future(db.wait_for_change(since, 30))
+    await asyncio.sleep(0.05)
+    item = await db.put("x/y", {})
+    assert await asyncio.wait_for(waiter, 5) == item.revision
+
+
+async def test_wait_for_change_past_revision(db):
+    first = await db.put("roles/a", {})
+    await db.put("users/a", {})
+    await db.put("users/b", {})
+    current = await db.revision()
+    # a matching change after `since` already happened: answer at once
+    assert await asyncio.wait_for(db.wait_for_change(0, 30, ["roles/"]), 5) == current
+    # only non-matching changes since then: wait (here: until the timeout)
+    assert await db.wait_for_change(first.revision, 0.2, ["roles/"]) == current
+    # a revision from the future (e.g. restored database): answer at once
+    assert await asyncio.wait_for(db.wait_for_change(current + 100, 30), 5) == current
+
+
+async def test_wait_for_change_with_unknown_history_answers_at_once(tmp_path):
+    path = str(tmp_path / "b.sqlite")
+    first = await SQLiteBackend.open(path)
+    await first.put("roles/a", {})
+    await first.put("users/a", {})
+    await first.close()
+    second = await SQLiteBackend.open(path)
+    try:
+        # what happened before this process opened the file is unknown: answer early, not late
+        assert await asyncio.wait_for(second.wait_for_change(1, 30, ["users/"]), 5) == 2
+        assert await asyncio.wait_for(second.wait_for_change(1, 30, ["roles/"]), 5) == 2
+        assert await second.wait_for_change(2, 0.1, ["roles/"]) == 2
+    finally:
+        await second.close()
+
+
+async def test_reads_not_blocked_by_long_poll(db):
+    await db.put("a/b", {"v": 1})
+    waiters = [asyncio.ensure_future(db.wait_for_change(await db.revision(), 30)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert (await asyncio.wait_for(db.get("a/b"), 2)).value == {"v": 1}
+    assert len(await asyncio.wait_for(db.get_range("a/"), 2)) == 1
+    assert not any(w.done() for w in waiters)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert not db._feed.active
+
+
+async def test_close_wakes_waiters(tmp_path):
+    backend = await SQLiteBackend.open(str(tmp_path / "b.sqlite"))
+    waiter = asyncio.ensure_future(backend.wait_for_change(0, 30))
+    await asyncio.sleep(0.05)
+    await backend.close()
+    assert await asyncio.wait_for(waiter, 5) == 0
+
+
+# --------------------------------------------------------------------------- other writers
+
+WRITER = """
+import asyncio, sys, time
+from gatehouse.backend import SQLiteBackend
+
+async def main(path, action, key):
+    db = await SQLiteBackend.open(path)
+    try:
+        if action == "put":
+            item = await db.put(key, {"from": "subprocess"}, expires=time.time() + 3600)
+            print(item.revision)
+        else:
+            await db.delete(key)
+            print(await db.revision())
+    finally:
+        await db.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_cross_process_write_wakes_waiter_and_watcher(db, tmp_path):
+    path = str(tmp_path / "backend.sqlite")
+    await db.put("users/local", {})
+    since = await db.revision()
+    watcher = db.watch(["roles/"])
+    waiter = asyncio.ensure_future(db.wait_for_change(since, 60, ["roles/"]))
+    await asyncio.sleep(0.1)
+    revision = int(await run_python(WRITER, path, "put", "roles/remote"))
+    assert revision == since + 1
+    assert await asyncio.wait_for(waiter, 10) == revision
+    event = await next_event(watcher, 10)
+    assert (event.type, event.key, event.revision) == ("put", "roles/remote", revision)
+    assert event.item.value == {"from": "subprocess"} and event.item.expires is not None
+    assert (await db.get("roles/remote")).revision == revision
+
+    deleted = int(await run_python(WRITER, path, "delete", "roles/remote"))
+    event = await next_event(watcher, 10)
+    assert (event.type, event.key, event.revision) == ("delete", "roles/remote", deleted)
+    # our own next write continues after the other process's revisions
+    assert (await db.put("users/after", {})).revision == deleted + 1
+
+
+async def test_second_connection_writes_interleave_in_order(tmp_path):
+    path = str(tmp_path / "b.sqlite")
+    a = await SQLiteBackend.open(path)
+    b = await SQLiteBackend.open(path)
+    try:
+        watcher = a.watch([])
+        await b.put("k/1", {})          # other connection
+        await a.put("k/2", {})          # ours: must come after k/1
+        await b.put("k/3", {})
+        await b.delete("k/1")
+        events = [await next_event(watcher, 10) for _ in range(4)]
+        assert [(e.type, e.key, e.revision) for e in events] == [
+            ("put", "k/1", 1), ("put", "k/2", 2), ("put", "k/3", 3), ("delete", "k/1", 4)]
+        assert await a.revision() == await b.revision() == 4
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_missed_history_ends_watchers_and_wakes_waiters(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_mod, "CHANGES_KEEP", 3)
+    path = str(tmp_path / "b.sqlite")
+    a = await SQLiteBackend.open(path, poll_interval=3600)   # catches up only when asked
+    b = await SQLiteBackend.open(path)
+    try:
+        await a.put("x/0", {})
+        watcher = a.watch(["roles/"])
+        waiter = asyncio.ensure_future(a.wait_for_change(1, 30, ["roles/"]))
+        await asyncio.sleep(0.05)
+        for i in range(10):
+            await b.put(f"other/{i}", {})   # more than the change history keeps
+        assert not waiter.done()
+        assert await a.revision() == 11
+        assert await asyncio.wait_for(waiter, 5) == 11
+        with pytest.raises(GatehouseError, match="changes were missed"):
+            await next_event(watcher, 5)
+        # a new watch works normally again
+        fresh = a.watch(["roles/"])
+        await a.put("roles/r", {})
+        assert (await next_event(fresh)).revision == 12
+    finally:
+        await a.close()
+        await b.close()
+
+
+# --------------------------------------------------------------------------- concurrency
+
+async def cas_increment(db, key, times):
+    retries = 0
+    for _ in range(times):
+        while True:
+            item = await db.get(key)
+            try:
+                await db.compare_and_swap(key, item.revision, {"n": item.value["n"] + 1})
+                break
+            except CompareFailed:
+                retries += 1
+    return retries
+
+
+async def test_concurrent_cas_increments_are_exact(db):
+    await db.create("counters/c", {"n": 0})
+    retries = await asyncio.gather(*(cas_increment(db, "counters/c", 20) for _ in range(25)))
+    assert (await db.get("counters/c")).value == {"n": 500}
+    assert sum(retries) > 0   # the tasks really did race
+
+
+INCREMENTER = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[3])
+from gatehouse.backend import SQLiteBackend
+from gatehouse.errors import CompareFailed
+
+async def main(path, times):
+    db = await SQLiteBackend.open(path)
+    try:
+        async def one():
+            for _ in range(times):
+                while True:
+                    item = await db.get("counters/c")
+                    try:
+                        await db.compare_and_swap("counters/c", item.revision, {"n": item.value["n"] + 1})
+                        break
+                    except CompareFailed:
+                        pass
+        await asyncio.gather(*(one() for _ in range(5)))
+    finally:
+        await db.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_concurrent_cas_increments_across_processes(db, tmp_path):
+    path = str(tmp_path / "backend.sqlite")
+    await db.create("counters/c", {"n": 0})
+    others = [asyncio.ensure_future(run_python(INCREMENTER, path, "40", SRC)) for _ in range(2)]
+    try:
+        await asyncio.gather(*(cas_increment(db, "counters/c", 40) for _ in range(5)))
+    finally:
+        await asyncio.gather(*others)
+    item = await db.get("counters/c")
+    assert item.value == {"n": 600}
+    assert await db.revision() == item.revision == 601
