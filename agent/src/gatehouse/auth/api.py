@@ -1,0 +1,189 @@
+"""The auth service's HTTPS API (port 3025), mutual TLS with the cluster X.509 CA.
+
+Handlers are thin: they read the caller's identity from the verified client
+certificate, parse JSON and call `AuthService`. Errors travel as
+`{"error": {"code", "message"}}` with the error's HTTP status.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+
+from aiohttp import web
+
+from .. import __version__, pki
+from ..config import is_ip, split_hostport
+from ..errors import AccessDenied, BadParameter
+from ..httputil import error_middleware, make_server_context, read_json
+from .service import AuthService, Identity
+
+log = logging.getLogger("gatehouse.auth.api")
+
+FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"
+
+
+def identity_from_request(request: web.Request, cluster_name: str) -> Identity | None:
+    """The verified caller, or the user a proxy forwards on behalf of."""
+    cert = request.transport.get_extra_info("peercert") if request.transport else None
+    if not cert:
+        return None
+    subject = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
+    ident = Identity(name=subject.get("commonName", ""), kind=subject.get("organizationalUnitName", ""),
+                     cluster=subject.get("organizationName", ""))
+    if ident.cluster != cluster_name:
+        return None
+    forwarded = request.headers.get(FORWARDED_IDENTITY)
+    if forwarded:
+        if ident.kind != "proxy":
+            raise AccessDenied("only proxies may forward a user identity")
+        return Identity(name=forwarded, kind="user", cluster=cluster_name)
+    return ident
+
+
+def _need(body: dict, *names: str) -> list:
+    missing = [n for n in names if body.get(n) in (None, "")]
+    if missing:
+        raise BadParameter(f"the request is missing {', '.join(missing)}")
+    return [body[n] for n in names]
+
+
+class AuthAPI:
+    def __init__(self, svc: AuthService):
+        self.svc = svc
+        self.app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+        r = self.app.router
+        r.add_get("/v1/ping", self.ping)
+        r.add_get("/v1/status", self.status)
+        r.add_get("/v1/resources/{kind}", self.get_resources)
+        r.add_get("/v1/resources/{kind}/{name:.+}", self.get_resources)
+        r.add_put("/v1/resources", self.put_resource)
+        r.add_delete("/v1/resources/{kind}/{name:.+}", self.delete_resource)
+        r.add_post("/v1/tokens", self.add_token)
+        r.add_get("/v1/tokens", self.list_tokens)
+        r.add_delete("/v1/tokens/{name}", self.delete_token)
+        r.add_put("/v1/users/{name}/password", self.set_password)
+        r.add_post("/v1/login", self.login)
+        r.add_post("/v1/join", self.join)
+        r.add_post("/v1/nodes/heartbeat", self.heartbeat)
+        r.add_get("/v1/nodes", self.nodes)
+        r.add_get("/v1/snapshot", self.snapshot)
+        r.add_get("/v1/cas", self.cas)
+
+    def ident(self, request: web.Request, required: bool = True) -> Identity:
+        ident = identity_from_request(request, self.svc.cluster_name)
+        if ident is None and required:
+            raise AccessDenied("this API requires a client certificate from this cluster; log in with 'gate login' "
+                               "or run gatectl on the auth server")
+        return ident
+
+    async def ping(self, request):
+        return web.json_response({"cluster_name": self.svc.cluster_name, "version": __version__})
+
+    async def status(self, request):
+        return web.json_response(await self.svc.status(self.ident(request)))
+
+    async def get_resources(self, request):
+        items = await self.svc.get_resources(self.ident(request), request.match_info["kind"],
+                                             request.match_info.get("name"))
+        return web.json_response({"items": items})
+
+    async def put_resource(self, request):
+        body = await read_json(request)
+        res, created = await self.svc.put_resource(self.ident(request), _need(body, "resource")[0],
+                                                   force=bool(body.get("force")))
+        return web.json_response({"resource": res, "created": created})
+
+    async def delete_resource(self, request):
+        await self.svc.delete_resource(self.ident(request), request.match_info["kind"], request.match_info["name"])
+        return web.json_response({})
+
+    async def add_token(self, request):
+        from ..resources import parse_ttl
+        body = await read_json(request)
+        value, res = await self.svc.add_token(self.ident(request), body.get("roles") or body.get("type"),
+                                              parse_ttl(body.get("ttl", "30m")), body.get("labels") or {},
+                                              name=str(body.get("name") or ""), value=str(body.get("token") or ""))
+        return web.json_response({"token": value, "resource": res})
+
+    async def list_tokens(self, request):
+        return web.json_response({"items": await self.svc.list_tokens(self.ident(request))})
+
+    async def delete_token(self, request):
+        name = await self.svc.delete_token(self.ident(request), request.match_info["name"])
+        return web.json_response({"name": name})
+
+    async def set_password(self, request):
+        body = await read_json(request)
+        await self.svc.set_password(self.ident(request), request.match_info["name"], str(_need(body, "password")[0]))
+        return web.json_response({})
+
+    async def login(self, request):
+        ident = self.ident(request)
+        if ident.kind != "proxy":
+            raise AccessDenied("password logins go through the proxy: use 'gate login --proxy=HOST:3080'")
+        body = await read_json(request)
+        user, password, ssh_pub, tls_pub = _need(body, "user", "password", "ssh_public_key", "tls_public_key")
+        result = await self.svc.login(str(user), str(password), ssh_pub, tls_pub, int(body.get("ttl") or 0),
+                                      str(body.get("client_addr") or request.remote))
+        return web.json_response(result)
+
+    async def join(self, request):
+        body = await read_json(request)
+        token, role, name, ssh_pub, tls_pub = _need(body, "token", "role", "name", "ssh_public_key", "tls_public_key")
+        principals = [str(p) for p in body.get("principals") or []]
+        if request.remote:
+            principals.append(request.remote)
+        result = await self.svc.join(str(token), str(role), str(name), ssh_pub, tls_pub, principals,
+                                     request.remote or "")
+        return web.json_response(result)
+
+    async def heartbeat(self, request):
+        body = await read_json(request)
+        name, addr = _need(body, "name", "addr")
+        host, port = split_hostport(str(addr), 3022)
+        if host in ("0.0.0.0", "::", ""):
+            addr = f"{request.remote}:{port}"  # advertise the address auth saw the node connect from
+        await self.svc.heartbeat_node(self.ident(request), str(name), str(addr), body.get("labels") or {},
+                                      str(body.get("hostname") or name))
+        return web.json_response({"addr": addr})
+
+    async def nodes(self, request):
+        return web.json_response({"items": await self.svc.list_nodes(self.ident(request))})
+
+    async def snapshot(self, request):
+        since = int(request.query.get("since", "0") or 0)
+        timeout = float(request.query.get("timeout", "0") or 0)
+        return web.json_response(await self.svc.snapshot(self.ident(request), since, timeout))
+
+    async def cas(self, request):
+        self.ident(request)
+        return web.json_response({"items": await self.svc.cert_authorities(), **await self.svc.ca_bundle()})
+
+
+async def server_tls_context(svc: AuthService, host: str) -> ssl.SSLContext:
+    """A fresh server certificate from the cluster CA; client certs optional so /v1/join works."""
+    key_pem, pub_pem = pki.new_tls_key()
+    names = {"localhost", socket.gethostname(), "auth", f"auth.{svc.cluster_name}"}
+    ips = {"127.0.0.1", "::1"}
+    pub_host = split_hostport(svc.cfg.auth.public_addr, 3025)[0] if svc.cfg.auth.public_addr else ""
+    for h in (host, pub_host):
+        if h and h not in ("0.0.0.0", "::"):
+            (ips if is_ip(h) else names).add(h)
+    cert = await svc.issue_tls(pub_pem, name="auth", kind="auth", ttl=365 * 24 * 3600, server=True,
+                               dns_names=sorted(names), ip_addresses=sorted(ips))
+    ca = (await svc.local_ca("tls"))["public"]
+    return make_server_context(cert, key_pem, ca)
+
+
+async def start(svc: AuthService) -> web.AppRunner:
+    api = AuthAPI(svc)
+    host, port = split_hostport(svc.cfg.auth.listen_addr, 3025)
+    runner = web.AppRunner(api.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or None, port, ssl_context=await server_tls_context(svc, host),
+                       reuse_address=True)
+    await site.start()
+    log.info("auth API listening on https://%s:%d (cluster %s)", host, port, svc.cluster_name)
+    return runner

@@ -1,0 +1,139 @@
+"""API clients: `APIClient` (requests, for the CLIs) and `AsyncAPIClient` (aiohttp, for services).
+
+Both speak the auth API's JSON and re-raise its errors as the same Gatehouse error
+types, so a CLI prints the server's one-line message unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+
+from .errors import ConnectionProblem, GatehouseError, from_dict
+
+FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"
+
+
+def _unreachable(url: str, exc: Exception) -> ConnectionProblem:
+    reason = str(exc).split(": ")[-1][:160] or exc.__class__.__name__
+    return ConnectionProblem(f"cannot reach {url}: {reason}; check that gatehouse is running there and the "
+                             f"address and port are right")
+
+
+def _tls_problem(url: str, exc: Exception) -> ConnectionProblem:
+    return ConnectionProblem(f"TLS handshake with {url} failed ({str(exc)[:160]}); the certificate or CA does not "
+                             f"match this cluster — log in again or check the identity files")
+
+
+class APIClient:
+    """Synchronous client; lazily imports requests so CLI start-up stays fast.
+
+    `ca_file` pins the server to that CA (our clusters use private CAs); with
+    `check_hostname=False` only the CA is checked, which is how cluster members reach
+    each other by addresses the CA cannot know in advance. `insecure` skips
+    verification entirely (self-signed proxies in test setups).
+    """
+
+    def __init__(self, base_url: str, *, cert_file: str | None = None, key_file: str | None = None,
+                 ca_file: str | None = None, insecure: bool = False, check_hostname: bool = True,
+                 timeout: float = 30.0, forwarded_user: str | None = None):
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        class _Adapter(HTTPAdapter):
+            def init_poolmanager(self, *args, **kwargs):
+                if not check_hostname:
+                    kwargs["assert_hostname"] = False
+                super().init_poolmanager(*args, **kwargs)
+
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        # Environment CA bundles and proxies must not override the pinned cluster CA.
+        self.session.trust_env = False
+        self.session.mount("https://", _Adapter())
+        self.session.verify = False if insecure else (ca_file or True)
+        if cert_file:
+            self.session.cert = (cert_file, key_file)
+        if forwarded_user:
+            self.session.headers[FORWARDED_IDENTITY] = forwarded_user
+        if insecure:
+            import urllib3
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+    @classmethod
+    def for_identity(cls, ident, base_url: str | None = None, **kw) -> "APIClient":
+        """Client for the auth API with an on-disk identity (see identity.IdentityFiles)."""
+        ident.read("ca.crt")  # clear error when the identity is missing
+        return cls(base_url or f"https://{ident.auth_addr}", cert_file=ident.path("identity.crt"),
+                   key_file=ident.path("identity.key"), ca_file=ident.path("ca.crt"), check_hostname=False, **kw)
+
+    def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
+             timeout: float | None = None) -> dict:
+        import requests
+        url = self.base_url + path
+        try:
+            resp = self.session.request(method, url, json=body, params=params, timeout=timeout or self.timeout)
+        except requests.exceptions.SSLError as exc:
+            raise _tls_problem(self.base_url, exc) from None
+        except requests.exceptions.RequestException as exc:
+            raise _unreachable(self.base_url, exc) from None
+        return _decode(resp.status_code, resp.content)
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.call("POST", path, body, **kw)
+
+    def put(self, path, body=None, **kw):
+        return self.call("PUT", path, body, **kw)
+
+    def delete(self, path, **kw):
+        return self.call("DELETE", path, **kw)
+
+
+class AsyncAPIClient:
+    """aiohttp client used inside the agent (nodes and proxies talking to auth)."""
+
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self._session = None
+
+    async def _get_session(self):
+        import aiohttp
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=32))
+        return self._session
+
+    async def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
+                   timeout: float | None = None, headers: dict | None = None) -> dict:
+        import aiohttp
+        session = await self._get_session()
+        url = self.base_url + path
+        try:
+            async with session.request(method, url, json=body, params=params, headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
+                return _decode(resp.status, await resp.read())
+        except aiohttp.ClientSSLError as exc:
+            raise _tls_problem(self.base_url, exc) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _unreachable(self.base_url, exc) from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _decode(status: int, content: bytes) -> dict:
+    try:
+        payload = json.loads(content or b"{}")
+    except ValueError:
+        payload = {"error": {"message": f"the server answered with HTTP {status} and a body that is not JSON"}}
+    if status >= 400:
+        raise from_dict(payload, status)
+    if not isinstance(payload, dict):
+        raise GatehouseError("the server answered with an unexpected response")
+    return payload

@@ -1,0 +1,280 @@
+"""Load and validate the agent's YAML config (`gatehouse start -c FILE`).
+
+The shape mirrors what operators of this kind of system already know: a general
+`gatehouse:` section plus `auth_service`, `proxy_service` and `ssh_service`. Unknown
+keys are errors (a typo must never be silently ignored) and every error names the
+file, the key path and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BadParameter
+
+DEFAULT_CONFIG_PATH = "/etc/gatehouse.yaml"
+DEFAULT_DATA_DIR = "/var/lib/gatehouse"
+NODE_PORT, PROXY_SSH_PORT, TUNNEL_PORT, AUTH_PORT, WEB_PORT = 3022, 3023, 3024, 3025, 3080
+
+
+@dataclass
+class LogConfig:
+    output: str = "stderr"
+    severity: str = "INFO"
+    format: str = "text"
+
+
+@dataclass
+class AuthConfig:
+    enabled: bool = False
+    cluster_name: str = ""
+    listen_addr: str = f"0.0.0.0:{AUTH_PORT}"
+    public_addr: str = ""
+    tokens: list = field(default_factory=list)
+    storage: dict = field(default_factory=dict)
+    login_rate: float = 5.0          # password attempts per minute per user and per client
+    validate_rate: float = 10.0      # trusted-cluster validations per minute per client
+
+
+@dataclass
+class ProxyConfig:
+    enabled: bool = False
+    web_listen_addr: str = f"0.0.0.0:{WEB_PORT}"
+    public_addr: str = ""
+    listen_addr: str = f"0.0.0.0:{PROXY_SSH_PORT}"
+    ssh_public_addr: str = ""
+    tunnel_listen_addr: str = f"0.0.0.0:{TUNNEL_PORT}"
+    tunnel_public_addr: str = ""
+    https_cert_file: str = ""
+    https_key_file: str = ""
+
+
+@dataclass
+class SSHConfig:
+    enabled: bool = False
+    listen_addr: str = f"0.0.0.0:{NODE_PORT}"
+    public_addr: str = ""
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    path: str = ""
+    nodename: str = ""
+    data_dir: str = DEFAULT_DATA_DIR
+    auth_servers: list = field(default_factory=list)
+    join_token: str = ""
+    ca_pin: str = ""
+    heartbeat_interval: float = 5.0
+    insecure: bool = False
+    debug: bool = False
+    log: LogConfig = field(default_factory=LogConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    ssh: SSHConfig = field(default_factory=SSHConfig)
+
+    @property
+    def auth_addr(self) -> str:
+        """Where this process reaches the auth API (itself when it runs auth)."""
+        if self.auth.enabled:
+            host, port = split_hostport(self.auth.listen_addr, AUTH_PORT)
+            return join_hostport(_loopback_if_any(host), port)
+        return self.auth_servers[0]
+
+
+_SECTIONS = {
+    "gatehouse": {"nodename", "data_dir", "auth_servers", "auth_token", "join_token", "ca_pin",
+                  "log", "heartbeat_interval", "insecure"},
+    "auth_service": {f.name for f in dataclasses.fields(AuthConfig)},
+    "proxy_service": {f.name for f in dataclasses.fields(ProxyConfig)},
+    "ssh_service": {f.name for f in dataclasses.fields(SSHConfig)},
+    "version": None,
+}
+
+
+def load(path: str, *, debug: bool = False, insecure: bool = False) -> Config:
+    """Read, validate and return the config at `path`; raise BadParameter on any problem."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise BadParameter(f"config file {path} does not exist; pass the right path with -c") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadParameter(f"invalid YAML in {path}{where}: {problem}") from None
+    cfg = parse(raw, path)
+    cfg.debug = cfg.debug or debug
+    cfg.insecure = cfg.insecure or insecure
+    return cfg
+
+
+def parse(raw: Any, path: str = "<config>") -> Config:
+    if not isinstance(raw, dict):
+        raise BadParameter(f"{path} must be a YAML mapping with gatehouse, auth_service, proxy_service or ssh_service sections")
+    _check_keys(raw, _SECTIONS.keys(), path, "")
+    general = _section(raw, "gatehouse", path)
+    cfg = Config(path=path)
+    cfg.nodename = str(general.get("nodename") or socket.gethostname().split(".")[0])
+    cfg.data_dir = str(general.get("data_dir") or DEFAULT_DATA_DIR)
+    cfg.auth_servers = [str(a) for a in _list(general.get("auth_servers"), path, "gatehouse.auth_servers")]
+    cfg.join_token = str(general.get("join_token") or general.get("auth_token") or "")
+    cfg.ca_pin = str(general.get("ca_pin") or "")
+    cfg.heartbeat_interval = _positive(general.get("heartbeat_interval", 5.0), path, "gatehouse.heartbeat_interval")
+    cfg.insecure = bool(general.get("insecure", False))
+    log = general.get("log") or {}
+    _check_keys(log, {"output", "severity", "format"}, path, "gatehouse.log.")
+    cfg.log = LogConfig(output=str(log.get("output", "stderr")), severity=str(log.get("severity", "INFO")).upper(),
+                        format=str(log.get("format", "text")))
+    if cfg.log.severity not in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR"):
+        raise BadParameter(f"{path}: gatehouse.log.severity must be DEBUG, INFO, WARN or ERROR, not {cfg.log.severity!r}")
+    if cfg.log.format not in ("text", "json"):
+        raise BadParameter(f"{path}: gatehouse.log.format must be text or json, not {cfg.log.format!r}")
+
+    cfg.auth = _dataclass(AuthConfig, _section(raw, "auth_service", path), path, "auth_service")
+    cfg.proxy = _dataclass(ProxyConfig, _section(raw, "proxy_service", path), path, "proxy_service")
+    cfg.ssh = _dataclass(SSHConfig, _section(raw, "ssh_service", path), path, "ssh_service")
+    _validate(cfg, path)
+    return cfg
+
+
+def _validate(cfg: Config, path: str) -> None:
+    if not (cfg.auth.enabled or cfg.proxy.enabled or cfg.ssh.enabled):
+        raise BadParameter(f"{path} enables no service; set enabled: true under auth_service, proxy_service or ssh_service")
+    if cfg.auth.enabled:
+        if not cfg.auth.cluster_name:
+            raise BadParameter(f"{path}: auth_service.cluster_name is required; name the cluster, e.g. cluster_name: root.example.com")
+        from .resources import validate_name  # cluster names follow the resource naming rule
+        validate_name(cfg.auth.cluster_name, "auth_service.cluster_name")
+        for tok in cfg.auth.tokens:
+            kind, _, secret = str(tok).partition(":")
+            if kind not in ("trusted_cluster", "node", "proxy") or not secret:
+                raise BadParameter(f"{path}: static token {kind or tok!r} must look like trusted_cluster:SECRET, node:SECRET or proxy:SECRET")
+    elif not cfg.auth_servers:
+        raise BadParameter(f"{path}: this process runs no auth service, so gatehouse.auth_servers must list the auth server address (host:3025)")
+    elif not cfg.join_token and not os.path.exists(os.path.join(cfg.data_dir, "identity")):
+        raise BadParameter(f"{path}: set gatehouse.join_token to a node or proxy token from 'gatectl tokens add' so this process can join the cluster")
+    for addr_field in ("auth.listen_addr", "proxy.web_listen_addr", "proxy.listen_addr",
+                       "proxy.tunnel_listen_addr", "ssh.listen_addr"):
+        section, name = addr_field.split(".")
+        value = getattr(getattr(cfg, section), name)
+        split_hostport(value, 0, what=f"{path}: {name}")
+
+
+def split_hostport(addr: str, default_port: int, what: str = "address") -> tuple[str, int]:
+    """Split 'host:port' (IPv6 in brackets); a bare host gets default_port."""
+    addr = str(addr).strip()
+    if not addr:
+        raise BadParameter(f"{what} is empty; use host:port")
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif addr.count(":") == 1:
+        host, port = addr.split(":")
+    else:
+        host, port = addr, ""
+    if not port:
+        if not default_port:
+            raise BadParameter(f"{what} {addr!r} has no port; use host:port")
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadParameter(f"{what} {addr!r} has an invalid port; use host:port with a port from 1 to 65535")
+    return host, int(port)
+
+
+def join_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_ip(value: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _loopback_if_any(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
+
+
+def public_addr(public: str, listen: str, default_port: int) -> str:
+    """The address others should use: the configured public one, else the listen address."""
+    if public:
+        host, port = split_hostport(public, default_port)
+    else:
+        host, port = split_hostport(listen, default_port)
+        host = _loopback_if_any(host) if host in ("0.0.0.0", "::", "") else host
+    return join_hostport(host, port)
+
+
+def _section(raw: dict, name: str, path: str) -> dict:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise BadParameter(f"{path}: {name} must be a mapping")
+    return value
+
+
+def _dataclass(cls, values: dict, path: str, prefix: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(values, names.keys(), path, prefix + ".")
+    kwargs = {}
+    for key, value in values.items():
+        default = names[key].default if names[key].default is not dataclasses.MISSING else names[key].default_factory()
+        kwargs[key] = _coerce(value, default, path, f"{prefix}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, default, path, where):
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise BadParameter(f"{path}: {where} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        return _positive(value, path, where)
+    if isinstance(default, list):
+        return _list(value, path, where)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise BadParameter(f"{path}: {where} must be a mapping")
+        return {str(k): v for k, v in value.items()}
+    return "" if value is None else str(value)
+
+
+def _list(value, path, where) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise BadParameter(f"{path}: {where} must be a list")
+    return value
+
+
+def _positive(value, path, where) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number <= 0:
+        raise BadParameter(f"{path}: {where} must be a positive number, not {value!r}")
+    return number
+
+
+def _check_keys(mapping: dict, allowed, path: str, prefix: str) -> None:
+    if not isinstance(mapping, dict):
+        raise BadParameter(f"{path}: {prefix.rstrip('.')} must be a mapping")
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else f"; allowed keys are {', '.join(sorted(allowed))}"
+            raise BadParameter(f'{path}: unknown key "{prefix}{key}"{hint}')

@@ -1,0 +1,56 @@
+"""HTTP plumbing shared by the auth API and the proxy web API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import tempfile
+
+from aiohttp import web
+
+from . import pki
+from .errors import BadParameter, GatehouseError
+
+log = logging.getLogger("gatehouse.http")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except GatehouseError as exc:
+        log.debug("%s %s -> %s: %s", request.method, request.path, exc.status, exc)
+        return web.json_response(exc.to_dict(), status=exc.status)
+    except web.HTTPException:
+        raise
+    except Exception:  # noqa: BLE001 - last line of defence, logged with traceback
+        log.exception("internal error in %s %s", request.method, request.path)
+        err = GatehouseError("internal error in the gatehouse service; see its log for details")
+        return web.json_response(err.to_dict(), status=500)
+
+
+async def read_json(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadParameter("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadParameter("the request body must be a JSON object")
+    return body
+
+
+def make_server_context(cert_pem: str, key_pem: str, ca_pem: str, require_client: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
+        pki.write_secret(cert_path, cert_pem)
+        pki.write_secret(key_path, key_pem)
+        ctx.load_cert_chain(cert_path, key_path)
+    ctx.load_verify_locations(cadata=ca_pem)
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
+    return ctx
+
+

@@ -1,0 +1,88 @@
+"""One `gatehouse start` process: run the services its config enables, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .audit import AuditLog
+from .config import Config, split_hostport
+from .membership import api_client, obtain_identity
+
+log = logging.getLogger("gatehouse")
+
+
+class GatehouseProcess:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.auth = None
+        self.closers: list = []
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        audit = None
+        if cfg.auth.enabled:
+            from .auth import api as auth_api
+            from .auth.service import AuthService
+            self.auth = await AuthService.open(cfg)
+            audit = self.auth.audit
+            runner = await auth_api.start(self.auth)
+            self.closers += [runner.cleanup, self.auth.close]
+        if not (cfg.proxy.enabled or cfg.ssh.enabled):
+            return
+        from .cache import ClusterCache
+        audit = audit or AuditLog(cfg.data_dir)
+        roles = [r for r, on in (("proxy", cfg.proxy.enabled), ("node", cfg.ssh.enabled)) if on]
+        idents = {}
+        for role in roles:
+            idents[role] = await obtain_identity(cfg, role, cfg.nodename, self._principals(role), self.auth)
+        client = api_client(idents[roles[0]])
+        cache = ClusterCache(client)
+        await cache.start()
+        self.closers += [client.close, cache.stop]
+        if cfg.proxy.enabled:
+            from .proxy.ssh import ProxySSH
+            from .proxy.web import ProxyWeb
+            web = ProxyWeb(cfg, idents["proxy"], client, cache)
+            ssh = ProxySSH(cfg, idents["proxy"], cache, audit)
+            await web.start()
+            await ssh.start()
+            self.closers += [web.stop, ssh.stop]
+        if cfg.ssh.enabled:
+            from .node.server import NodeService
+            node_client = api_client(idents["node"])
+            node = NodeService(cfg, idents["node"], cache, node_client, audit)
+            await node.start()
+            self.closers += [node.stop, node_client.close]
+
+    def _principals(self, role: str) -> list[str]:
+        cfg = self.cfg
+        addrs = [cfg.ssh.public_addr, cfg.ssh.listen_addr] if role == "node" else \
+            [cfg.proxy.ssh_public_addr, cfg.proxy.public_addr, cfg.proxy.listen_addr, cfg.proxy.tunnel_public_addr]
+        hosts = {split_hostport(a, 1)[0] for a in addrs if a}
+        return sorted(h for h in hosts | {"localhost", "127.0.0.1"} if h not in ("0.0.0.0", "::"))
+
+    async def stop(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - keep closing the rest
+                log.exception("error while stopping")
+        self.closers.clear()
+
+
+async def run(cfg: Config) -> None:
+    proc = GatehouseProcess(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, proc.stopped.set)
+    try:
+        await proc.start()
+        log.info("gatehouse is running (pid services: %s)", ", ".join(
+            s for s, on in (("auth", cfg.auth.enabled), ("proxy", cfg.proxy.enabled), ("node", cfg.ssh.enabled)) if on))
+        await proc.stopped.wait()
+        log.info("shutting down")
+    finally:
+        await proc.stop()
