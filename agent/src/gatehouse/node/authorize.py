@@ -1,0 +1,51 @@
+"""The node's access decision for one certificate, login and node.
+
+Local users: the certificate's roles and traits, checked against this cluster's
+roles. Users from a trusted root cluster: their roles are mapped through the role
+map stored with the root's user CA, their `logins` trait is the certificate's
+principals, and the mapped local roles decide. Checkers are cached per identity and
+cache revision, so a decision on the session path is a few dictionary lookups.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..access import AccessChecker, Decision, checker_for_remote_user, remote_user_traits
+
+_MAX_CACHED = 4096
+
+
+class Authorizer:
+    def __init__(self, cache):
+        self.cache = cache
+        self._checkers: dict[tuple, tuple] = {}
+        self._revision = -1
+
+    def checker(self, cluster: str, roles: list[str], traits: dict, principals: list[str],
+                ca: dict) -> tuple[AccessChecker | None, list[str], Decision | None]:
+        """(checker, local role names, denial) for an identity; the denial is set when nothing maps."""
+        if self._revision != self.cache.revision or len(self._checkers) > _MAX_CACHED:
+            self._checkers.clear()
+            self._revision = self.cache.revision
+        key = (cluster, tuple(roles), json.dumps(traits, sort_keys=True), tuple(principals))
+        hit = self._checkers.get(key)
+        if hit is None:
+            hit = self._build(cluster, roles, traits, principals, ca)
+            self._checkers[key] = hit
+        return hit
+
+    def _build(self, cluster, roles, traits, principals, ca):
+        local_roles = self.cache.roles()
+        if cluster == self.cache.cluster_name:
+            return AccessChecker([local_roles[r] for r in roles if r in local_roles], traits), \
+                [r for r in roles if r in local_roles], None
+        remote_traits = remote_user_traits(principals, traits)
+        return checker_for_remote_user(ca.get("role_map") or [], roles, local_roles, remote_traits)
+
+    def check(self, cluster: str, roles: list[str], traits: dict, principals: list[str], ca: dict,
+              login: str, node_name: str, node_labels: dict) -> Decision:
+        checker, _mapped, denial = self.checker(cluster, roles, traits, principals, ca)
+        if checker is None:
+            return denial
+        return checker.check_ssh(login, node_name, node_labels)

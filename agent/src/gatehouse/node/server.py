@@ -1,0 +1,147 @@
+"""The SSH node service (port 3022).
+
+Accepts only user certificates from trusted, active user CAs, decides access from
+the cached roles (see authorize.py), runs sessions as the requested Unix login
+(session.py), and heartbeats its name, address and labels to auth so it shows up
+in `gate ls`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import asyncssh
+
+from ..audit import AuditLog
+from ..cache import ClusterCache
+from ..config import Config, split_hostport, NODE_PORT
+from ..errors import GatehouseError
+from ..identity import IdentityFiles
+from ..sshserver import CertAuthServer, CertUser
+from . import session
+from .authorize import Authorizer
+
+log = logging.getLogger("gatehouse.node")
+
+# AES-GCM first: hardware-accelerated and the fastest asyncssh cipher; no compression.
+ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                   "aes128-ctr", "aes256-ctr"]
+
+
+class _NodeConnection(CertAuthServer):
+    server_kind = "this node"
+
+    def __init__(self, node: "NodeService"):
+        super().__init__(node.cache.user_ca, node.cache.cluster_name)
+        self.node = node
+        self.decision = None
+
+    def auth_ok(self, user: CertUser) -> None:
+        self.decision = self.node.decide(user)
+
+    def session_requested(self):
+        if self.decision is None or not self.decision.allowed:
+            reason = self.decision.reason if self.decision else "access denied: not authenticated"
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        return asyncssh.SSHServerProcess(self._run, None, 3, False)
+
+    async def _run(self, process: asyncssh.SSHServerProcess) -> None:
+        await self.node.run(process, self.user, self.decision)
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        allowed = (self.decision is not None and self.decision.allowed
+                   and self.user.cert.extensions.get("permit-port-forwarding") is not None)
+        if not allowed:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            "port forwarding is not permitted by your roles")
+        self.node.audit.emit("port", user=self.user.name, login=self.user.login, node=self.node.name,
+                             dest=f"{dest_host}:{dest_port}")
+        return True
+
+
+class NodeService:
+    def __init__(self, cfg: Config, ident: IdentityFiles, cache: ClusterCache, client, audit: AuditLog):
+        self.cfg = cfg
+        self.ident = ident
+        self.cache = cache
+        self.client = client
+        self.audit = audit
+        self.name = cfg.nodename
+        self.labels = {str(k): str(v) for k, v in cfg.ssh.labels.items()}
+        self.authorizer = Authorizer(cache)
+        self.server = None
+        self._heartbeat: asyncio.Task | None = None
+
+    def decide(self, user: CertUser):
+        cert = user.cert
+        decision = self.authorizer.check(user.cluster, cert.roles, cert.traits, cert.principals, user.ca,
+                                         user.login, self.name, self.labels)
+        fields = dict(user=user.name, login=user.login, node=self.name, user_cluster=user.cluster,
+                      roles=cert.roles, addr=user.peer, reason=decision.reason)
+        if user.cluster != self.cache.cluster_name:
+            fields["mapped_roles"] = decision.roles
+        if decision.allowed:
+            log.debug("%s", decision.reason)
+        else:
+            log.info("%s (user %s from %s)", decision.reason, user.name, user.peer)
+            self.audit.emit("access.denied", success=False, **fields)
+        return decision
+
+    async def run(self, process: asyncssh.SSHServerProcess, user: CertUser, decision) -> None:
+        permit_pty = user.cert.extensions.get("permit-pty") is not None
+        start = dict(user=user.name, login=user.login, node=self.name, user_cluster=user.cluster,
+                     command=process.command, addr=user.peer, roles=decision.roles)
+        self.audit.emit("session.start", **start)
+        result = None
+        try:
+            result = await session.run_session(process, user.login, node_name=self.name,
+                                               env=dict(process.env or {}), permit_pty=permit_pty)
+        finally:
+            self.audit.emit("session.end", user=user.name, login=user.login, node=self.name,
+                            exit_status=getattr(result, "exit_status", None),
+                            exit_signal=getattr(result, "exit_signal", None))
+
+    async def start(self) -> None:
+        host, port = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
+        host_key = asyncssh.import_private_key(self.ident.read("ssh_key"))
+        host_cert = asyncssh.import_certificate(self.ident.read("ssh_key-cert.pub"))
+        self.server = await asyncssh.create_server(
+            lambda: _NodeConnection(self), host or None, port,
+            server_host_keys=[(host_key, host_cert)], encoding=None,
+            encryption_algs=ENCRYPTION_ALGS, compression_algs=["none"],
+            allow_scp=False, agent_forwarding=False, x11_forwarding=False,
+            keepalive_interval=30, login_timeout=30, reuse_address=True)
+        if port == 0:
+            port = self.server.sockets[0].getsockname()[1]
+        self.port = port
+        await self._send_heartbeat()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="node-heartbeat")
+        log.info("node %s listening on %s:%d with labels %s", self.name, host, port, self.labels or "{}")
+
+    def advertise_addr(self) -> str:
+        if self.cfg.ssh.public_addr:
+            return self.cfg.ssh.public_addr
+        host, _ = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
+        return f"{host or '0.0.0.0'}:{self.port}"
+
+    async def _send_heartbeat(self) -> None:
+        await self.client.call("POST", "/v1/nodes/heartbeat", {
+            "name": self.name, "addr": self.advertise_addr(), "labels": self.labels,
+            "hostname": socket.gethostname()})
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+            try:
+                await self._send_heartbeat()
+            except GatehouseError as exc:
+                log.warning("node heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._heartbeat:
+            self._heartbeat.cancel()
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()

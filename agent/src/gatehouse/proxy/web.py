@@ -1,0 +1,125 @@
+"""The proxy's web API (port 3080, HTTPS).
+
+Public: `/webapi/ping` (discovery, same shape users script against) and
+`/webapi/login` (password → certificates, checked by auth). Per-user endpoints
+require the X.509 client certificate from `gate login`; the proxy forwards them to
+auth with the verified user name, and auth applies the user's roles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from aiohttp import web
+
+from .. import __version__, pki
+from ..httputil import error_middleware, make_server_context, read_json
+from ..client import FORWARDED_IDENTITY
+from ..config import PROXY_SSH_PORT, TUNNEL_PORT, WEB_PORT, Config, is_ip, public_addr, split_hostport
+from ..errors import AccessDenied, BadParameter
+
+log = logging.getLogger("gatehouse.proxy.web")
+
+
+class ProxyWeb:
+    def __init__(self, cfg: Config, ident, client, cache):
+        self.cfg = cfg
+        self.ident = ident
+        self.client = client
+        self.cache = cache
+        self.runner = None
+        self.port = 0
+        self.app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024)
+        r = self.app.router
+        r.add_get("/webapi/ping", self.ping)
+        r.add_post("/webapi/login", self.login)
+        r.add_get("/webapi/nodes", self.nodes)
+        r.add_get("/webapi/clusters", self.clusters)
+
+    def _ssh_addr(self) -> str:
+        return self.cfg.proxy.ssh_public_addr or public_addr(
+            "", self.cfg.proxy.listen_addr, PROXY_SSH_PORT).replace("127.0.0.1", self._web_host())
+
+    def _web_host(self) -> str:
+        return split_hostport(public_addr(self.cfg.proxy.public_addr, self.cfg.proxy.web_listen_addr, WEB_PORT),
+                              WEB_PORT)[0]
+
+    def ping_payload(self) -> dict:
+        tunnel = self.cfg.proxy.tunnel_public_addr or public_addr(
+            "", self.cfg.proxy.tunnel_listen_addr, TUNNEL_PORT).replace("127.0.0.1", self._web_host())
+        return {"cluster_name": self.cache.cluster_name, "server_version": __version__,
+                "proxy": {"ssh": {"public_addr": self._ssh_addr(), "ssh_tunnel_public_addr": tunnel,
+                                  "listen_addr": self.cfg.proxy.listen_addr},
+                          "tls_routing_enabled": False}}
+
+    async def ping(self, request):
+        return web.json_response(self.ping_payload())
+
+    async def login(self, request):
+        body = await read_json(request)
+        for field in ("user", "password", "ssh_public_key", "tls_public_key"):
+            if not body.get(field):
+                raise BadParameter(f"the login request is missing {field}")
+        body["client_addr"] = request.remote or ""
+        result = await self.client.call("POST", "/v1/login", body)
+        result["proxy"] = self.ping_payload()["proxy"]
+        return web.json_response(result)
+
+    def _user(self, request) -> str:
+        cert = request.transport.get_extra_info("peercert") if request.transport else None
+        subject = {k: v for rdn in (cert or {}).get("subject", ()) for k, v in rdn}
+        if not cert or subject.get("organizationalUnitName") != "user":
+            raise AccessDenied("this request needs your login certificate; run 'gate login' first")
+        return subject["commonName"]
+
+    async def _as_user(self, request, path: str, params: dict | None = None) -> dict:
+        return await self.client.call("GET", path, params=params, headers={FORWARDED_IDENTITY: self._user(request)})
+
+    async def nodes(self, request):
+        cluster = request.query.get("cluster") or self.cache.cluster_name
+        if cluster != self.cache.cluster_name:
+            self._user(request)
+            raise BadParameter(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+        return web.json_response(await self._as_user(request, "/v1/nodes"))
+
+    async def clusters(self, request):
+        self._user(request)
+        return web.json_response({"items": [{"name": self.cache.cluster_name, "type": "root",
+                                             "status": "online", "labels": {}}]})
+
+    def _tls_files(self) -> tuple[str, str]:
+        if self.cfg.proxy.https_cert_file:
+            return self.cfg.proxy.https_cert_file, self.cfg.proxy.https_key_file
+        cert_path = os.path.join(self.cfg.data_dir, "proxy", "web.crt")
+        key_path = os.path.join(self.cfg.data_dir, "proxy", "web.key")
+        if not os.path.exists(cert_path):
+            host = self._web_host()
+            names = sorted({"localhost", socket.gethostname(), host} - {""})
+            ips = sorted({"127.0.0.1", "::1"} | ({host} if is_ip(host) else set()))
+            key_pem, cert_pem = pki.self_signed_web_cert([n for n in names if not is_ip(n)], ips)
+            pki.write_secret(key_path, key_pem)
+            pki.write_public(cert_path, cert_pem)
+            log.warning("proxy web: no https_cert_file configured, using a self-signed certificate "
+                        "(clients need --insecure); configure a real certificate for production")
+        return cert_path, key_path
+
+    async def start(self) -> None:
+        cert_path, key_path = self._tls_files()
+        with open(cert_path, encoding="utf-8") as fh:
+            cert_pem = fh.read()
+        with open(key_path, encoding="utf-8") as fh:
+            key_pem = fh.read()
+        ctx = make_server_context(cert_pem, key_pem, self.ident.read("ca.crt"))
+        host, port = split_hostport(self.cfg.proxy.web_listen_addr, WEB_PORT)
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host or None, port, ssl_context=ctx, reuse_address=True)
+        await site.start()
+        self.port = port
+        log.info("proxy web listening on https://%s:%d", host, port)
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
