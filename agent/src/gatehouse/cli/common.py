@@ -1,0 +1,40 @@
+"""Output helpers shared by gatectl and gate: tables, errors, secrets from stdin/tty."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+
+from ..errors import BadParameter
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
+    lines = [" ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             " ".join("-" * w for w in widths)]
+    lines += [" ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"ERROR: {message}", file=sys.stderr)
+    return code
+
+
+def read_secret(prompt: str, from_stdin: bool, confirm: bool = False) -> str:
+    """A password from stdin (automation) or the terminal (people); never from argv."""
+    if from_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        value = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Confirm: ") != value:
+            raise BadParameter("the passwords do not match; try again")
+    else:
+        raise BadParameter("no terminal to ask for the password; pipe it in with --password-stdin")
+    if not value:
+        raise BadParameter("the password is empty")
+    return value
+
+
+def labels_text(labels: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

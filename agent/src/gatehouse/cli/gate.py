@@ -1,0 +1,181 @@
+"""`gate`: the user's client — login, status, ls, clusters, ssh, config.
+
+Imports are lazy so `gate` starts fast: asyncssh is loaded only by `gate ssh`,
+requests only by commands that talk to the web API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from ..errors import BadParameter, ConnectionProblem, GatehouseError
+from .common import fail, labels_text, read_secret, table
+
+CERT_EXTENSIONS_SHOWN = ("permit-agent-forwarding", "permit-port-forwarding", "permit-pty",
+                         "permit-X11-forwarding", "permit-user-rc")
+
+
+def cmd_login(args) -> int:
+    from .. import pki
+    from ..client import APIClient
+    from ..config import split_hostport
+    from ..profile import save_profile
+    host, port = split_hostport(args.proxy, 3080)
+    web = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    api = APIClient(f"https://{web}", insecure=args.insecure)
+    try:
+        api.get("/webapi/ping")
+    except ConnectionProblem as exc:
+        if "TLS" in str(exc) or "certificate" in str(exc).lower():
+            raise ConnectionProblem(f"the proxy at {web} presented a certificate that cannot be verified (is it "
+                                    f"self-signed?); configure a trusted certificate, or pass --insecure in test "
+                                    f"setups") from None
+        raise
+    user = args.user or os.environ.get("USER") or "root"
+    password = read_secret(f"Enter password for Gatehouse user {user}: ", args.password_stdin)
+    ssh_key = pki.new_ssh_key(comment=f"gate:{user}")
+    tls_key, tls_pub = pki.new_tls_key()
+    from ..resources import parse_ttl
+    result = api.post("/webapi/login", {"user": user, "password": password, "ssh_public_key": ssh_key.public_line,
+                                         "tls_public_key": tls_pub, "ttl": parse_ttl(args.ttl) if args.ttl else 0})
+    profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure)
+    _print_status(profile)
+    return 0
+
+
+def cmd_logout(args) -> int:
+    from ..profile import remove_profiles
+    names = remove_profiles()
+    print(f"Logged out of {', '.join(names)}." if names else "You are not logged in.")
+    return 0
+
+
+def _print_status(profile) -> None:
+    info = profile.cert_info()
+    left = int(info.valid_before - time.time())
+    from ..resources import format_duration
+    valid = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.valid_before))
+    valid += f" [valid for {format_duration(left)}]" if left > 0 else " [EXPIRED]"
+    logins = [p for p in info.principals if not p.startswith("-")]
+    exts = [e for e in sorted(info.extensions) if e in CERT_EXTENSIONS_SHOWN]
+    rows = [("Profile URL:", f"https://{profile.web_addr}"), ("Logged in as:", info.key_id),
+            ("Cluster:", profile.cluster), ("Roles:", ", ".join(info.roles)),
+            ("Logins:", ", ".join(logins) or "(none)"), ("Valid until:", valid),
+            ("Extensions:", ", ".join(exts))]
+    traits = {k: v for k, v in info.traits.items() if k != "logins"}
+    if traits:
+        rows.append(("Traits:", "; ".join(f"{k}={','.join(v)}" for k, v in sorted(traits.items()))))
+    print("> " + "\n  ".join(f"{k:<14}{v}" for k, v in rows))
+
+
+def cmd_status(args) -> int:
+    from ..profile import load_profile
+    _print_status(load_profile())
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from ..profile import load_profile
+    profile = load_profile()
+    profile.require_valid()
+    params = {"cluster": args.cluster} if args.cluster else None
+    items = profile.api().get("/webapi/nodes", params=params)["items"]
+    if args.format == "json":
+        import json
+        print(json.dumps(items, indent=2))
+        return 0
+    rows = [[n["metadata"]["name"], n["spec"]["addr"], labels_text(n["metadata"]["labels"])]
+            for n in sorted(items, key=lambda n: n["metadata"]["name"])]
+    print(table(["Node Name", "Address", "Labels"], rows))
+    return 0
+
+
+def cmd_clusters(args) -> int:
+    from ..profile import load_profile
+    profile = load_profile()
+    profile.require_valid()
+    items = profile.api().get("/webapi/clusters")["items"]
+    selected = args.cluster or profile.cluster
+    rows = [[c["name"], c["status"], c["type"], labels_text(c.get("labels", {})),
+             "*" if c["name"] == selected else ""] for c in items]
+    print(table(["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"], rows))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from ..profile import load_profile, ssh_config
+    profile = load_profile()
+    clusters = [profile.cluster]
+    try:
+        clusters = [c["name"] for c in profile.api().get("/webapi/clusters")["items"]] or clusters
+    except GatehouseError:
+        pass  # offline: the root cluster block is still useful
+    print(ssh_config(profile, clusters))
+    return 0
+
+
+def cmd_ssh(args) -> int:
+    from ..profile import load_profile
+    profile = load_profile()
+    profile.require_valid()
+    target = args.target
+    if "@" in target:
+        login, node = target.rsplit("@", 1)
+    else:
+        login, node = args.login or (profile.data.get("logins") or [os.environ.get("USER", "root")])[0], target
+    if not login or not node:
+        raise BadParameter("name the target as login@node, e.g. gate ssh root@node1")
+    from ..sshclient import run_ssh
+    command = " ".join(args.command) if args.command else None
+    return run_ssh(profile, login, node, args.cluster or profile.cluster, command, args.port,
+                   force_tty=args.tty, no_tty=args.no_tty)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gate", description="Gatehouse client: one login, SSH to every cluster.")
+    sub = p.add_subparsers(dest="command_name", required=True)
+    login = sub.add_parser("login", help="log in to a cluster through its proxy")
+    login.add_argument("--proxy", required=True, help="proxy web address HOST:PORT (default port 3080)")
+    login.add_argument("--user", help="Gatehouse user name (default: $USER)")
+    login.add_argument("--insecure", action="store_true", help="accept a self-signed proxy certificate (tests only)")
+    login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (bounded by your roles)")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    login.set_defaults(func=cmd_login)
+    sub.add_parser("logout", help="remove all local credentials").set_defaults(func=cmd_logout)
+    sub.add_parser("status", help="show the current login").set_defaults(func=cmd_status)
+    ls = sub.add_parser("ls", help="list nodes")
+    ls.add_argument("--cluster", help="cluster to list (default: the one you logged in to)")
+    ls.add_argument("--format", choices=["text", "json"], default="text")
+    ls.set_defaults(func=cmd_ls)
+    clusters = sub.add_parser("clusters", help="list the root and leaf clusters you can reach")
+    clusters.add_argument("--cluster", help=argparse.SUPPRESS)
+    clusters.set_defaults(func=cmd_clusters)
+    sub.add_parser("config", help="print an OpenSSH client config for stock ssh and Ansible").set_defaults(
+        func=cmd_config)
+    ssh = sub.add_parser("ssh", help="run a command or a shell on a node")
+    ssh.add_argument("--cluster", help="cluster of the node (default: the one you logged in to)")
+    ssh.add_argument("-l", "--login", help="Unix login (or use login@node)")
+    ssh.add_argument("-p", "--port", type=int, default=3022, help="node SSH port (default 3022)")
+    ssh.add_argument("-t", "--tty", action="store_true", help="force a terminal even with a command")
+    ssh.add_argument("-T", "--no-tty", action="store_true", help="never request a terminal")
+    ssh.add_argument("target", help="login@node")
+    ssh.add_argument("command", nargs=argparse.REMAINDER, help="command to run (default: a login shell)")
+    ssh.set_defaults(func=cmd_ssh)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GatehouseError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""`gatectl`: cluster administration (tokens, users, roles, resources, status).
+
+On an auth host it uses the local admin identity the agent wrote to
+`data_dir/admin/`; `-i DIR` points at another identity directory and
+`--auth-server` at another address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from ..errors import BadParameter, GatehouseError
+from .common import fail, labels_text, read_secret, table
+
+
+def _client(args):
+    from ..client import APIClient
+    from ..identity import IdentityFiles
+    if args.identity:
+        ident_dir = args.identity
+    else:
+        data_dir = args.data_dir
+        if not data_dir:
+            from ..config import DEFAULT_DATA_DIR, load
+            cfg_path = args.config or os.environ.get("GATEHOUSE_CONFIG") or "/etc/gatehouse.yaml"
+            data_dir = load(cfg_path).data_dir if os.path.exists(cfg_path) or args.config else DEFAULT_DATA_DIR
+        ident_dir = os.path.join(data_dir, "admin")
+    ident = IdentityFiles(ident_dir)
+    base = f"https://{args.auth_server}" if args.auth_server else None
+    return APIClient.for_identity(ident, base)
+
+
+def _render(items: list[dict], fmt: str) -> str:
+    from ..resources import render
+    return render(items, fmt)
+
+
+def _expiry_text(expires: str) -> str:
+    if not expires:
+        return "never"
+    from datetime import datetime
+    ts = datetime.strptime(expires[:19], "%Y-%m-%dT%H:%M:%S").timestamp() - time.timezone
+    left = max(0, int(ts - time.time()))
+    from ..resources import format_duration
+    return f"{expires[:19].replace('T', ' ')} UTC ({format_duration(left) if left else 'expired'})"
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_status(args) -> int:
+    st = _client(args).get("/v1/status")
+    print(f"Cluster  {st['cluster_name']}")
+    print(f"Version  {st['version']}")
+    for ca in st["cas"]:
+        label = f"{ca['type']} CA" + ("" if ca["cluster_name"] == st["cluster_name"] else f" ({ca['cluster_name']})")
+        print(f"{label:<9}{ca['fingerprint']}{'' if ca['active'] else ' (inactive)'}")
+    print("Counts   " + ", ".join(f"{n} {k}s" for k, n in st["counts"].items()))
+    return 0
+
+
+def cmd_tokens_add(args) -> int:
+    from ..resources import parse_labels_arg
+    body = {"roles": args.type, "ttl": args.ttl, "labels": parse_labels_arg(args.labels or "")}
+    if args.name:
+        body["name"] = args.name
+    if args.value_stdin:
+        body["token"] = sys.stdin.readline().strip()
+    resp = _client(args).post("/v1/tokens", body)
+    res = resp["resource"]
+    if args.format == "json":
+        print(json.dumps({"token": resp["token"], **res}, indent=2))
+        return 0
+    types = ",".join(res["spec"]["roles"])
+    if "trusted_cluster" in res["spec"]["roles"]:
+        print(f"The cluster invite token: {resp['token']}")
+    else:
+        print(f"The invite token: {resp['token']}")
+    print(f"This token will expire at {_expiry_text(res['metadata']['expires'])}")
+    print(f"Token name (for 'gatectl tokens rm'): {res['metadata']['name']}; type: {types}")
+    return 0
+
+
+def cmd_tokens_ls(args) -> int:
+    items = _client(args).get("/v1/tokens")["items"]
+    if args.format != "text":
+        print(_render(items, args.format))
+        return 0
+    rows = [[t["metadata"]["name"], ",".join(t["spec"]["roles"]), labels_text(t["spec"]["labels"]),
+             _expiry_text(t["metadata"].get("expires", ""))] for t in items]
+    print(table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows))
+    return 0
+
+
+def cmd_tokens_rm(args) -> int:
+    name = _client(args).delete(f"/v1/tokens/{args.token}")["name"]
+    print(f"Token {name} has been deleted")
+    return 0
+
+
+def cmd_users_add(args) -> int:
+    from ..resources import parse_labels_arg
+    traits = {k: [x for x in v.split("|") if x] for k, v in parse_labels_arg(args.traits or "").items()}
+    if args.logins:
+        traits["logins"] = [x for x in args.logins.split(",") if x]
+    user = {"kind": "user", "version": "v2", "metadata": {"name": args.name},
+            "spec": {"roles": [r for r in args.roles.split(",") if r], "traits": traits}}
+    client = _client(args)
+    client.put("/v1/resources", {"resource": user, "force": False})
+    print(f'User "{args.name}" has been created')
+    if args.password_stdin:
+        client.put(f"/v1/users/{args.name}/password", {"password": read_secret("", True)})
+        print("Password set.")
+    else:
+        print(f"Set a password with: gatectl users passwd {args.name}")
+    return 0
+
+
+def cmd_users_passwd(args) -> int:
+    password = read_secret(f"Password for {args.name}: ", args.password_stdin, confirm=True)
+    _client(args).put(f"/v1/users/{args.name}/password", {"password": password})
+    print(f'Password for user "{args.name}" has been set')
+    return 0
+
+
+def cmd_users_ls(args) -> int:
+    items = _client(args).get("/v1/resources/user")["items"]
+    if args.format != "text":
+        print(_render(items, args.format))
+        return 0
+    rows = [[u["metadata"]["name"], ",".join(u["spec"]["roles"]), ",".join(u["spec"]["traits"].get("logins", []))]
+            for u in items]
+    print(table(["User", "Roles", "Logins"], rows))
+    return 0
+
+
+def cmd_users_rm(args) -> int:
+    _client(args).delete(f"/v1/resources/user/{args.name}")
+    print(f'User "{args.name}" has been deleted')
+    return 0
+
+
+def cmd_create(args) -> int:
+    from ..resources import parse_documents
+    if args.file == "-":
+        text, source = sys.stdin.read(), "<stdin>"
+    else:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                text, source = fh.read(), args.file
+        except OSError as exc:
+            raise BadParameter(f"cannot read {args.file}: {exc.strerror}") from None
+    docs = parse_documents(text, source)
+    client = _client(args)
+    for doc in docs:
+        resp = client.put("/v1/resources", {"resource": doc, "force": args.force})
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        print(f'{kind} "{name}" has been {"created" if resp["created"] else "updated"}')
+    return 0
+
+
+def cmd_get(args) -> int:
+    from ..resources import parse_ref
+    kind, name = parse_ref(args.ref)
+    path = f"/v1/resources/{kind}" + (f"/{name}" if name else "")
+    items = _client(args).get(path)["items"]
+    print(_render(items, args.format if args.format != "text" else "yaml"))
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from ..resources import parse_ref
+    kind, name = parse_ref(args.ref)
+    if not name:
+        raise BadParameter(f"name the {kind} to remove, e.g. gatectl rm {kind}/NAME")
+    _client(args).delete(f"/v1/resources/{kind}/{name}")
+    print(f'{kind} "{name}" has been deleted')
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatectl", description="Administer a Gatehouse cluster.")
+    p.add_argument("-c", "--config", help="agent config (to find the data dir and admin identity)")
+    p.add_argument("-d", "--data-dir", help="agent data dir holding admin/ (overrides -c)")
+    p.add_argument("-i", "--identity", help="identity directory (identity.crt, identity.key, ca.crt, auth_addr)")
+    p.add_argument("--auth-server", help="auth API address host:port (default: from the identity)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(parent, name, func, help_text, fmt="text"):
+        sp = parent.add_parser(name, help=help_text)
+        sp.set_defaults(func=func)
+        sp.add_argument("--format", choices=["text", "yaml", "json"], default=fmt)
+        return sp
+
+    add(sub, "status", cmd_status, "cluster status: name, version, CA fingerprints")
+    tokens = sub.add_parser("tokens", help="join tokens").add_subparsers(dest="sub", required=True)
+    t_add = add(tokens, "add", cmd_tokens_add, "create a join token")
+    t_add.add_argument("--type", required=True, help="trusted_cluster, node or proxy (comma-separated)")
+    t_add.add_argument("--ttl", default="30m", help="time to live, e.g. 5m, 15m, 1h (default 30m)")
+    t_add.add_argument("--labels", help="labels applied on join, k=v,k2=v2")
+    t_add.add_argument("--name", help="a stable name for the token (default: derived from its hash)")
+    t_add.add_argument("--value-stdin", action="store_true", help="read the token value from stdin")
+    add(tokens, "ls", cmd_tokens_ls, "list tokens")
+    t_rm = add(tokens, "rm", cmd_tokens_rm, "delete a token (by name or value)")
+    t_rm.add_argument("token")
+
+    users = sub.add_parser("users", help="local users").add_subparsers(dest="sub", required=True)
+    u_add = add(users, "add", cmd_users_add, "create a user")
+    u_add.add_argument("name")
+    u_add.add_argument("--roles", required=True, help="comma-separated roles")
+    u_add.add_argument("--logins", help="comma-separated Unix logins (the logins trait)")
+    u_add.add_argument("--traits", help="other traits, name=v1|v2,name2=v")
+    u_add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    u_pw = add(users, "passwd", cmd_users_passwd, "set a user's password (prompt, or --password-stdin)")
+    u_pw.add_argument("name")
+    u_pw.add_argument("--password-stdin", action="store_true")
+    add(users, "ls", cmd_users_ls, "list users")
+    u_rm = add(users, "rm", cmd_users_rm, "delete a user")
+    u_rm.add_argument("name")
+
+    create = add(sub, "create", cmd_create, "create resources from a YAML file (- for stdin)")
+    create.add_argument("file")
+    create.add_argument("-f", "--force", action="store_true", help="overwrite existing resources")
+    get = add(sub, "get", cmd_get, "print resources as YAML (or --format json)", fmt="yaml")
+    get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc")
+    rm = add(sub, "rm", cmd_rm, "delete a resource")
+    rm.add_argument("ref", help="KIND/NAME")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GatehouseError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
