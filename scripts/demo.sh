@@ -31,7 +31,8 @@ ssh_service: {enabled: true, listen_addr: 127.0.0.1:3022, labels: {env: demo}}
 YAML
   id visitor >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && useradd --create-home visitor; } || true
   login=$(id visitor >/dev/null 2>&1 && echo visitor || id -un)
-  "$BIN/gatehouse" start -c "$DEMO/gatehouse.yaml" --pid-file "$DEMO/gatehouse.pid" &
+  # Detached from this terminal; its log goes to the file named in the config.
+  setsid "$BIN/gatehouse" start -c "$DEMO/gatehouse.yaml" --pid-file "$DEMO/gatehouse.pid" </dev/null >"$DEMO/gatehouse.out" 2>&1 &
   for _ in $(seq 100); do curl -sk https://127.0.0.1:3080/webapi/ping >/dev/null 2>&1 && break; sleep 0.1; done
   password=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "\$ gatectl users add alice --roles=access --logins=$login --password-stdin"

@@ -73,7 +73,7 @@ async def _run(profile, login, node, cluster, command, port, force_tty, no_tty) 
     try:
         pollable = _pollable(sys.stdin.fileno())
         kwargs = dict(stdin=sys.stdin.buffer if pollable and not want_tty else asyncssh.PIPE,
-                      stdout=sys.stdout.buffer, stderr=sys.stderr.buffer, encoding=None)
+                      stdout=_dup(sys.stdout), stderr=_dup(sys.stderr), encoding=None)
         if want_tty:
             cols, rows = os.get_terminal_size() if interactive else (80, 24)
             kwargs.update(term_type=os.environ.get("TERM", "xterm"), term_size=(cols, rows))
@@ -94,6 +94,12 @@ async def _run(profile, login, node, cluster, command, port, force_tty, no_tty) 
     finally:
         conn.close()
         proxy.close()
+
+
+def _dup(stream):
+    """asyncssh closes the files it writes to at session end; give it copies of ours."""
+    stream.flush()
+    return os.fdopen(os.dup(stream.fileno()), "wb", buffering=0)
 
 
 def _pollable(fd: int) -> bool:
