@@ -1,0 +1,225 @@
+"""Shared fixtures for the end-to-end tests: real gatehouse processes on loopback.
+
+`cluster` starts one auth+proxy+node process (cluster "root.test", node "node1",
+labels env=dev) in a temporary directory with free ports, and gives the tests
+helpers to run `gatectl` and `gate` against it. It is module-scoped: each test
+module that uses it gets a fresh cluster, torn down at the end of the module.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+START_TIMEOUT = 30.0
+CMD_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("GATEHOUSE_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def run_module(module: str, *args, input=None, env=None, timeout=CMD_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run `python -m gatehouse.cli.MODULE ARGS` and return the completed process (text mode)."""
+    kwargs = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    return subprocess.run([sys.executable, "-m", f"gatehouse.cli.{module}", *map(str, args)],
+                          capture_output=True, text=not isinstance(input, bytes), env=env or base_env(),
+                          timeout=timeout, **kwargs)
+
+
+def write_yaml(path: str, text: str) -> str:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
+
+
+class Daemon:
+    """One `gatehouse start -c CFG` process with its stderr in a log file."""
+
+    def __init__(self, config_path: str, log_path: str):
+        self.config_path = config_path
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_port: int | None = None, wait: bool = True) -> "Daemon":
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", self.config_path],
+                                     stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=base_env())
+        logf.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        start_len = len(self.log_text().split("gatehouse is running")) - 1
+        while time.monotonic() < deadline:
+            if len(self.log_text().split("gatehouse is running")) - 1 > start_len:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gatehouse exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"gatehouse did not become ready in {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def wait_exit(self, timeout: float = START_TIMEOUT) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+class Cluster:
+    """An auth+proxy+node gatehouse process plus helpers for gatectl and gate."""
+
+    cluster_name = "root.test"
+    node_name = "node1"
+
+    def __init__(self, tmp: str, extra_auth: str = "", ssh: bool = True):
+        self.tmp = tmp
+        self.data_dir = os.path.join(tmp, "data")
+        self.gate_home = os.path.join(tmp, "gate")
+        self.auth_port, self.web_port, self.ssh_proxy_port, self.tunnel_port, self.node_port = \
+            (free_port() for _ in range(5))
+        self.web_addr = f"127.0.0.1:{self.web_port}"
+        self.auth_addr = f"127.0.0.1:{self.auth_port}"
+        cfg = (f"gatehouse: {{nodename: {self.node_name}, data_dir: {self.data_dir}, log: {{severity: DEBUG}}}}\n"
+               f"auth_service: {{enabled: true, cluster_name: {self.cluster_name}, "
+               f"listen_addr: '{self.auth_addr}'{extra_auth}}}\n"
+               f"proxy_service: {{enabled: true, web_listen_addr: '{self.web_addr}', "
+               f"listen_addr: '127.0.0.1:{self.ssh_proxy_port}', tunnel_listen_addr: '127.0.0.1:{self.tunnel_port}'}}\n")
+        if ssh:
+            cfg += f"ssh_service: {{enabled: true, listen_addr: '127.0.0.1:{self.node_port}', labels: {{env: dev}}}}\n"
+        self.config_path = write_yaml(os.path.join(tmp, "gatehouse.yaml"), cfg)
+        self.log_path = os.path.join(tmp, "gatehouse.log")
+        self.audit_path = os.path.join(self.data_dir, "log", "audit.jsonl")
+        self.daemon = Daemon(self.config_path, self.log_path)
+        self.extra: list[Daemon] = []
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> "Cluster":
+        self.daemon.start()
+        return self
+
+    def stop(self) -> None:
+        for d in self.extra:
+            d.stop()
+        self.daemon.stop()
+
+    def restart(self) -> None:
+        self.daemon.stop()
+        self.daemon.start()
+        self.wait_node(self.node_name)
+
+    # ---------------------------------------------------------------- commands
+    def run_gatectl(self, *args, input=None, timeout=CMD_TIMEOUT) -> subprocess.CompletedProcess:
+        return run_module("gatectl", "-c", self.config_path, *args, input=input, timeout=timeout)
+
+    def run_gate(self, *args, input=None, gate_home=None, timeout=CMD_TIMEOUT) -> subprocess.CompletedProcess:
+        return run_module("gate", *args, input=input, timeout=timeout,
+                          env=base_env(GATE_HOME=gate_home or self.gate_home))
+
+    def gate_env(self, gate_home=None) -> dict:
+        return base_env(GATE_HOME=gate_home or self.gate_home)
+
+    def login(self, user: str, password: str, gate_home=None, *extra) -> subprocess.CompletedProcess:
+        return self.run_gate("login", f"--proxy={self.web_addr}", f"--user={user}", "--insecure",
+                             "--password-stdin", *extra, input=password + "\n", gate_home=gate_home)
+
+    def add_user(self, name: str, roles: str, logins: str, password: str) -> None:
+        r = self.run_gatectl("users", "add", name, f"--roles={roles}", f"--logins={logins}", "--password-stdin",
+                             input=password + "\n")
+        assert r.returncode == 0, r.stderr
+
+    def profile_dir(self, gate_home=None) -> str:
+        return os.path.join(gate_home or self.gate_home, "profiles", "127.0.0.1")
+
+    def audit(self, event: str | None = None) -> list[dict]:
+        import json
+        try:
+            with open(self.audit_path, encoding="utf-8") as fh:
+                entries = [json.loads(line) for line in fh if line.strip()]
+        except FileNotFoundError:
+            return []
+        return [e for e in entries if event is None or e.get("event") == event]
+
+    def wait_node(self, name: str, timeout: float = START_TIMEOUT) -> None:
+        """Until `gatectl get node/NAME` finds the node (it heartbeats on start)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.run_gatectl("get", f"node/{name}", "--format", "json")
+            if r.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {name} never registered: {r.stderr}")
+            time.sleep(0.3)
+
+    def log_text(self) -> str:
+        return self.daemon.log_text()
+
+
+def ensure_unix_user(name: str) -> bool:
+    """Create `name` if missing; True when we created it (so teardown deletes it)."""
+    try:
+        pwd.getpwnam(name)
+        return False
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True,
+                   capture_output=True)
+    return True
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end tests need root (sessions switch to the visitor login)")
+    created_user = ensure_unix_user("visitor")
+    tmp = tempfile.mkdtemp(prefix="gatehouse-e2e-")
+    # All test logins come from 127.0.0.1 and share one per-address bucket; the default
+    # (5/min) would throttle the suite. test_login_rate_limit runs its own cluster at 5/min.
+    c = Cluster(tmp, extra_auth=", login_rate: 600")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("GATEHOUSE_E2E_KEEP"):
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created_user:
+            subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
