@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import sys
 
-from ..errors import BadParameter
+from ..errors import BadParameter, GatehouseError
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -38,3 +38,14 @@ def read_secret(prompt: str, from_stdin: bool, confirm: bool = False) -> str:
 
 def labels_text(labels: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def run(parser, argv) -> int:
+    """Parse, dispatch to the command, and turn any Gatehouse error into one ERROR line."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GatehouseError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130

@@ -12,7 +12,7 @@ import sys
 import time
 
 from ..errors import BadParameter, ConnectionProblem, GatehouseError
-from .common import fail, labels_text, read_secret, table
+from .common import labels_text, read_secret, run, table
 
 CERT_EXTENSIONS_SHOWN = ("permit-agent-forwarding", "permit-port-forwarding", "permit-pty",
                          "permit-X11-forwarding", "permit-user-rc")
@@ -168,13 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except GatehouseError as exc:
-        return fail(str(exc))
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

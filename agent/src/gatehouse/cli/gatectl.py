@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-from ..errors import BadParameter, GatehouseError
-from .common import fail, labels_text, read_secret, table
+from ..errors import BadParameter
+from .common import labels_text, read_secret, run, table
 
 
 def _client(args):
@@ -232,13 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except GatehouseError as exc:
-        return fail(str(exc))
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":
