@@ -124,6 +124,14 @@ def test_login_failures_look_the_same(cluster, alice):
     assert not os.path.exists(os.path.join(home, "current"))
 
 
+def test_login_refuses_self_signed_proxy_without_insecure(cluster, tmp_path):
+    res = cluster.run_gate("login", f"--proxy={cluster.web_addr}", "--user=alice", "--password-stdin",
+                           input="whatever-pass\n", gate_home=str(tmp_path / "gate"))
+    assert res.returncode == 1
+    assert "presented a certificate that cannot be verified (is it self-signed?)" in res.stderr
+    assert "--insecure" in res.stderr
+
+
 def test_login_rate_limit():
     """A cluster with the default login rate (5/min): a burst of bad passwords is cut off."""
     tmp = tempfile.mkdtemp(prefix="gatehouse-e2e-rate-")

@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
+
+from .clock import now_iso
 
 log = logging.getLogger("gatehouse.audit")
 
@@ -31,7 +32,7 @@ class AuditLog:
         entry = {
             "event": event,
             "uid": uuid.uuid4().hex,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "time": now_iso(),
             "cluster_name": self.cluster_name,
             "success": success,
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import ssl
 
-from .errors import ConnectionProblem, GatehouseError, from_dict
+from .errors import ConnectionProblem, GatehouseError, TLSProblem, from_dict
 
 FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"
 
@@ -20,8 +20,8 @@ def _unreachable(url: str, exc: Exception) -> ConnectionProblem:
                              f"address and port are right")
 
 
-def _tls_problem(url: str, exc: Exception) -> ConnectionProblem:
-    return ConnectionProblem(f"TLS handshake with {url} failed ({str(exc)[:160]}); the certificate or CA does not "
+def _tls_problem(url: str, exc: Exception) -> TLSProblem:
+    return TLSProblem(f"TLS handshake with {url} failed ({str(exc)[:160]}); the certificate or CA does not "
                              f"match this cluster — log in again or check the identity files")
 
 

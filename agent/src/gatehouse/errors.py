@@ -56,6 +56,12 @@ class ConnectionProblem(GatehouseError):
     code = "connection_problem"
 
 
+class TLSProblem(ConnectionProblem):
+    """The TLS handshake failed: untrusted, self-signed or mismatched certificate."""
+
+    code = "tls_problem"
+
+
 class TrustError(GatehouseError):
     """The trusted-cluster handshake was refused or could not complete."""
 
@@ -65,7 +71,7 @@ class TrustError(GatehouseError):
 
 _BY_CODE = {cls.code: cls for cls in (GatehouseError, BadParameter, AccessDenied, NotFound,
                                       AlreadyExists, CompareFailed, LimitExceeded,
-                                      ConnectionProblem, TrustError)}
+                                      ConnectionProblem, TLSProblem, TrustError)}
 
 
 def from_dict(payload: dict, status: int = 500) -> GatehouseError:

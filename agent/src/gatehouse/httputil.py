@@ -31,6 +31,12 @@ async def error_middleware(request: web.Request, handler):
         return web.json_response(err.to_dict(), status=500)
 
 
+def peer_subject(request: web.Request) -> dict[str, str]:
+    """Subject fields of the verified client certificate ({} when none was presented)."""
+    cert = request.transport.get_extra_info("peercert") if request.transport else None
+    return {k: v for rdn in (cert or {}).get("subject", ()) for k, v in rdn}
+
+
 async def read_json(request: web.Request) -> dict:
     try:
         body = await request.json()

@@ -59,11 +59,10 @@ def client_context(cert_file: str | None, key_file: str | None, ca_pem: str | No
     """
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
     if insecure or not ca_pem:
-        ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
-        ctx.check_hostname = False
         ctx.load_verify_locations(cadata=ca_pem)
     if cert_file:
         ctx.load_cert_chain(cert_file, key_file)

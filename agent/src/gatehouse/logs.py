@@ -39,5 +39,5 @@ def setup(output: str = "stderr", severity: str = "INFO", fmt: str = "text", deb
     root.handlers[:] = [handler]
     root.setLevel(level)
     # asyncssh is chatty at DEBUG; keep its logs one step quieter than ours.
-    logging.getLogger("asyncssh").setLevel(max(level, logging.INFO) if level > logging.DEBUG else logging.INFO)
+    logging.getLogger("asyncssh").setLevel(max(level, logging.INFO))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING if level > logging.DEBUG else logging.DEBUG)

@@ -22,13 +22,13 @@ log = logging.getLogger("gatehouse.join")
 
 async def obtain_identity(cfg: Config, role: str, name: str, principals: list[str], auth_svc=None) -> IdentityFiles:
     ident = IdentityFiles(os.path.join(cfg.data_dir, "identity", role))
+    if auth_svc is None and ident.exists() and os.path.exists(ident.path("ssh_key")):
+        log.debug("using the existing %s identity in %s", role, ident.dir)
+        return ident
     ssh_key = pki.new_ssh_key(comment=f"{role}:{name}")
     tls_key, tls_pub = pki.new_tls_key()
     if auth_svc is not None:
         result = await auth_svc.issue_host_identity(role, name, ssh_key.public_line, tls_pub, principals)
-    elif ident.exists() and os.path.exists(ident.path("ssh_key")):
-        log.debug("using the existing %s identity in %s", role, ident.dir)
-        return ident
     else:
         result = await _join(cfg, role, name, ssh_key.public_line, tls_pub, principals)
     ident.save({"identity.key": tls_key, "identity.crt": result["tls_cert"], "ca.crt": result["tls_ca"],

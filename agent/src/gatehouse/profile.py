@@ -82,8 +82,7 @@ class Profile:
     def api(self):
         from .client import APIClient
         return APIClient(f"https://{self.web_addr}", cert_file=self.path("tls.crt"), key_file=self.path("tls.key"),
-                         insecure=self.insecure, check_hostname=not self.insecure,
-                         ca_file=None if self.insecure else self.data.get("web_ca_file"))
+                         insecure=self.insecure)
 
 
 def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_key: str, insecure: bool) -> Profile:

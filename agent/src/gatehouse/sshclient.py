@@ -13,9 +13,8 @@ import signal
 import sys
 
 from .errors import AccessDenied, ConnectionProblem, NotFound
+from .sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
 
-ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                   "aes128-ctr", "aes256-ctr"]
 
 
 def _client_factory(banners: list[str]):
@@ -34,7 +33,7 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
     cert = asyncssh.import_certificate(open(profile.cert_path, encoding="utf-8").read())
     banners: list[str] = []
     common = dict(client_keys=[(key, cert)], known_hosts=profile.known_hosts_path, agent_path=None,
-                  encryption_algs=ENCRYPTION_ALGS, compression_algs=["none"], preferred_auth="publickey",
+                  encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS, preferred_auth="publickey",
                   client_factory=_client_factory(banners), config=None, ignore_encrypted=True)
     proxy_host, proxy_port = profile.ssh_addr
     try:

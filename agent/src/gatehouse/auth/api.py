@@ -16,7 +16,7 @@ from aiohttp import web
 from .. import __version__, pki
 from ..config import is_ip, split_hostport
 from ..errors import AccessDenied, BadParameter
-from ..httputil import error_middleware, make_server_context, read_json
+from ..httputil import error_middleware, make_server_context, peer_subject, read_json
 from .service import AuthService, Identity
 
 log = logging.getLogger("gatehouse.auth.api")
@@ -26,10 +26,9 @@ FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"
 
 def identity_from_request(request: web.Request, cluster_name: str) -> Identity | None:
     """The verified caller, or the user a proxy forwards on behalf of."""
-    cert = request.transport.get_extra_info("peercert") if request.transport else None
-    if not cert:
+    subject = peer_subject(request)
+    if not subject:
         return None
-    subject = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
     ident = Identity(name=subject.get("commonName", ""), kind=subject.get("organizationalUnitName", ""),
                      cluster=subject.get("organizationName", ""))
     if ident.cluster != cluster_name:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .. import __version__, pki, resources
 from ..access import AccessChecker
 from ..audit import AuditLog
+from ..clock import now_iso
 from ..backend import open_backend
 from ..config import AUTH_PORT, Config, is_ip, public_addr
 from ..errors import AccessDenied, AlreadyExists, BadParameter, NotFound
@@ -43,11 +44,6 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return self.kind == "admin"
-
-
-def now_iso(ts: float | None = None) -> str:
-    ts = time.time() if ts is None else ts
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1e6) % 1000000:06d}Z"
 
 
 def token_hash(value: str) -> str:
@@ -90,8 +86,7 @@ class AuthService:
             await self.backend.create("roles/access", _default_access_role())
         except AlreadyExists:
             pass
-        await self.load_cas()
-        self._write_admin_identity()
+        await self._write_admin_identity()
 
     def _new_ca(self, ca_type: str) -> dict:
         record = {"cluster_name": self.cluster_name, "type": ca_type, "active": True, "local": True}
@@ -102,11 +97,11 @@ class AuthService:
             record["private"], record["public"] = pair.private_openssh, pair.public_line
         return record
 
-    def _write_admin_identity(self) -> None:
+    async def _write_admin_identity(self) -> None:
         """Local admin credentials for gatectl and the Ansible modules on this host."""
         admin_dir = os.path.join(self.cfg.data_dir, "admin")
         key_pem, pub_pem = pki.new_tls_key()
-        ca = self._ca_sync("tls")
+        ca = await self.local_ca("tls")
         cert = pki.issue_tls_cert(ca["private"], ca["public"], pub_pem, common_name="admin",
                                   organization=self.cluster_name, unit="admin",
                                   ttl_seconds=HOST_CERT_TTL, server=False, client=True)
@@ -116,17 +111,10 @@ class AuthService:
         pki.write_secret(os.path.join(admin_dir, "auth_addr"), self.cfg.auth_addr + "\n")
 
     # ----------------------------------------------------------------- CAs
-    def _ca_sync(self, ca_type: str) -> dict:
-        return self._ca_cache[ca_type]
-
     async def local_ca(self, ca_type: str) -> dict:
         if ca_type not in self._ca_cache:
             self._ca_cache[ca_type] = (await self.backend.get(f"cas/{self.cluster_name}/{ca_type}")).value
         return self._ca_cache[ca_type]
-
-    async def load_cas(self) -> None:
-        for ca_type in ("user", "host", "tls"):
-            await self.local_ca(ca_type)
 
     async def cert_authorities(self) -> list[dict]:
         """Public parts of every CA this cluster knows (its own and trusted clusters')."""
@@ -232,9 +220,8 @@ class AuthService:
             return {"name": "static", "roles": [role], "labels": {}, "expires": ""}
         record = await self._find_token(value or "")
         if record is None:
-            raise AccessDenied(f"the {role} join token is invalid or has expired; create a new one on the root with "
-                               f"'gatectl tokens add --type={role}'" if role == "trusted_cluster" else
-                               f"the {role} join token is invalid or has expired; create a new one with "
+            where = " on the root" if role == "trusted_cluster" else ""
+            raise AccessDenied(f"the {role} join token is invalid or has expired; create a new one{where} with "
                                f"'gatectl tokens add --type={role}'")
         if role not in record["roles"]:
             raise AccessDenied(f"the join token is for {', '.join(record['roles'])}, not {role}; create one with "
@@ -274,14 +261,10 @@ class AuthService:
         prefix = _prefix(kind)
         if name is not None:
             try:
-                return [self._present(kind, (await self.backend.get(prefix + name)).value)]
+                return [(await self.backend.get(prefix + name)).value]
             except NotFound:
                 _not_found(kind, name)
-        return [self._present(kind, i.value) for i in await self.backend.get_range(prefix)]
-
-    def _present(self, kind: str, value: dict) -> dict:
-        hook = getattr(self, f"_present_{kind}", None)
-        return hook(value) if hook else value
+        return [i.value for i in await self.backend.get_range(prefix)]
 
     async def put_resource(self, ident: Identity, resource: dict, force: bool = False) -> tuple[dict, bool]:
         """Create (or with force, replace) a user or role. Returns (resource, created)."""
@@ -446,15 +429,6 @@ class AuthService:
             return nodes
         checker = await self.checker_for_user(await self.get_user(ident.name))
         return [n for n in nodes if checker.can_see_node(n["metadata"]["name"], n["metadata"]["labels"])]
-
-    async def find_node(self, host: str) -> dict:
-        """Resolve a node by name, `name.cluster`, host id or address."""
-        short = host[: -len(self.cluster_name) - 1] if host.endswith("." + self.cluster_name) else host
-        nodes = [i.value for i in await self.backend.get_range("nodes/")]
-        for node in nodes:
-            if short in (node["metadata"]["name"], node["spec"]["hostname"]) or host == node["spec"]["addr"]:
-                return node
-        raise NotFound(f'node "{host}" is not registered in cluster "{self.cluster_name}"; list nodes with \'gate ls\'')
 
     # ----------------------------------------------------------------- snapshots for nodes and proxies
     async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0) -> dict:

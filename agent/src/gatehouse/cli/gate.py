@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from ..errors import BadParameter, ConnectionProblem, GatehouseError
+from ..errors import BadParameter, GatehouseError, TLSProblem
 from .common import labels_text, read_secret, run, table
 
 CERT_EXTENSIONS_SHOWN = ("permit-agent-forwarding", "permit-port-forwarding", "permit-pty",
@@ -28,12 +28,10 @@ def cmd_login(args) -> int:
     api = APIClient(f"https://{web}", insecure=args.insecure)
     try:
         api.get("/webapi/ping")
-    except ConnectionProblem as exc:
-        if "TLS" in str(exc) or "certificate" in str(exc).lower():
-            raise ConnectionProblem(f"the proxy at {web} presented a certificate that cannot be verified (is it "
-                                    f"self-signed?); configure a trusted certificate, or pass --insecure in test "
-                                    f"setups") from None
-        raise
+    except TLSProblem:
+        raise TLSProblem(f"the proxy at {web} presented a certificate that cannot be verified (is it "
+                         f"self-signed?); configure a trusted certificate, or pass --insecure in test "
+                         f"setups") from None
     user = args.user or os.environ.get("USER") or "root"
     password = read_secret(f"Enter password for Gatehouse user {user}: ", args.password_stdin)
     ssh_key = pki.new_ssh_key(comment=f"gate:{user}")

@@ -42,9 +42,8 @@ def _render(items: list[dict], fmt: str) -> str:
 def _expiry_text(expires: str) -> str:
     if not expires:
         return "never"
-    from datetime import datetime
-    ts = datetime.strptime(expires[:19], "%Y-%m-%dT%H:%M:%S").timestamp() - time.timezone
-    left = max(0, int(ts - time.time()))
+    from ..clock import parse_iso
+    left = max(0, int(parse_iso(expires) - time.time()))
     from ..resources import format_duration
     return f"{expires[:19].replace('T', ' ')} UTC ({format_duration(left) if left else 'expired'})"
 

@@ -19,15 +19,13 @@ from ..cache import ClusterCache
 from ..config import Config, split_hostport, NODE_PORT
 from ..errors import GatehouseError
 from ..identity import IdentityFiles
+from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
 from ..sshserver import CertAuthServer, CertUser
 from . import session
 from .authorize import Authorizer
 
 log = logging.getLogger("gatehouse.node")
 
-# AES-GCM first: hardware-accelerated and the fastest asyncssh cipher; no compression.
-ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                   "aes128-ctr", "aes256-ctr"]
 
 
 class _NodeConnection(CertAuthServer):
@@ -110,7 +108,7 @@ class NodeService:
         self.server = await asyncssh.create_server(
             lambda: _NodeConnection(self), host or None, port,
             server_host_keys=[(host_key, host_cert)], encoding=None,
-            encryption_algs=ENCRYPTION_ALGS, compression_algs=["none"],
+            encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
             allow_scp=False, agent_forwarding=False, x11_forwarding=False,
             keepalive_interval=30, login_timeout=30, reuse_address=True)
         if port == 0:

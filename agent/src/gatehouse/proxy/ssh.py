@@ -18,7 +18,7 @@ import asyncssh
 
 from ..config import PROXY_SSH_PORT, Config, split_hostport
 from ..errors import GatehouseError, NotFound
-from ..node.server import ENCRYPTION_ALGS
+from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
 from ..sshserver import CertAuthServer, CertUser
 
 log = logging.getLogger("gatehouse.proxy.ssh")
@@ -186,7 +186,7 @@ class ProxySSH:
         host_cert = asyncssh.import_certificate(self.ident.read("ssh_key-cert.pub"))
         self.server = await asyncssh.create_server(
             lambda: _ProxyConnection(self), host or None, port, server_host_keys=[(host_key, host_cert)],
-            encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=["none"],
+            encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, keepalive_interval=30,
             login_timeout=30, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -15,7 +15,7 @@ import socket
 from aiohttp import web
 
 from .. import __version__, pki
-from ..httputil import error_middleware, make_server_context, read_json
+from ..httputil import error_middleware, make_server_context, peer_subject, read_json
 from ..client import FORWARDED_IDENTITY
 from ..config import PROXY_SSH_PORT, TUNNEL_PORT, WEB_PORT, Config, is_ip, public_addr, split_hostport
 from ..errors import AccessDenied, BadParameter
@@ -68,9 +68,8 @@ class ProxyWeb:
         return web.json_response(result)
 
     def _user(self, request) -> str:
-        cert = request.transport.get_extra_info("peercert") if request.transport else None
-        subject = {k: v for rdn in (cert or {}).get("subject", ()) for k, v in rdn}
-        if not cert or subject.get("organizationalUnitName") != "user":
+        subject = peer_subject(request)
+        if subject.get("organizationalUnitName") != "user":
             raise AccessDenied("this request needs your login certificate; run 'gate login' first")
         return subject["commonName"]
 
