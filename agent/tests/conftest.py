@@ -108,15 +108,20 @@ class Cluster:
     cluster_name = "root.test"
     node_name = "node1"
 
-    def __init__(self, tmp: str, extra_auth: str = "", ssh: bool = True):
+    def __init__(self, tmp: str, extra_auth: str = "", ssh: bool = True, cluster_name: str | None = None,
+                 node_name: str | None = None, extra_general: str = ""):
+        self.cluster_name = cluster_name or self.cluster_name
+        self.node_name = node_name or self.node_name
         self.tmp = tmp
+        os.makedirs(tmp, exist_ok=True)
         self.data_dir = os.path.join(tmp, "data")
         self.gate_home = os.path.join(tmp, "gate")
         self.auth_port, self.web_port, self.ssh_proxy_port, self.tunnel_port, self.node_port = \
             (free_port() for _ in range(5))
         self.web_addr = f"127.0.0.1:{self.web_port}"
         self.auth_addr = f"127.0.0.1:{self.auth_port}"
-        cfg = (f"gatehouse: {{nodename: {self.node_name}, data_dir: {self.data_dir}, log: {{severity: DEBUG}}}}\n"
+        cfg = (f"gatehouse: {{nodename: {self.node_name}, data_dir: {self.data_dir}, log: {{severity: DEBUG}}"
+               f"{extra_general}}}\n"
                f"auth_service: {{enabled: true, cluster_name: {self.cluster_name}, "
                f"listen_addr: '{self.auth_addr}'{extra_auth}}}\n"
                f"proxy_service: {{enabled: true, web_listen_addr: '{self.web_addr}', "

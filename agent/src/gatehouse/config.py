@@ -52,6 +52,7 @@ class ProxyConfig:
     tunnel_public_addr: str = ""
     https_cert_file: str = ""
     https_key_file: str = ""
+    tunnel_heartbeat_interval: float = 3.0  # a tunnel counts as offline after 3 missed heartbeats
 
 
 @dataclass

@@ -45,11 +45,17 @@ class GatehouseProcess:
         if cfg.proxy.enabled:
             from .proxy.ssh import ProxySSH
             from .proxy.web import ProxyWeb
-            web = ProxyWeb(cfg, idents["proxy"], client, cache)
-            ssh = ProxySSH(cfg, idents["proxy"], cache, audit)
+            from .tunnel.agent import TunnelAgentPool
+            from .tunnel.server import TunnelServer
+            tunnels = TunnelServer(cfg, idents["proxy"], cache, client, audit)
+            web = ProxyWeb(cfg, idents["proxy"], client, cache, tunnels)
+            ssh = ProxySSH(cfg, idents["proxy"], cache, audit, tunnels)
+            agents = TunnelAgentPool(cfg, idents["proxy"], cache, client, audit)
             await web.start()
             await ssh.start()
-            self.closers += [web.stop, ssh.stop]
+            await tunnels.start()
+            await agents.start()
+            self.closers += [web.stop, ssh.stop, tunnels.stop, agents.stop]
         if cfg.ssh.enabled:
             from .node.server import NodeService
             node_client = api_client(idents["node"])

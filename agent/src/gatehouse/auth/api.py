@@ -69,6 +69,14 @@ class AuthAPI:
         r.add_get("/v1/nodes", self.nodes)
         r.add_get("/v1/snapshot", self.snapshot)
         r.add_get("/v1/cas", self.cas)
+        r.add_post("/v1/trustedclusters/validate", self.validate_trust)
+        r.add_put("/v1/remote_clusters/{name}/labels", self.set_cluster_labels)
+        r.add_post("/v1/tunnels/heartbeat", self.tunnel_heartbeat)
+        r.add_post("/v1/tunnels/agent_status", self.tunnel_agent_status)
+        r.add_post("/v1/tunnels/cert", self.tunnel_cert)
+        r.add_post("/v1/proxies/heartbeat", self.proxy_heartbeat)
+        r.add_get("/v1/clusters", self.clusters)
+        r.add_get("/v1/whoami", self.whoami)
 
     def ident(self, request: web.Request, required: bool = True) -> Identity:
         ident = identity_from_request(request, self.svc.cluster_name)
@@ -159,6 +167,53 @@ class AuthAPI:
     async def cas(self, request):
         self.ident(request)
         return web.json_response({"items": await self.svc.cert_authorities(), **await self.svc.ca_bundle()})
+
+
+    # -- trust ----------------------------------------------------------------
+    async def validate_trust(self, request):
+        ident = self.ident(request)
+        if ident.kind != "proxy":
+            raise AccessDenied("trust handshakes arrive through the root proxy's /webapi/trustedclusters/validate")
+        body = await read_json(request)
+        client_addr = str(body.pop("client_addr", "") or request.remote)
+        return web.json_response(await self.svc.trust.validate(body, client_addr))
+
+    async def set_cluster_labels(self, request):
+        ident = self.ident(request)
+        if not ident.is_admin:
+            raise AccessDenied("only the root's admin can set a remote cluster's labels")
+        body = await read_json(request)
+        rc = await self.svc.trust.set_labels(ident, request.match_info["name"], body.get("labels") or {})
+        return web.json_response({"resource": rc})
+
+    async def tunnel_heartbeat(self, request):
+        body = await read_json(request)
+        await self.svc.trust.tunnel_heartbeat(self.ident(request), str(_need(body, "cluster")[0]),
+                                              bool(body.get("connected")), float(body.get("interval") or 5.0))
+        return web.json_response({})
+
+    async def tunnel_agent_status(self, request):
+        body = await read_json(request)
+        await self.svc.trust.tunnel_agent_status(self.ident(request), str(_need(body, "cluster")[0]),
+                                                 [str(p) for p in body.get("proxies") or []],
+                                                 float(body.get("interval") or 5.0))
+        return web.json_response({})
+
+    async def tunnel_cert(self, request):
+        body = await read_json(request)
+        cert = await self.svc.trust.issue_tunnel_cert(self.ident(request), str(_need(body, "ssh_public_key")[0]))
+        return web.json_response({"ssh_cert": cert})
+
+    async def proxy_heartbeat(self, request):
+        body = await read_json(request)
+        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), float(body.get("interval") or 5.0))
+        return web.json_response({"proxies": proxies})
+
+    async def clusters(self, request):
+        return web.json_response({"items": await self.svc.list_clusters(self.ident(request))})
+
+    async def whoami(self, request):
+        return web.json_response(await self.svc.whoami(self.ident(request)))
 
 
 async def server_tls_context(svc: AuthService, host: str) -> ssl.SSLContext:

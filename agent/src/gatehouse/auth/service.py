@@ -60,6 +60,8 @@ class AuthService:
         self.validate_limiter = RateLimiter(cfg.auth.validate_rate)
         self.static_tokens = self._parse_static_tokens(cfg.auth.tokens)
         self._ca_cache: dict[str, dict] = {}
+        from .trust import TrustManager
+        self.trust = TrustManager(self)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -140,6 +142,9 @@ class AuthService:
         host_ca = await self.local_ca("host")
         now = int(time.time())
         names = [name, f"{name}.{self.cluster_name}", *principals]
+        if kind == "proxy":
+            from ..tunnel import TUNNEL_PRINCIPAL
+            names.append(TUNNEL_PRINCIPAL)  # leaves' tunnel servers present this name to root proxies
         ssh_cert = pki.sign_ssh_cert(host_ca["private"], ssh_public, cert_type="host", key_id=f"{kind}:{name}",
                                      principals=list(dict.fromkeys(p for p in names if p)),
                                      valid_after=now - 60, valid_before=now + HOST_CERT_TTL)
@@ -254,6 +259,11 @@ class AuthService:
             _require_admin(ident, "read certificate authorities")
             cas = [_ca_resource(c) for c in await self.cert_authorities()]
             return [c for c in cas if name is None or c["metadata"]["name"] == name] or _not_found(kind, name)
+        if kind in ("remote_cluster", "trusted_cluster"):
+            _require_admin(ident, f"read {kind} resources")
+            if kind == "remote_cluster":
+                return await self.trust.remote_clusters(name)
+            return await self.trust.trusted_clusters(name)
         if kind == "node":
             nodes = await self.list_nodes(ident)
             return [n for n in nodes if name is None or n["metadata"]["name"] == name] or _not_found(kind, name)
@@ -275,8 +285,9 @@ class AuthService:
         if handler is None:
             raise BadParameter(f"{kind} resources cannot be created with 'gatectl create'; see 'gatectl --help'")
         created = await handler(ident, res, force)
-        self.audit.emit(f"{kind}.{'create' if created else 'update'}", user=ident.name, name=name)
-        return res, created
+        if kind not in _SELF_AUDITED:
+            self.audit.emit(f"{kind}.{'create' if created else 'update'}", user=ident.name, name=name)
+        return resources.redact(res), created
 
     async def _put_simple(self, res: dict, force: bool) -> bool:
         key = _prefix(res["kind"]) + res["metadata"]["name"]
@@ -297,6 +308,15 @@ class AuthService:
 
     async def _put_role(self, ident, res, force) -> bool:
         return await self._put_simple(res, force)
+
+    async def _put_trusted_cluster(self, ident, res, force) -> bool:
+        return await self.trust.put_trusted_cluster(ident, res, force)
+
+    async def _delete_trusted_cluster(self, ident, name) -> None:
+        await self.trust.delete_trusted_cluster(ident, name)
+
+    async def _delete_remote_cluster(self, ident, name) -> None:
+        await self.trust.delete_remote_cluster(ident, name)
 
     async def _put_user(self, ident, res, force) -> bool:
         await self._require_roles_exist(res["spec"]["roles"])
@@ -335,7 +355,8 @@ class AuthService:
                     await self.backend.delete(f"passwords/{name}")
                 except NotFound:
                     pass
-        self.audit.emit(f"{kind}.delete", user=ident.name, name=name)
+        if kind not in _SELF_AUDITED:
+            self.audit.emit(f"{kind}.delete", user=ident.name, name=name)
 
     # ----------------------------------------------------------------- users and login
     async def set_password(self, ident: Identity, user: str, password: str) -> None:
@@ -430,6 +451,26 @@ class AuthService:
         checker = await self.checker_for_user(await self.get_user(ident.name))
         return [n for n in nodes if checker.can_see_node(n["metadata"]["name"], n["metadata"]["labels"])]
 
+    async def list_clusters(self, ident: Identity) -> list[dict]:
+        """This cluster and the leaves the caller may see (root roles' cluster_labels decide)."""
+        remote = await self.trust.remote_clusters()
+        own = {"name": self.cluster_name, "type": "root", "status": "online", "labels": {}}
+        leaves = [{"name": rc["metadata"]["name"], "type": "leaf", "status": rc["status"]["connection"],
+                   "labels": rc["metadata"]["labels"]} for rc in remote]
+        if ident.kind == "user":
+            checker = await self.checker_for_user(await self.get_user(ident.name))
+            leaves = [c for c in leaves if checker.check_cluster(c["name"], c["labels"]).allowed]
+        return [own, *leaves]
+
+    async def whoami(self, ident: Identity) -> dict:
+        """A user's roles, traits and logins as their certificate states them (for proxies acting for them)."""
+        if ident.kind != "user":
+            return {"name": ident.name, "kind": ident.kind, "roles": [], "traits": {}, "logins": []}
+        user = await self.get_user(ident.name)
+        checker = await self.checker_for_user(user)
+        return {"name": ident.name, "kind": "user", "roles": user["spec"]["roles"],
+                "traits": dict(user["spec"]["traits"]), "logins": checker.logins()}
+
     # ----------------------------------------------------------------- snapshots for nodes and proxies
     async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0) -> dict:
         if ident.kind not in ("node", "proxy", "admin"):
@@ -456,6 +497,7 @@ class AuthService:
 
 
 # --------------------------------------------------------------------- helpers
+_SELF_AUDITED = ("trusted_cluster", "remote_cluster")  # trust.py emits richer events itself
 _PREFIXES = {"user": "users/", "role": "roles/", "token": "tokens/", "node": "nodes/",
              "trusted_cluster": "trusted_clusters/", "remote_cluster": "remote_clusters/"}
 
@@ -508,4 +550,5 @@ def _default_access_role() -> dict:
     return resources.validate({
         "kind": "role", "version": "v5", "metadata": {"name": "access",
                                                         "description": "SSH access with the user's own logins"},
-        "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}}}})
+        "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"},
+                           "cluster_labels": {"*": "*"}}}})

@@ -179,6 +179,22 @@ def cmd_rm(args) -> int:
     return 0
 
 
+def cmd_update(args) -> int:
+    from ..resources import parse_labels_arg, parse_ref
+    kind, name = parse_ref(args.ref)
+    if kind != "remote_cluster" or not name:
+        raise BadParameter("only remote clusters can be updated this way: gatectl update rc/NAME --set-labels=k=v")
+    if args.set_labels is None:
+        raise BadParameter("say what to change, e.g. gatectl update rc/NAME --set-labels=env=prod")
+    labels = parse_labels_arg(args.set_labels)
+    rc = _client(args).put(f"/v1/remote_clusters/{name}/labels", {"labels": labels})["resource"]
+    if args.format != "text":
+        print(_render([rc], args.format))
+        return 0
+    print(f'remote_cluster "{name}" has been updated (labels: {labels_text(rc["metadata"]["labels"]) or "none"})')
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatectl", description="Administer a Gatehouse cluster.")
@@ -225,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("-f", "--force", action="store_true", help="overwrite existing resources")
     get = add(sub, "get", cmd_get, "print resources as YAML (or --format json)", fmt="yaml")
     get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc")
+    update = add(sub, "update", cmd_update, "update a remote cluster's labels (root only)")
+    update.add_argument("ref", help="rc/NAME")
+    update.add_argument("--set-labels", help="replace the labels with k=v,k2=v2 (empty string clears them)")
     rm = add(sub, "rm", cmd_rm, "delete a resource")
     rm.add_argument("ref", help="KIND/NAME")
     return p

@@ -19,6 +19,7 @@ import asyncssh
 from ..config import PROXY_SSH_PORT, Config, split_hostport
 from ..errors import GatehouseError, NotFound
 from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from ..node.authorize import Authorizer
 from ..sshserver import CertAuthServer, CertUser
 
 log = logging.getLogger("gatehouse.proxy.ssh")
@@ -33,11 +34,14 @@ class Router:
         self.cache = cache
 
     def split_cluster(self, host: str, cluster: str | None) -> tuple[str, str]:
+        """`node.leaf` → (node, leaf) for this cluster and every registered leaf; else this cluster."""
         local = self.cache.cluster_name
         if cluster:
             return host, cluster
-        if host.endswith("." + local):
-            return host[: -len(local) - 1], local
+        names = [local] + [rc["metadata"]["name"] for rc in self.cache.snapshot.get("remote_clusters", [])]
+        for name in sorted(names, key=len, reverse=True):
+            if host.endswith("." + name):
+                return host[: -len(name) - 1], name
         return host, local
 
     def resolve_local(self, host: str, port: int) -> tuple[str, int, dict]:
@@ -151,34 +155,55 @@ class _ProxyConnection(CertAuthServer):
 
     async def _forward(self, dest_host: str, dest_port: int):
         try:
-            host, port, cluster = self.proxy.route(self.user, dest_host, dest_port, None)
+            host, port, tunnel = self.proxy.route(self.user, dest_host, dest_port, None)
+            if tunnel is not None:
+                return await self.conn.forward_tunneled_connection(tunnel.conn, host, port)
             return await self.conn.forward_connection(host, port)
         except GatehouseError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
 
     async def open_target(self, host: str, port: int, cluster: str | None, protocol: TargetProtocol):
-        host, port, cluster = self.proxy.route(self.user, host, port, cluster)
+        host, port, tunnel = self.proxy.route(self.user, host, port, cluster)
+        if tunnel is not None:
+            chan, _ = await tunnel.conn.create_connection(lambda: protocol, host, port)
+            return chan
         transport, _ = await asyncio.get_running_loop().create_connection(lambda: protocol, host, port)
         return transport
 
 
 class ProxySSH:
-    def __init__(self, cfg: Config, ident, cache, audit):
+    def __init__(self, cfg: Config, ident, cache, audit, tunnels=None):
         self.cfg = cfg
         self.ident = ident
         self.cache = cache
         self.audit = audit
+        self.tunnels = tunnels
         self.router = Router(cache)
+        self.authorizer = Authorizer(cache)
         self.server = None
         self.port = 0
 
-    def route(self, user: CertUser, host: str, port: int, cluster: str | None) -> tuple[str, int, str]:
+    def route(self, user: CertUser, host: str, port: int, cluster: str | None):
+        """(host, port, tunnel): a local node's address (tunnel None), or a leaf node's name and its tunnel."""
         host, cluster = self.router.split_cluster(host, cluster)
         if cluster != self.cache.cluster_name:
-            raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+            return host, port, self._leaf_tunnel(user, cluster)
         node_host, node_port, node = self.router.resolve_local(host, port)
         log.debug("proxy: routing %s to node %s (%s:%d)", user.name, node["metadata"]["name"], node_host, node_port)
-        return node_host, node_port, cluster
+        return node_host, node_port, None
+
+    def _leaf_tunnel(self, user: CertUser, cluster: str):
+        rc = next((r for r in self.cache.snapshot.get("remote_clusters", []) if r["metadata"]["name"] == cluster), None)
+        if rc is None or self.tunnels is None or user.cluster != self.cache.cluster_name:
+            raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+        checker, _, _ = self.authorizer.checker(user.cluster, user.cert.roles, user.cert.traits,
+                                                list(user.cert.principals), user.ca)
+        decision = checker.check_cluster(cluster, rc["metadata"].get("labels") or {})
+        if not decision.allowed:
+            self.audit.emit("session.denied", success=False, user=user.name, cluster=cluster, reason=decision.reason)
+            raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+        log.debug("proxy: routing %s to leaf cluster %s", user.name, cluster)
+        return self.tunnels.tunnel_for(cluster)
 
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.proxy.listen_addr, PROXY_SSH_PORT)

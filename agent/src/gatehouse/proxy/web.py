@@ -18,14 +18,15 @@ from .. import __version__, pki
 from ..httputil import error_middleware, make_server_context, peer_subject, read_json
 from ..client import FORWARDED_IDENTITY
 from ..config import PROXY_SSH_PORT, TUNNEL_PORT, WEB_PORT, Config, is_ip, public_addr, split_hostport
-from ..errors import AccessDenied, BadParameter
+from ..errors import AccessDenied, BadParameter, NotFound
 
 log = logging.getLogger("gatehouse.proxy.web")
 
 
 class ProxyWeb:
-    def __init__(self, cfg: Config, ident, client, cache):
+    def __init__(self, cfg: Config, ident, client, cache, tunnels=None):
         self.cfg = cfg
+        self.tunnels = tunnels
         self.ident = ident
         self.client = client
         self.cache = cache
@@ -37,6 +38,7 @@ class ProxyWeb:
         r.add_post("/webapi/login", self.login)
         r.add_get("/webapi/nodes", self.nodes)
         r.add_get("/webapi/clusters", self.clusters)
+        r.add_post("/webapi/trustedclusters/validate", self.validate_trust)
 
     def _ssh_addr(self) -> str:
         return self.cfg.proxy.ssh_public_addr or public_addr(
@@ -78,15 +80,30 @@ class ProxyWeb:
 
     async def nodes(self, request):
         cluster = request.query.get("cluster") or self.cache.cluster_name
-        if cluster != self.cache.cluster_name:
-            self._user(request)
-            raise BadParameter(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
-        return web.json_response(await self._as_user(request, "/v1/nodes"))
+        if cluster == self.cache.cluster_name:
+            return web.json_response(await self._as_user(request, "/v1/nodes"))
+        visible = {c["name"] for c in (await self._as_user(request, "/v1/clusters"))["items"]}
+        if cluster not in visible:
+            raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+        if self.tunnels is None:
+            raise NotFound(f'cluster "{cluster}" is not reachable through this proxy')
+        me = await self._as_user(request, "/v1/whoami")
+        answer = await self.tunnels.tunnel_for(cluster).list_nodes(
+            {"user": me["name"], "roles": me["roles"], "traits": me["traits"], "logins": me["logins"]})
+        if answer.get("denied"):
+            raise AccessDenied(f'cluster "{cluster}": {answer["denied"]}')
+        return web.json_response({"items": answer.get("items", []), "mapped_roles": answer.get("mapped_roles", [])})
 
     async def clusters(self, request):
-        self._user(request)
-        return web.json_response({"items": [{"name": self.cache.cluster_name, "type": "root",
-                                             "status": "online", "labels": {}}]})
+        return web.json_response(await self._as_user(request, "/v1/clusters"))
+
+    async def validate_trust(self, request):
+        """A leaf's trust handshake: public, so auth rate-limits it and checks the token."""
+        body = await read_json(request)
+        body["client_addr"] = request.remote or ""
+        answer = await self.client.call("POST", "/v1/trustedclusters/validate", body)
+        answer["tunnel_addr"] = self.ping_payload()["proxy"]["ssh"]["ssh_tunnel_public_addr"]
+        return web.json_response(answer)
 
     def _tls_files(self) -> tuple[str, str]:
         if self.cfg.proxy.https_cert_file:

@@ -1,0 +1,287 @@
+"""Leaf side: dial out to the root and keep a tunnel to every root proxy.
+
+One `RootLink` per enabled trusted cluster. It dials `tunnel_addr` (often a load
+balancer) until it holds a tunnel to each root proxy the root announces, backs off
+with jitter when the root is unreachable (so it rides out a root restart), and stops
+when trust is disabled or removed — the cluster cache tells it within a second.
+
+On each tunnel this process is the SSH server: it accepts only the root proxy's
+tunnel certificate, and a root `direct-tcpip` channel may only reach a node
+registered in this cluster, never an arbitrary address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+
+import asyncssh
+
+from ..config import TUNNEL_PORT, Config, split_hostport
+from ..auth.trust import effective_tunnel_addr
+from ..errors import GatehouseError
+from ..node.authorize import Authorizer
+from ..proxy.ssh import Router
+from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from . import HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN
+
+log = logging.getLogger("gatehouse.tunnel.agent")
+
+MAX_BACKOFF = 10.0
+
+
+class _LeafSide(asyncssh.SSHServer):
+    """SSH server end of one tunnel: trusts only its root's tunnel certificate."""
+
+    def __init__(self, link: "RootLink"):
+        self.link = link
+        self.conn = None
+
+    def connection_made(self, conn):
+        self.conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username, key) -> bool:
+        return False
+
+    def validate_ca_key(self, username: str, key) -> bool:
+        ca = self.link.pool.cache.user_ca(key.export_public_key().decode())
+        ok = (username == TUNNEL_LOGIN and ca is not None and not ca.get("local")
+              and ca["cluster_name"] == self.link.root)
+        if not ok:
+            log.warning("tunnel: the peer at %s is not a proxy of root cluster %s; closing", self.link.addr,
+                        self.link.root)
+        return ok
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        try:
+            host, port, node = self.link.pool.router.resolve_local(dest_host, dest_port)
+        except GatehouseError as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+        log.debug("tunnel: root %s opens a channel to node %s (%s:%d)", self.link.root, node["metadata"]["name"],
+                  host, port)
+        return self.conn.forward_connection(host, port)
+
+    def server_requested(self, listen_host, listen_port):
+        return False
+
+
+class RootLink:
+    """All tunnels from this leaf proxy to one root cluster."""
+
+    def __init__(self, pool: "TunnelAgentPool", root: str, tunnel_addr: str):
+        self.pool = pool
+        self.root = root
+        self.addr = tunnel_addr
+        self.links: dict[str, asyncssh.SSHServerConnection] = {}
+        self.announced: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._maintain(), name=f"tunnel-agent-{self.root}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+                pass
+        for conn in list(self.links.values()):
+            conn.close()
+        self.links.clear()
+        await self._report()
+
+    def _missing(self) -> bool:
+        return not self.links or bool(self.announced - set(self.links))
+
+    async def _maintain(self) -> None:
+        backoff = 0.5
+        while True:
+            if not self._missing():
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.pool.interval)
+                except asyncio.TimeoutError:
+                    await self._report()
+                continue
+            outcome = await self._dial()
+            if outcome == "new":
+                backoff = 0.5
+                continue
+            # "duplicate": the load balancer sent us to a proxy we already hold; retry soon.
+            delay = 0.1 if outcome == "duplicate" else backoff
+            if outcome != "duplicate":
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+
+    async def _dial(self) -> str:
+        host, port = split_hostport(self.addr, TUNNEL_PORT)
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        log.debug("tunnel: dialling root %s at %s", self.root, self.addr)
+        try:
+            conn = await asyncssh.connect_reverse(
+                host, port, server_factory=lambda: _LeafSide(self),
+                server_host_keys=[self.pool.host_keypair], process_factory=lambda p: self._serve(p, ready),
+                config=None, encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
+                keepalive_interval=self.pool.interval, keepalive_count_max=MISSED_HEARTBEATS,
+                login_timeout=15, connect_timeout=10, allow_scp=False, agent_forwarding=False,
+                x11_forwarding=False)
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            log.info("tunnel: cannot connect to root %s at %s: %s; retrying", self.root, self.addr, exc or
+                     exc.__class__.__name__)
+            return "failed"
+        try:
+            proxy = await asyncio.wait_for(asyncio.shield(ready), MISSED_HEARTBEATS * self.pool.interval + 5)
+        except asyncio.TimeoutError:
+            log.info("tunnel: root %s at %s did not start heartbeats; retrying", self.root, self.addr)
+            conn.close()
+            return "failed"
+        if proxy in self.links:
+            conn.close()
+            return "duplicate"
+        self.links[proxy] = conn
+        log.info("tunnel: connected to root %s proxy %s via %s", self.root, proxy, self.addr)
+        self.pool.audit.emit("tunnel.connect", root=self.root, proxy=proxy, addr=self.addr)
+        await self._report()
+        asyncio.create_task(self._watch(proxy, conn))
+        return "new"
+
+    async def _watch(self, proxy: str, conn) -> None:
+        await conn.wait_closed()
+        if self.links.get(proxy) is conn:
+            del self.links[proxy]
+            log.info("tunnel: lost the tunnel to root %s proxy %s; reconnecting", self.root, proxy)
+            self.pool.audit.emit("tunnel.disconnect", root=self.root, proxy=proxy, addr=self.addr)
+            self._wake.set()
+            await self._report()
+
+    async def _report(self) -> None:
+        try:
+            await self.pool.client.call("POST", "/v1/tunnels/agent_status",
+                                        {"cluster": self.root, "proxies": sorted(self.links),
+                                         "interval": self.pool.interval})
+        except GatehouseError as exc:
+            log.debug("cannot report tunnel status: %s", exc)
+
+    # -- sessions the root opens on the tunnel ---------------------------------------
+    async def _serve(self, process: asyncssh.SSHServerProcess, ready: asyncio.Future) -> None:
+        try:
+            if process.subsystem == HEARTBEAT_SUBSYSTEM:
+                await self._heartbeats(process, ready)
+            elif process.subsystem == NODES_SUBSYSTEM:
+                await self._list_nodes(process)
+            else:
+                process.stderr.write(b"this is a gatehouse tunnel; sessions are not available\n")
+        except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError) as exc:
+            log.debug("tunnel: session on the tunnel to %s ended: %s", self.root, exc)
+        finally:
+            process.exit(0)
+
+    async def _heartbeats(self, process, ready: asyncio.Future) -> None:
+        interval = self.pool.interval
+
+        async def beat():
+            while True:
+                line = {"cluster": self.pool.cache.cluster_name, "proxy": self.pool.name, "interval": interval}
+                process.stdout.write(json.dumps(line).encode() + b"\n")
+                await asyncio.sleep(interval)
+
+        sender = asyncio.create_task(beat())
+        try:
+            while True:
+                raw = await asyncio.wait_for(process.stdin.readline(), MISSED_HEARTBEATS * interval + 1)
+                if not raw:
+                    return
+                hello = json.loads(raw)
+                if not ready.done():
+                    ready.set_result(str(hello.get("proxy") or ""))
+                announced = {str(p) for p in hello.get("proxies") or []}
+                if announced != self.announced:
+                    self.announced = announced
+                    self._wake.set()
+        except asyncio.TimeoutError:
+            log.warning("tunnel: root %s missed %d heartbeats; reconnecting", self.root, MISSED_HEARTBEATS)
+            process.channel.get_connection().close()
+        finally:
+            sender.cancel()
+
+    async def _list_nodes(self, process) -> None:
+        request = json.loads((await asyncio.wait_for(process.stdin.read(), 10)) or b"{}")
+        cache = self.pool.cache
+        ca = next((c for c in cache.snapshot.get("cas", []) if c["cluster_name"] == self.root
+                   and c["type"] == "user" and c["active"]), None)
+        result: dict = {"items": [], "mapped_roles": []}
+        if ca is not None:
+            checker, mapped, denial = self.pool.authorizer.checker(
+                self.root, list(request.get("roles") or []), dict(request.get("traits") or {}),
+                list(request.get("logins") or []), ca)
+            result["mapped_roles"] = mapped
+            if checker is None:
+                result["denied"] = denial.reason
+            else:
+                result["items"] = [n for n in cache.nodes()
+                                   if checker.can_see_node(n["metadata"]["name"], n["metadata"]["labels"])]
+        process.stdout.write(json.dumps(result).encode())
+
+
+class TunnelAgentPool:
+    """Keeps one RootLink per enabled trusted cluster, following the cluster cache."""
+
+    def __init__(self, cfg: Config, ident, cache, client, audit):
+        self.cfg = cfg
+        self.cache = cache
+        self.client = client
+        self.audit = audit
+        self.name = cfg.nodename
+        self.interval = cfg.proxy.tunnel_heartbeat_interval
+        self.router = Router(cache)
+        self.authorizer = Authorizer(cache)
+        key = asyncssh.import_private_key(ident.read("ssh_key"))
+        self.host_keypair = (key, asyncssh.import_certificate(ident.read("ssh_key-cert.pub")))
+        self.links: dict[str, RootLink] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.cache.on_change(self._reconcile)
+        await self._reconcile(self.cache.snapshot)
+
+    async def stop(self) -> None:
+        for link in list(self.links.values()):
+            await link.stop()
+        self.links.clear()
+
+    async def _reconcile(self, snap: dict) -> None:
+        async with self._lock:
+            wanted = {}
+            active_roots = {c["cluster_name"] for c in snap.get("cas", []) if c["type"] == "user"
+                            and c["active"] and not c.get("local")}
+            for tc in snap.get("trusted_clusters", []):
+                name = tc["metadata"]["name"]
+                if tc["spec"].get("enabled") and name in active_roots:
+                    wanted[name] = effective_tunnel_addr(tc)
+            for name, link in list(self.links.items()):
+                if wanted.get(name) != link.addr:
+                    log.info("tunnel: closing the tunnels to root %s (trust disabled, removed or moved)", name)
+                    await link.stop()
+                    del self.links[name]
+            for name, addr in wanted.items():
+                if name not in self.links:
+                    log.info("tunnel: starting tunnels to root %s at %s", name, addr)
+                    link = RootLink(self, name, addr)
+                    self.links[name] = link
+                    link.start()

@@ -1,0 +1,224 @@
+"""Root side: accept leaves' reverse tunnels on port 3024 and route users through them.
+
+Each accepted tunnel is an asyncssh client connection to the leaf. The root proxy
+keeps the live ones per leaf cluster, reports their heartbeats to its auth service
+(which turns them into `remote_cluster` status) and drops them when the leaf's host CA
+disappears (`gatectl rm rc/NAME`) or stops answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+
+import asyncssh
+
+from ..config import TUNNEL_PORT, Config, split_hostport
+from ..errors import ConnectionProblem, GatehouseError, NotFound
+from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from . import HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PRINCIPAL
+
+log = logging.getLogger("gatehouse.tunnel.server")
+
+
+class _RootSide(asyncssh.SSHClient):
+    """Identifies the leaf by the host CA that signed its tunnel certificate."""
+
+    def __init__(self, server: "TunnelServer"):
+        self.server = server
+        self.leaf = ""
+        self.peer = ""
+
+    def connection_made(self, conn):
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{peer[0]}:{peer[1]}"
+
+    def validate_host_ca_key(self, host, addr, port, key) -> bool:
+        leaf = self.server.leaf_for_host_ca(key.export_public_key().decode())
+        if not leaf:
+            log.info("tunnel: rejected a connection from %s: its host CA belongs to no trusted leaf "
+                     "(removed, or never joined)", self.peer)
+            return False
+        self.leaf = leaf
+        return True
+
+
+class LeafTunnel:
+    """One live tunnel to a leaf: heartbeats both ways, status reports, routing."""
+
+    def __init__(self, server: "TunnelServer", leaf: str, conn: asyncssh.SSHClientConnection, peer: str):
+        self.server = server
+        self.leaf = leaf
+        self.conn = conn
+        self.peer = peer
+        self.leaf_proxy = ""
+        self.last_seen = time.monotonic()
+        self.closed = asyncio.Event()
+
+    async def run(self) -> None:
+        interval = self.server.interval
+        registered = False
+        try:
+            writer, reader, _ = await self.conn.open_session(subsystem=HEARTBEAT_SUBSYSTEM, encoding="utf-8")
+            sender = asyncio.create_task(self._send_hello(writer, interval))
+            try:
+                while True:
+                    line = await asyncio.wait_for(reader.readline(), MISSED_HEARTBEATS * interval + 1)
+                    if not line:
+                        break
+                    beat = json.loads(line)
+                    self.leaf_proxy = str(beat.get("proxy") or "")
+                    self.last_seen = time.monotonic()
+                    if not registered:
+                        registered = True
+                        self.server.register(self)
+                    await self.server.report(self.leaf, True, float(beat.get("interval") or interval))
+            finally:
+                sender.cancel()
+        except asyncio.TimeoutError:
+            log.warning("tunnel: leaf %s (%s) missed %d heartbeats; closing its tunnel", self.leaf, self.peer,
+                        MISSED_HEARTBEATS)
+        except NotFound:
+            log.info("tunnel: leaf %s is no longer registered; closing its tunnel", self.leaf)
+        except (asyncssh.Error, OSError, ValueError, GatehouseError) as exc:
+            log.info("tunnel: tunnel from leaf %s (%s) ended: %s", self.leaf, self.peer, exc)
+        finally:
+            self.conn.close()
+            self.closed.set()
+            if registered:
+                await self.server.unregister(self)
+
+    async def _send_hello(self, writer, interval: float) -> None:
+        while True:
+            hello = {"cluster": self.server.cache.cluster_name, "proxy": self.server.name,
+                     "proxies": self.server.proxies, "interval": interval}
+            writer.write(json.dumps(hello) + "\n")
+            await asyncio.sleep(interval)
+
+    async def list_nodes(self, identity: dict) -> dict:
+        writer, reader, _ = await self.conn.open_session(subsystem=NODES_SUBSYSTEM, encoding="utf-8")
+        writer.write(json.dumps(identity))
+        writer.write_eof()
+        text = await asyncio.wait_for(reader.read(), 15)
+        return json.loads(text or "{}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class TunnelServer:
+    def __init__(self, cfg: Config, ident, cache, client, audit):
+        self.cfg = cfg
+        self.ident = ident
+        self.cache = cache
+        self.client = client
+        self.audit = audit
+        self.name = cfg.nodename
+        self.interval = cfg.proxy.tunnel_heartbeat_interval
+        self.proxies: list[str] = [self.name]
+        self.tunnels: dict[str, list[LeafTunnel]] = {}
+        self._round_robin = itertools.count()
+        self._acceptor = None
+        self._tasks: set[asyncio.Task] = set()
+        self._heartbeat_task: asyncio.Task | None = None
+        self.port = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        key = asyncssh.import_private_key(self.ident.read("ssh_key"))
+        answer = await self.client.call("POST", "/v1/tunnels/cert",
+                                        {"ssh_public_key": key.export_public_key().decode().strip()})
+        keypair = (key, asyncssh.import_certificate(answer["ssh_cert"]))
+        host, port = split_hostport(self.cfg.proxy.tunnel_listen_addr, TUNNEL_PORT)
+        self._acceptor = await asyncssh.listen_reverse(
+            host or None, port, client_factory=lambda: _RootSide(self), acceptor=self._accepted,
+            client_keys=[keypair], username=TUNNEL_LOGIN, known_hosts=([], [], []),
+            host_key_alias=TUNNEL_PRINCIPAL, config=None, agent_path=None, encoding=None,
+            encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
+            keepalive_interval=self.interval, keepalive_count_max=MISSED_HEARTBEATS,
+            login_timeout=15, reuse_address=True)
+        self.port = self._acceptor.sockets[0].getsockname()[1]
+        self.cache.on_change(self._on_cache_change)
+        self._heartbeat_task = asyncio.create_task(self._proxy_heartbeats(), name="proxy-heartbeat")
+        log.info("reverse tunnel listener on %s:%d", host, self.port)
+
+    async def stop(self) -> None:
+        if self._heartbeat_task:
+            self._heartbeat_task.cancel()
+        if self._acceptor:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+        for tunnels in list(self.tunnels.values()):
+            for t in list(tunnels):
+                t.close()
+        for task in list(self._tasks):
+            try:
+                await asyncio.wait_for(task, 2)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+
+    async def _proxy_heartbeats(self) -> None:
+        """Announce this proxy to auth; learn the others, so leaves dial each of them."""
+        while True:
+            try:
+                answer = await self.client.call("POST", "/v1/proxies/heartbeat", {"interval": self.interval})
+                self.proxies = answer.get("proxies") or [self.name]
+            except GatehouseError as exc:
+                log.warning("cannot send the proxy heartbeat: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    # -- tunnels ---------------------------------------------------------------
+    def leaf_for_host_ca(self, public_line: str) -> str:
+        ca = self.cache.host_ca(public_line)
+        if ca is None or ca.get("local"):
+            return ""
+        leaf = ca["cluster_name"]
+        known = {rc["metadata"]["name"] for rc in self.cache.snapshot.get("remote_clusters", [])}
+        return leaf if leaf in known else ""
+
+    def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
+        side: _RootSide = conn.get_owner()
+        tunnel = LeafTunnel(self, side.leaf, conn, side.peer)
+        log.debug("tunnel: leaf %s connected from %s", side.leaf, side.peer)
+        task = asyncio.create_task(tunnel.run(), name=f"tunnel-{side.leaf}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def register(self, tunnel: LeafTunnel) -> None:
+        self.tunnels.setdefault(tunnel.leaf, []).append(tunnel)
+        log.info("tunnel: leaf %s is connected (from %s, leaf proxy %s)", tunnel.leaf, tunnel.peer,
+                 tunnel.leaf_proxy or "?")
+
+    async def unregister(self, tunnel: LeafTunnel) -> None:
+        tunnels = self.tunnels.get(tunnel.leaf, [])
+        if tunnel in tunnels:
+            tunnels.remove(tunnel)
+        if not tunnels:
+            self.tunnels.pop(tunnel.leaf, None)
+            log.info("tunnel: leaf %s is disconnected from proxy %s", tunnel.leaf, self.name)
+        try:
+            await self.report(tunnel.leaf, bool(tunnels), self.interval)
+        except GatehouseError:
+            pass
+
+    async def report(self, leaf: str, connected: bool, interval: float) -> None:
+        await self.client.call("POST", "/v1/tunnels/heartbeat",
+                               {"cluster": leaf, "connected": connected, "interval": interval})
+
+    def _on_cache_change(self, snap: dict) -> None:
+        for leaf, tunnels in list(self.tunnels.items()):
+            trusted = any(c["cluster_name"] == leaf and c["type"] == "host" and c["active"] for c in snap["cas"])
+            if not trusted:
+                log.info("tunnel: leaf %s was removed; dropping its %d tunnel(s)", leaf, len(tunnels))
+                for t in list(tunnels):
+                    t.close()
+
+    def tunnel_for(self, leaf: str) -> LeafTunnel:
+        tunnels = [t for t in self.tunnels.get(leaf, []) if not t.closed.is_set()]
+        if not tunnels:
+            raise ConnectionProblem(f'cluster "{leaf}" is offline: no reverse tunnel from it reaches this proxy; '
+                                    f"check 'gatectl get rc/{leaf}' on the root and the leaf's trusted_cluster")
+        return tunnels[next(self._round_robin) % len(tunnels)]
