@@ -38,7 +38,8 @@ class Router:
         local = self.cache.cluster_name
         if cluster:
             return host, cluster
-        names = [local] + [rc["metadata"]["name"] for rc in self.cache.snapshot.get("remote_clusters", [])]
+        snap = self.cache.snapshot
+        names = [local] + [c["metadata"]["name"] for c in snap.get("remote_clusters", []) + snap.get("trusted_clusters", [])]
         for name in sorted(names, key=len, reverse=True):
             if host.endswith("." + name):
                 return host[: -len(name) - 1], name

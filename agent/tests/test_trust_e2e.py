@@ -1,0 +1,386 @@
+"""Trusted clusters end to end on loopback: a root and a leaf as real processes.
+
+The seed workflow step by step (token on the root, trusted_cluster on the leaf, the
+remote cluster online at the root, SSH through the tunnel with gate and stock OpenSSH),
+then role-map updates, disable/enable, one-way trust, removal and re-join, a root
+restart, and every handshake error message. The same workflow across network
+namespaces behind a firewall and a load balancer is in tests/netns/test_trust_netns.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+
+import pytest
+import requests
+
+from conftest import Cluster, ensure_unix_user, write_yaml
+
+ROOT, LEAF = "root.test", "leaf.test"
+PASSWORD = "correct horse battery"
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"rc={r.returncode}\nstdout={r.stdout}\nstderr={r.stderr}"
+    return r.stdout
+
+
+def fails(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0, f"expected failure, got:\n{r.stdout}"
+    return r.stderr.strip()
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def tc_yaml(token: str, web: str, *, enabled: bool = True, role_map=None, name: str = ROOT) -> str:
+    role_map = role_map if role_map is not None else [{"remote": "access", "local": ["access"]}]
+    return json.dumps({"kind": "trusted_cluster", "version": "v2", "metadata": {"name": name},
+                       "spec": {"enabled": enabled, "token": token, "web_proxy_addr": web, "role_map": role_map}})
+
+
+class Trust:
+    def __init__(self, tmp: str):
+        self.tmp = tmp
+        self.root = Cluster(os.path.join(tmp, "root"), extra_auth=", login_rate: 600",
+                            cluster_name=ROOT, node_name="rootnode")
+        self.leaf = Cluster(os.path.join(tmp, "leaf"), extra_auth=", login_rate: 600",
+                            cluster_name=LEAF, node_name="leafnode", extra_general=", insecure: true")
+        self.others: list[Cluster] = []
+
+    def token(self, *extra) -> str:
+        out = ok(self.root.run_gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=15m", *extra,
+                                       "--format", "json"))
+        return json.loads(out)["token"]
+
+    def create_tc(self, leaf: Cluster, text: str, *flags) -> subprocess.CompletedProcess:
+        path = write_yaml(os.path.join(leaf.tmp, f"tc-{time.monotonic_ns()}.yaml"), text)
+        return leaf.run_gatectl("create", *flags, path)
+
+    def rc(self, name: str = LEAF) -> dict | None:
+        r = self.root.run_gatectl("get", "rc", "--format", "json")
+        items = json.loads(r.stdout) if r.returncode == 0 else []
+        return next((i for i in items if i["metadata"]["name"] == name), None)
+
+    def wait_status(self, want: str, timeout: float = 20.0) -> dict:
+        return wait_until(lambda: (lambda rc: rc if rc and rc["status"]["connection"] == want else None)(self.rc()),
+                          timeout, f"remote cluster {want}")
+
+    def extra_leaf(self, name: str, insecure: bool = True) -> Cluster:
+        c = Cluster(os.path.join(self.tmp, f"extra-{len(self.others)}"), cluster_name=name, node_name="x",
+                    ssh=False, extra_general=", insecure: true" if insecure else "")
+        self.others.append(c)
+        return c.start()
+
+    def stop(self):
+        for c in self.others:
+            c.stop()
+        self.leaf.stop()
+        self.root.stop()
+
+
+@pytest.fixture(scope="module")
+def trust():
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end tests need root (sessions switch to the visitor login)")
+    created = ensure_unix_user("visitor")
+    tmp = tempfile.mkdtemp(prefix="gatehouse-trust-")
+    t = Trust(tmp)
+    try:
+        t.root.start()
+        t.leaf.start()
+        t.root.add_user("alice", "access", "visitor,root", PASSWORD)
+        ok(t.root.run_gatectl("create", write_yaml(os.path.join(tmp, "auditor.yaml"), json.dumps(
+            {"kind": "role", "version": "v5", "metadata": {"name": "auditor"},
+             "spec": {"allow": {"logins": ["visitor"], "node_labels": {"*": "*"},
+                                "cluster_labels": {"*": "*"}}}}))))
+        t.root.add_user("bob", "auditor", "visitor", PASSWORD)
+        t.leaf.add_user("carol", "access", "visitor", PASSWORD)
+        yield t
+    finally:
+        t.stop()
+        if not os.environ.get("GATEHOUSE_E2E_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
+
+
+# ---------------------------------------------------------------- the seed workflow
+def test_token_listing_shows_type_labels_and_expiry(trust):
+    out = ok(trust.root.run_gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=15m", "--labels=env=demo"))
+    assert "The cluster invite token: " in out and "This token will expire at" in out
+    listing = ok(trust.root.run_gatectl("tokens", "ls"))
+    assert "trusted_cluster" in listing and "env=demo" in listing and "m" in listing.splitlines()[-1]
+    name = out.split("Token name (for 'gatectl tokens rm'): ")[1].split(";")[0]
+    assert f"Token {name} has been deleted" in ok(trust.root.run_gatectl("tokens", "rm", name))
+    assert trust.root.audit("token.delete")
+
+
+def test_leaf_joins_and_tunnel_comes_online(trust):
+    token = trust.token("--labels=env=demo")
+    out = ok(trust.create_tc(trust.leaf, tc_yaml(token, trust.root.web_addr)))
+    assert f'trusted_cluster "{ROOT}" has been created' in out
+    rc = trust.wait_status("online")
+    assert rc["metadata"]["labels"] == {"env": "demo"}  # labels from the join token
+    assert rc["status"]["last_heartbeat"]
+    tc = json.loads(ok(trust.leaf.run_gatectl("get", f"tc/{ROOT}", "--format", "json")))[0]
+    assert "token" not in tc["spec"], "the token must not be stored or shown"
+    assert tc["spec"]["tunnel_addr"] == trust.root.web_addr  # defaults to web_proxy_addr …
+    assert tc["status"]["tunnel_addr"] == f"127.0.0.1:{trust.root.tunnel_port}"  # … discovered from the root
+    wait_until(lambda: json.loads(ok(trust.leaf.run_gatectl("get", f"tc/{ROOT}", "--format", "json")))[0]
+               ["status"]["connection"] == "online", what="leaf sees the tunnel online")
+    assert trust.root.audit("trusted_cluster.validate") and trust.leaf.audit("trusted_cluster.create")
+    assert trust.root.audit("tunnel.connect") and trust.leaf.audit("tunnel.connect")
+    with open(os.path.join(trust.leaf.data_dir, "log", "audit.jsonl"), encoding="utf-8") as fh:
+        assert token not in fh.read(), "the token must never reach the audit log"
+
+
+def test_last_heartbeat_is_monotonic(trust):
+    first = trust.wait_status("online")["status"]["last_heartbeat"]
+    later = wait_until(lambda: (lambda rc: rc["status"]["last_heartbeat"]
+                                if rc["status"]["last_heartbeat"] > first else None)(trust.rc()),
+                       15, "a newer heartbeat")
+    assert later > first
+
+
+def test_root_user_reaches_leaf_node(trust):
+    ok(trust.root.login("alice", PASSWORD))
+    clusters = ok(trust.root.run_gate("clusters"))
+    assert "Cluster Name" in clusters and "Selected" in clusters
+    row = next(line for line in clusters.splitlines() if line.startswith(LEAF))
+    assert "online" in row and "leaf" in row and "env=demo" in row
+    assert "leafnode" in ok(trust.root.run_gate("ls", f"--cluster={LEAF}"))
+    r = trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "echo through-the-tunnel; id -un")
+    assert ok(r) == "through-the-tunnel\nvisitor\n"
+    r = trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "exit 7")
+    assert r.returncode == 7
+    sessions = [e for e in trust.leaf.audit("session.start") if e.get("user") == "alice"]
+    assert sessions, "the leaf audits the root user's session"
+
+
+def test_stock_openssh_through_the_tunnel(trust):
+    ok(trust.root.login("alice", PASSWORD))
+    cfg_text = ok(trust.root.run_gate("config"))
+    assert f"Host *.{LEAF}" in cfg_text
+    cfg = write_yaml(os.path.join(trust.tmp, "ssh_config"), cfg_text)
+    r = subprocess.run(["ssh", "-F", cfg, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                        f"visitor@leafnode.{LEAF}", "echo via-openssh"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "via-openssh\n"
+
+
+def test_root_routes_only_to_registered_leaf_nodes(trust):
+    ok(trust.root.login("alice", PASSWORD))
+    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@127.0.0.1", "true"))
+    assert f'node "127.0.0.1" is not registered in cluster "{LEAF}"' in err
+    err = fails(trust.root.run_gate("ssh", "--cluster=nosuch.test", "visitor@leafnode", "true"))
+    # Via the subsystem route the proxy sees the cluster name; via direct-tcpip it sees node.cluster.
+    assert 'cluster "nosuch.test" is not found' in err or 'node "leafnode.nosuch.test" is not registered' in err
+
+
+def test_unmapped_root_role_is_denied_with_reason(trust):
+    home = os.path.join(trust.tmp, "gate-bob")
+    ok(trust.root.run_gate("login", f"--proxy={trust.root.web_addr}", "--user=bob", "--insecure",
+                           "--password-stdin", input=PASSWORD + "\n", gate_home=home))
+    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=home))
+    assert "no role" in err and "auditor" in err, err
+
+
+def test_role_map_update_with_force(trust):
+    token = "unused-for-updates-0000"
+    role_map = [{"remote": "access", "local": ["access"]}, {"remote": "auditor", "local": ["access"]}]
+    out = ok(trust.create_tc(trust.leaf, tc_yaml(token, trust.root.web_addr, role_map=role_map), "--force"))
+    assert f'trusted_cluster "{ROOT}" has been updated' in out
+    home = os.path.join(trust.tmp, "gate-bob")
+    wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true",
+                                           gate_home=home).returncode == 0, 10, "bob mapped through auditor")
+    # Back to the original map: bob is denied again.
+    ok(trust.create_tc(trust.leaf, tc_yaml(token, trust.root.web_addr), "--force"))
+    wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true",
+                                           gate_home=home).returncode != 0, 10, "bob unmapped")
+    err = fails(trust.create_tc(trust.leaf, tc_yaml(token, trust.root.web_addr)))
+    assert "already exists" in err and "-f" in err
+
+
+def test_role_map_validation_on_create(trust):
+    bad = tc_yaml("x" * 20, trust.root.web_addr, role_map=[{"remote": "access", "local": ["nosuchrole"]}])
+    err = fails(trust.create_tc(trust.leaf, bad, "--force"))
+    assert "nosuchrole" in err and "does not exist" in err, err
+
+
+def test_leaf_users_cannot_reach_root(trust):
+    home = os.path.join(trust.tmp, "gate-carol")
+    ok(trust.leaf.run_gate("login", f"--proxy={trust.leaf.web_addr}", "--user=carol", "--insecure",
+                           "--password-stdin", input=PASSWORD + "\n", gate_home=home))
+    clusters = ok(trust.leaf.run_gate("clusters", gate_home=home))
+    assert ROOT not in clusters
+    err = fails(trust.leaf.run_gate("ssh", f"--cluster={ROOT}", "visitor@rootnode", "true", gate_home=home))
+    assert f'cluster "{ROOT}" is not found' in err
+    # The leaf user's certificate used directly at the root proxy: its CA is not trusted there.
+    profile = os.path.join(home, "profiles", "127.0.0.1")
+    r = subprocess.run(["ssh", "-i", os.path.join(profile, "key"), "-o", f"CertificateFile={profile}/key-cert.pub",
+                        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-p", str(trust.root.node_port), "visitor@127.0.0.1", "true"],
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and "does not trust" in r.stderr, r.stderr
+
+
+def test_disable_and_enable(trust):
+    ok(trust.root.login("alice", PASSWORD))
+    ok(trust.create_tc(trust.leaf, tc_yaml("x" * 20, trust.root.web_addr, enabled=False), "--force"))
+    trust.wait_status("offline", 10)
+    assert trust.leaf.audit("trusted_cluster.disable")
+    # The root-issued certificate, used directly against the leaf node, stops working at once.
+    profile = trust.root.profile_dir()
+    direct = ["ssh", "-i", os.path.join(profile, "key"), "-o", f"CertificateFile={profile}/key-cert.pub",
+              "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+              "-p", str(trust.leaf.node_port), "visitor@127.0.0.1", "true"]
+    r = wait_until(lambda: (lambda r: r if r.returncode != 0 else None)(
+        subprocess.run(direct, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)), 1.5,
+        "root cert refused after disable")
+    assert "does not trust" in r.stderr, r.stderr
+    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true"))
+    assert "offline" in err or "not found" in err, err
+    # Enable again: no token needed.
+    ok(trust.create_tc(trust.leaf, tc_yaml("x" * 20, trust.root.web_addr, enabled=True), "--force"))
+    trust.wait_status("online", 15)
+    assert trust.leaf.audit("trusted_cluster.enable")
+    wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
+               10, "ssh after enable")
+
+
+def test_root_restart_tunnel_recovers(trust):
+    trust.wait_status("online")
+    trust.root.daemon.stop()
+    trust.root.daemon.start()
+    trust.wait_status("online", 30)
+    ok(trust.root.login("alice", PASSWORD))
+    wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
+               15, "ssh after root restart")
+
+
+def test_update_rc_labels_and_cluster_visibility(trust):
+    out = ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=prod,team=ops"))
+    assert "has been updated" in out
+    assert trust.rc()["metadata"]["labels"] == {"env": "prod", "team": "ops"}
+    # A role limited to env=demo clusters no longer sees or reaches the leaf.
+    ok(trust.root.run_gatectl("create", write_yaml(os.path.join(trust.tmp, "demo-only.yaml"), json.dumps(
+        {"kind": "role", "version": "v5", "metadata": {"name": "demo-only"},
+         "spec": {"allow": {"logins": ["visitor"], "node_labels": {"*": "*"}, "cluster_labels": {"env": "demo"}}}}))))
+    trust.root.add_user("dave", "demo-only", "visitor", PASSWORD)
+    home = os.path.join(trust.tmp, "gate-dave")
+    ok(trust.root.run_gate("login", f"--proxy={trust.root.web_addr}", "--user=dave", "--insecure",
+                           "--password-stdin", input=PASSWORD + "\n", gate_home=home))
+    assert LEAF not in ok(trust.root.run_gate("clusters", gate_home=home))
+    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=home))
+    assert f'cluster "{LEAF}" is not found' in err
+    ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=demo"))
+    assert LEAF in ok(trust.root.run_gate("clusters", gate_home=home))
+    err = fails(trust.leaf.run_gatectl("update", f"rc/{ROOT}", "--set-labels=env=x"))
+    assert f'remote_cluster "{ROOT}" not found' in err  # a leaf cannot label itself on the root
+    err = fails(trust.root.run_gatectl("update", "rc/nosuch", "--set-labels=env=x"))
+    assert 'remote_cluster "nosuch" not found' in err
+
+
+# ---------------------------------------------------------------- handshake errors
+def test_bad_and_expired_tokens(trust):
+    leaf2 = trust.extra_leaf("leaf2.test")
+    err = fails(trust.create_tc(leaf2, tc_yaml("not-a-real-token-000", trust.root.web_addr)))
+    assert "the root cluster refused trust" in err and "invalid or has expired" in err, err
+    out = ok(trust.root.run_gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=1s", "--format", "json"))
+    time.sleep(1.5)
+    err = fails(trust.create_tc(leaf2, tc_yaml(json.loads(out)["token"], trust.root.web_addr)))
+    assert "invalid or has expired" in err
+    node_token = json.loads(ok(trust.root.run_gatectl("tokens", "add", "--type=node", "--format", "json")))["token"]
+    err = fails(trust.create_tc(leaf2, tc_yaml(node_token, trust.root.web_addr)))
+    assert "not trusted_cluster" in err, err
+    assert fails(leaf2.run_gatectl("get", f"tc/{ROOT}"))  # nothing half-written on the leaf
+    assert trust.rc("leaf2.test") is None                  # nor on the root
+    assert [e for e in trust.root.audit("trusted_cluster.validate") if not e["success"]]
+
+
+def test_static_token_never_expires(trust):
+    # The root fixture has no static token; a dedicated root with one proves the config path.
+    tmp = os.path.join(trust.tmp, "static-root")
+    root2 = Cluster(tmp, extra_auth=", tokens: ['trusted_cluster:static-secret-value-123']",
+                    cluster_name="root2.test", node_name="r2", ssh=False)
+    trust.others.append(root2)
+    root2.start()
+    leaf3 = trust.extra_leaf("leaf3.test")
+    ok(trust.create_tc(leaf3, tc_yaml("static-secret-value-123", root2.web_addr, name="root2.test")))
+
+
+def test_self_signed_root_certificate_needs_insecure(trust):
+    strict = trust.extra_leaf("strict.test", insecure=False)
+    err = fails(trust.create_tc(strict, tc_yaml(trust.token(), trust.root.web_addr)))
+    assert "the trusted cluster uses misconfigured HTTP/TLS certificate" in err and "self-signed" in err, err
+
+
+def test_name_clash_and_already_registered(trust):
+    clash = trust.extra_leaf(LEAF)  # another cluster that calls itself leaf.test, with its own CAs
+    err = fails(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr)))
+    assert f'a cluster named "{LEAF}" is already registered with the root' in err, err
+    err = fails(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr, name=LEAF)))
+    assert "has this cluster's own name" in err
+    err = fails(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr, name="wrong.test")))
+    assert f'the root cluster is called "{ROOT}"' in err, err
+
+
+def test_unreachable_root(trust):
+    leaf4 = trust.extra_leaf("leaf4.test")
+    err = fails(trust.create_tc(leaf4, tc_yaml("x" * 20, "127.0.0.1:1")))
+    assert "cannot reach the root cluster at 127.0.0.1:1" in err, err
+
+
+def test_validate_endpoint_checks_version_and_host_cas(trust):
+    url = f"https://{trust.root.web_addr}/webapi/trustedclusters/validate"
+    token = trust.token()
+    base = {"token": token, "cluster_name": "v.test", "host_cas": ["ssh-ed25519 AAAA x"], "version": "1.0.0"}
+
+    def post(**change):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the test root's web certificate is self-signed
+            r = requests.post(url, json={**base, **change}, verify=False, timeout=10)
+        return r.status_code, r.json()["error"]["message"]
+
+    status, msg = post(version="3.0.0")
+    assert status == 400 and "newer than the root" in msg
+    status, msg = post(host_cas=[])
+    assert "exactly one host certificate authority" in msg
+    status, msg = post(cluster_name=ROOT)
+    assert "same name as the root" in msg
+    status, msg = post()
+    assert "not a valid SSH public key" in msg
+    assert trust.rc("v.test") is None
+
+
+# ---------------------------------------------------------------- removal and re-join
+def test_remove_on_both_sides_and_rejoin(trust):
+    trust.wait_status("online", 20)
+    t0 = time.monotonic()
+    assert f'remote_cluster "{LEAF}" has been deleted' in ok(trust.root.run_gatectl("rm", f"rc/{LEAF}"))
+    wait_until(lambda: "tunnel: leaf leaf.test was removed" in trust.root.log_text(), 5, "tunnel dropped")
+    assert time.monotonic() - t0 < 5
+    assert trust.rc() is None
+    ok(trust.leaf.run_gatectl("rm", f"tc/{ROOT}"))
+    assert trust.leaf.audit("trusted_cluster.delete") and trust.root.audit("remote_cluster.delete")
+    ok(trust.create_tc(trust.leaf, tc_yaml(trust.token(), trust.root.web_addr)))
+    trust.wait_status("online", 20)
+    ok(trust.root.login("alice", PASSWORD))
+    wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
+               10, "ssh after re-join")
