@@ -81,6 +81,12 @@ def test_gatectl_status_users_and_passwords(cluster):
 
     fails(cluster.run_gatectl("users", "passwd", "bob", "--password-stdin", input="short\n"),
           "the password is too short; use at least 8 characters")
+    # A bad password at creation leaves no half-made user behind.
+    fails(cluster.run_gatectl("users", "add", "halfmade", "--roles=access", "--password-stdin", input="short\n"),
+          "the password is too short; use at least 8 characters")
+    fails(cluster.run_gatectl("users", "add", "halfmade", "--roles=access", "--password-stdin", input="\n"),
+          "the password is empty")
+    fails(cluster.run_gatectl("get", "user/halfmade"), 'user "halfmade" not found')
     fails(cluster.run_gatectl("users", "passwd", "nobody-here", "--password-stdin", input="long-enough-pw\n"),
           'user "nobody-here" not found')
     out = ok(cluster.run_gatectl("users", "passwd", "bob", "--password-stdin", input="bob-password-2\n"))

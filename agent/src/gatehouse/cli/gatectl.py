@@ -106,11 +106,17 @@ def cmd_users_add(args) -> int:
         traits["logins"] = [x for x in args.logins.split(",") if x]
     user = {"kind": "user", "version": "v2", "metadata": {"name": args.name},
             "spec": {"roles": [r for r in args.roles.split(",") if r], "traits": traits}}
+    # Read and check the password before creating anything: bad input leaves no half-made user.
+    password = read_secret("", True) if args.password_stdin else None
+    if password is not None:
+        from ..auth.passwords import MIN_LENGTH
+        if len(password) < MIN_LENGTH:
+            raise BadParameter(f"the password is too short; use at least {MIN_LENGTH} characters")
     client = _client(args)
     client.put("/v1/resources", {"resource": user, "force": False})
     print(f'User "{args.name}" has been created')
-    if args.password_stdin:
-        client.put(f"/v1/users/{args.name}/password", {"password": read_secret("", True)})
+    if password is not None:
+        client.put(f"/v1/users/{args.name}/password", {"password": password})
         print("Password set.")
     else:
         print(f"Set a password with: gatectl users passwd {args.name}")
