@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -295,6 +296,53 @@ def test_update_rc_labels_and_cluster_visibility(trust):
     assert f'remote_cluster "{ROOT}" not found' in err  # a leaf cannot label itself on the root
     err = fails(trust.root.run_gatectl("update", "rc/nosuch", "--set-labels=env=x"))
     assert 'remote_cluster "nosuch" not found' in err
+
+
+# ---------------------------------------------------------------- explaining access
+def test_gate_status_shows_leaf_roles(trust):
+    ok(trust.root.login("alice", PASSWORD))
+    out = ok(trust.root.run_gate("status"))
+    assert re.search(rf"Leaf roles:\s+{re.escape(LEAF)}: access", out), out
+    home = os.path.join(trust.tmp, "gate-bob")
+    out = ok(trust.root.run_gate("status", gate_home=home))
+    assert f"{LEAF}: (none) access denied: no role" in out, out
+
+
+def test_access_check_on_the_leaf_for_a_root_user(trust):
+    r = trust.leaf.run_gatectl("access", "check", "--user=alice", f"--from={ROOT}", "--roles=access",
+                               "--logins=visitor,root", "--login=visitor", "--node=leafnode", f"--cluster={LEAF}")
+    out = ok(r)
+    assert "Mapped roles  access" in out and "Decision      ALLOWED" in out
+    assert "Logins        visitor, root" in out and "env=dev" in out
+    r = trust.leaf.run_gatectl("access", "check", "--user=bob", f"--from={ROOT}", "--roles=auditor",
+                               "--logins=visitor", "--login=visitor", "--node=leafnode")
+    assert r.returncode == 1
+    assert "Decision      DENIED" in r.stdout and "no role in the role map" in r.stdout and "auditor" in r.stdout
+    r = trust.leaf.run_gatectl("access", "check", "--user=alice", f"--from={ROOT}", "--roles=access",
+                               "--logins=visitor", "--login=nobody", "--node=leafnode", "--format", "json")
+    res = json.loads(r.stdout)
+    assert r.returncode == 1 and not res["allowed"] and "nobody" in res["reason"]
+
+
+def test_access_check_local_user_and_errors(trust):
+    out = ok(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=rootnode"))
+    assert "Decision      ALLOWED" in out
+    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=nope"))
+    assert 'node "nope" is not registered' in err
+    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=rootnode",
+                                       f"--cluster={LEAF}"))
+    assert f'run the check on the auth server of "{LEAF}"' in err
+    err = fails(trust.leaf.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=leafnode"))
+    assert 'user "alice" not found here' in err and "--from" in err
+
+
+def test_rolemap_test_command(trust):
+    path = write_yaml(os.path.join(trust.tmp, "tc-map.yaml"), tc_yaml("x" * 20, trust.root.web_addr, role_map=[
+        {"remote": "^dev-(.*)$", "local": ["$1", "dev"]}, {"remote": "admin", "local": ["access"]}]))
+    out = ok(trust.leaf.run_gatectl("rolemap", "test", "-f", path, "--roles=dev-ops,admin"))
+    assert "map to local roles: ops, dev, access" in out
+    r = trust.leaf.run_gatectl("rolemap", "test", "-f", path, "--roles=auditor")
+    assert r.returncode == 1 and "no role in the role map" in r.stdout
 
 
 # ---------------------------------------------------------------- handshake errors

@@ -77,6 +77,7 @@ class AuthAPI:
         r.add_post("/v1/proxies/heartbeat", self.proxy_heartbeat)
         r.add_get("/v1/clusters", self.clusters)
         r.add_get("/v1/whoami", self.whoami)
+        r.add_post("/v1/access/check", self.access_check)
 
     def ident(self, request: web.Request, required: bool = True) -> Identity:
         ident = identity_from_request(request, self.svc.cluster_name)
@@ -211,6 +212,16 @@ class AuthAPI:
 
     async def clusters(self, request):
         return web.json_response({"items": await self.svc.list_clusters(self.ident(request))})
+
+    async def access_check(self, request):
+        body = await read_json(request)
+        user, login, node = (str(v) for v in _need(body, "user", "login", "node"))
+        traits = body.get("traits") or {}
+        if not isinstance(traits, dict):
+            raise BadParameter("traits must be a mapping of name to a list of values")
+        return web.json_response(await self.svc.access_check(
+            self.ident(request), user, login, node, str(body.get("from_cluster") or ""),
+            [str(r) for r in body.get("roles") or []], traits))
 
     async def whoami(self, request):
         return web.json_response(await self.svc.whoami(self.ident(request)))

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .. import __version__, pki, resources
-from ..access import AccessChecker
+from ..access import AccessChecker, Decision, checker_for_remote_user, remote_user_traits
 from ..audit import AuditLog
 from ..clock import now_iso
 from ..backend import open_backend
@@ -470,6 +470,52 @@ class AuthService:
         checker = await self.checker_for_user(user)
         return {"name": ident.name, "kind": "user", "roles": user["spec"]["roles"],
                 "traits": dict(user["spec"]["traits"]), "logins": checker.logins()}
+
+    async def access_check(self, ident: Identity, user: str, login: str, node: str, from_cluster: str = "",
+                           roles: list[str] | None = None, traits: dict | None = None) -> dict:
+        """Explain the SSH decision for USER as LOGIN on NODE of this cluster, as the node would make it.
+
+        A local user is looked up here; a user of a trusted root (`from_cluster`) is
+        described by the roles and traits of their root certificate and goes through
+        the role map stored with that root's user CA.
+        """
+        _require_admin(ident, "check access")
+        try:
+            node_res = (await self.backend.get(f"nodes/{node}")).value
+        except NotFound:
+            raise NotFound(f'node "{node}" is not registered in cluster "{self.cluster_name}"; list nodes with '
+                           f"'gatectl get nodes'") from None
+        labels = node_res["metadata"]["labels"]
+        local_roles = await self.roles_by_name()
+        result = {"user": user, "cluster": self.cluster_name, "node": node, "node_labels": labels, "login": login}
+        if from_cluster and from_cluster != self.cluster_name:
+            try:
+                ca = (await self.backend.get(f"cas/{from_cluster}/user")).value
+            except NotFound:
+                raise NotFound(f'this cluster does not trust a cluster named "{from_cluster}"; list trusted '
+                               f"clusters with 'gatectl get tc'") from None
+            traits = remote_user_traits(list((traits or {}).get("logins", [])), traits or {})
+            checker, mapped, denial = checker_for_remote_user(ca.get("role_map") or [], list(roles or []),
+                                                              local_roles, traits, from_cluster)
+            result.update(from_cluster=from_cluster, remote_roles=list(roles or []), mapped_roles=mapped)
+            if not ca.get("active", True):
+                denial = Decision(False, f'access denied: trust with "{from_cluster}" is disabled on this cluster',
+                                  "trusted_cluster.enabled")
+                checker = None
+        else:
+            try:
+                user_res = await self.get_user(user)
+            except NotFound:
+                raise NotFound(f'user "{user}" not found here; for a user of the root cluster pass --from ROOT '
+                               f"--roles ROLES --logins LOGINS") from None
+            checker = AccessChecker([local_roles[r] for r in user_res["spec"]["roles"] if r in local_roles],
+                                    user_res["spec"]["traits"])
+            denial = None
+            result.update(mapped_roles=[r for r in user_res["spec"]["roles"] if r in local_roles])
+        decision = denial if checker is None else checker.check_ssh(login, node, labels)
+        result.update(logins=checker.logins() if checker else [], allowed=decision.allowed,
+                      reason=decision.reason, rule=decision.rule)
+        return result
 
     # ----------------------------------------------------------------- snapshots for nodes and proxies
     async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0) -> dict:

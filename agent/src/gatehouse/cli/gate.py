@@ -71,7 +71,18 @@ def _print_status(profile) -> None:
 
 def cmd_status(args) -> int:
     from ..profile import load_profile
-    _print_status(load_profile())
+    profile = load_profile()
+    _print_status(profile)
+    try:
+        leaves = profile.api().get("/webapi/mappings")["items"] if profile.cert_info().valid_before > time.time() else []
+    except GatehouseError:
+        leaves = []  # offline or an older proxy: the certificate part above is still right
+    for i, leaf in enumerate(leaves):
+        if leaf.get("mapped_roles"):
+            text = ", ".join(leaf["mapped_roles"])
+        else:
+            text = f"(none) {leaf.get('denied') or leaf.get('error') or ''}".strip()
+        print(f"  {'Leaf roles:' if i == 0 else '':<14}{leaf['cluster']}: {text}")
     return 0
 
 

@@ -201,6 +201,66 @@ def cmd_update(args) -> int:
     return 0
 
 
+def _traits_arg(text: str | None, logins: str | None) -> dict:
+    from ..resources import parse_labels_arg
+    traits = {k: [x for x in v.split("|") if x] for k, v in parse_labels_arg(text or "").items()}
+    if logins:
+        traits["logins"] = [x for x in logins.split(",") if x]
+    return traits
+
+
+def cmd_access_check(args) -> int:
+    body = {"user": args.user, "login": args.login, "node": args.node,
+            "traits": _traits_arg(args.traits, args.logins)}
+    if getattr(args, "from_cluster", None):
+        body["from_cluster"] = args.from_cluster
+        body["roles"] = [r for r in (args.roles or "").split(",") if r]
+    client = _client(args)
+    if args.cluster:
+        here = client.get("/v1/status")["cluster_name"]
+        if args.cluster != here:
+            raise BadParameter(f'this is cluster "{here}"; run the check on the auth server of "{args.cluster}" '
+                               f"(for a root user there: --from {here} --roles ... --logins ...)")
+    res = client.post("/v1/access/check", body)
+    if args.format == "json":
+        print(json.dumps(res, indent=2))
+        return 0 if res["allowed"] else 1
+    who = res["user"] + (f' (from {res["from_cluster"]}, roles {",".join(res["remote_roles"]) or "none"})'
+                         if res.get("from_cluster") else "")
+    print(f"User          {who}")
+    print(f"Cluster       {res['cluster']}")
+    print(f"Mapped roles  {', '.join(res['mapped_roles']) or '(none)'}")
+    print(f"Logins        {', '.join(res['logins']) or '(none)'}")
+    print(f"Node          {res['node']} ({labels_text(res['node_labels']) or 'no labels'})")
+    print(f"Login         {res['login']}")
+    print(f"Decision      {'ALLOWED' if res['allowed'] else 'DENIED'}" + (f" by {res['rule']}" if res["rule"] else ""))
+    print(f"Reason        {res['reason']}")
+    return 0 if res["allowed"] else 1
+
+
+def cmd_rolemap_test(args) -> int:
+    from ..resources import parse_documents
+    from ..rolemap import explain_mapping, map_roles, no_mapping_message, validate_role_map
+    with open(args.file, encoding="utf-8") as fh:
+        docs = [d for d in parse_documents(fh.read(), args.file) if d["kind"] == "trusted_cluster"]
+    if not docs:
+        raise BadParameter(f"{args.file} holds no trusted_cluster resource")
+    tc = docs[0]
+    role_map = validate_role_map(tc["spec"]["role_map"])
+    remote = [r for r in args.roles.split(",") if r]
+    mapped = map_roles(role_map, remote)
+    if args.format == "json":
+        print(json.dumps({"remote_roles": remote, "local_roles": mapped}, indent=2))
+        return 0 if mapped else 1
+    for entry, role, produced in explain_mapping(role_map, remote):
+        print(f"  {role!r} matches remote {entry['remote']!r} -> {', '.join(produced) or '(nothing)'}")
+    if mapped:
+        print(f"Remote roles [{', '.join(remote)}] map to local roles: {', '.join(mapped)}")
+        return 0
+    print(no_mapping_message(tc["metadata"]["name"], remote))
+    return 1
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatectl", description="Administer a Gatehouse cluster.")
@@ -247,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("-f", "--force", action="store_true", help="overwrite existing resources")
     get = add(sub, "get", cmd_get, "print resources as YAML (or --format json)", fmt="yaml")
     get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc")
+    access = sub.add_parser("access", help="explain access decisions").add_subparsers(dest="sub", required=True)
+    check = add(access, "check", cmd_access_check, "explain whether a user may log in to a node, and why")
+    check.add_argument("--user", required=True)
+    check.add_argument("--login", required=True, help="the Unix login to check")
+    check.add_argument("--node", required=True, help="a node registered in this cluster")
+    check.add_argument("--cluster", help="the cluster the node is in (must be this one)")
+    check.add_argument("--from", dest="from_cluster", help="a trusted root cluster the user comes from")
+    check.add_argument("--roles", help="with --from: the user's roles at the root, comma-separated")
+    check.add_argument("--logins", help="with --from: the principals of the root certificate")
+    check.add_argument("--traits", help="with --from: other traits, name=v1|v2,name2=v")
+    rolemap = sub.add_parser("rolemap", help="role maps").add_subparsers(dest="sub", required=True)
+    rm_test = add(rolemap, "test", cmd_rolemap_test, "show what a trusted_cluster's role map yields")
+    rm_test.add_argument("-f", "--file", required=True, help="trusted_cluster YAML")
+    rm_test.add_argument("--roles", required=True, help="remote (root) roles, comma-separated")
     update = add(sub, "update", cmd_update, "update a remote cluster's labels (root only)")
     update.add_argument("ref", help="rc/NAME")
     update.add_argument("--set-labels", help="replace the labels with k=v,k2=v2 (empty string clears them)")

@@ -39,6 +39,7 @@ class ProxyWeb:
         r.add_get("/webapi/nodes", self.nodes)
         r.add_get("/webapi/clusters", self.clusters)
         r.add_post("/webapi/trustedclusters/validate", self.validate_trust)
+        r.add_get("/webapi/mappings", self.mappings)
 
     def _ssh_addr(self) -> str:
         return self.cfg.proxy.ssh_public_addr or public_addr(
@@ -83,16 +84,32 @@ class ProxyWeb:
         if cluster == self.cache.cluster_name:
             return web.json_response(await self._as_user(request, "/v1/nodes"))
         visible = {c["name"] for c in (await self._as_user(request, "/v1/clusters"))["items"]}
-        if cluster not in visible:
+        if cluster not in visible or self.tunnels is None:
             raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
-        if self.tunnels is None:
-            raise NotFound(f'cluster "{cluster}" is not reachable through this proxy')
-        me = await self._as_user(request, "/v1/whoami")
-        answer = await self.tunnels.tunnel_for(cluster).list_nodes(
-            {"user": me["name"], "roles": me["roles"], "traits": me["traits"], "logins": me["logins"]})
+        answer = await self._ask_leaf(request, cluster)
         if answer.get("denied"):
             raise AccessDenied(f'cluster "{cluster}": {answer["denied"]}')
         return web.json_response({"items": answer.get("items", []), "mapped_roles": answer.get("mapped_roles", [])})
+
+    async def _ask_leaf(self, request, cluster: str) -> dict:
+        """What the leaf's role mapping gives this user: the nodes they see and the local roles."""
+        me = await self._as_user(request, "/v1/whoami")
+        return await self.tunnels.tunnel_for(cluster).list_nodes(
+            {"user": me["name"], "roles": me["roles"], "traits": me["traits"], "logins": me["logins"]})
+
+    async def mappings(self, request):
+        """For `gate status`: the leaf roles the user's root roles map to, per visible leaf."""
+        out = []
+        for c in (await self._as_user(request, "/v1/clusters"))["items"]:
+            if c["type"] != "leaf" or self.tunnels is None:
+                continue
+            try:
+                answer = await self._ask_leaf(request, c["name"])
+                out.append({"cluster": c["name"], "mapped_roles": answer.get("mapped_roles", []),
+                            "denied": answer.get("denied", "")})
+            except Exception as exc:  # noqa: BLE001 - one leaf's trouble must not fail the whole status
+                out.append({"cluster": c["name"], "mapped_roles": [], "error": f"unknown: {exc}"})
+        return web.json_response({"items": out})
 
     async def clusters(self, request):
         return web.json_response(await self._as_user(request, "/v1/clusters"))
