@@ -365,12 +365,22 @@ def test_bad_and_expired_tokens(trust):
 def test_static_token_never_expires(trust):
     # The root fixture has no static token; a dedicated root with one proves the config path.
     tmp = os.path.join(trust.tmp, "static-root")
-    root2 = Cluster(tmp, extra_auth=", tokens: ['trusted_cluster:static-secret-value-123']",
+    root2 = Cluster(tmp, extra_auth=", tokens: ['trusted_cluster:static-secret-value-123'], validate_rate: 3",
                     cluster_name="root2.test", node_name="r2", ssh=False)
     trust.others.append(root2)
     root2.start()
     leaf3 = trust.extra_leaf("leaf3.test")
     ok(trust.create_tc(leaf3, tc_yaml("static-secret-value-123", root2.web_addr, name="root2.test")))
+    # The public validate endpoint is rate-limited per client address (3 per minute here).
+    statuses = []
+    for _ in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = requests.post(f"https://{root2.web_addr}/webapi/trustedclusters/validate", verify=False, timeout=10,
+                              json={"token": "guess-guess-guess", "cluster_name": "g.test", "version": "1.0.0",
+                                    "host_cas": ["ssh-ed25519 AAAA x"]})
+        statuses.append(r.status_code)
+    assert statuses[-1] == 429 and "trust validation" in r.json()["error"]["message"], (statuses, r.text)
 
 
 def test_self_signed_root_certificate_needs_insecure(trust):
