@@ -39,7 +39,23 @@ class CertUser:
         return self.ca["cluster_name"]
 
 
-class CertAuthServer(asyncssh.SSHServer):
+class CertificateOnlyServer(asyncssh.SSHServer):
+    """Public-key authentication only (certificates in practice); no passwords, no keyboard-interactive."""
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+
+class CertAuthServer(CertificateOnlyServer):
     """Subclass and implement `auth_ok(user)`; `find_user_ca(public_line)` comes from the cache."""
 
     server_kind = "server"
@@ -70,18 +86,6 @@ class CertAuthServer(asyncssh.SSHServer):
             return await original(username, cert)
 
         conn._validate_openssh_certificate = keep_certificate  # pylint: disable=protected-access
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
 
     def validate_public_key(self, username: str, key) -> bool:
         if not self._banner_sent:

@@ -25,6 +25,7 @@ from ..errors import GatehouseError
 from ..node.authorize import Authorizer
 from ..proxy.ssh import Router
 from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from ..sshserver import CertificateOnlyServer
 from . import HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN
 
 log = logging.getLogger("gatehouse.tunnel.agent")
@@ -32,7 +33,7 @@ log = logging.getLogger("gatehouse.tunnel.agent")
 MAX_BACKOFF = 10.0
 
 
-class _LeafSide(asyncssh.SSHServer):
+class _LeafSide(CertificateOnlyServer):
     """SSH server end of one tunnel: trusts only its root's tunnel certificate."""
 
     def __init__(self, link: "RootLink"):
@@ -41,18 +42,6 @@ class _LeafSide(asyncssh.SSHServer):
 
     def connection_made(self, conn):
         self.conn = conn
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
 
     def validate_public_key(self, username, key) -> bool:
         return False
