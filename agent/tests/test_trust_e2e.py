@@ -185,6 +185,18 @@ def test_stock_openssh_through_the_tunnel(trust):
     assert r.stdout == "via-openssh\n"
 
 
+def test_proxy_subsystem_route_through_the_tunnel(trust):
+    """ProxyCommand-style clients ask for `proxy:HOST:PORT@CLUSTER` instead of direct-tcpip."""
+    ok(trust.root.login("alice", PASSWORD))
+    cfg = write_yaml(os.path.join(trust.tmp, "ssh_config_sub"), ok(trust.root.run_gate("config")))
+    proxy_cmd = f"ssh -F {cfg} -s gatehouse-proxy-{ROOT} proxy:leafnode:3022@{LEAF}"
+    r = subprocess.run(["ssh", "-F", cfg, "-o", f"ProxyCommand={proxy_cmd}", "-o", "ProxyJump=none",
+                        "-o", "BatchMode=yes", f"visitor@leafnode.{LEAF}", "echo via-subsystem"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "via-subsystem\n"
+
+
 def test_root_routes_only_to_registered_leaf_nodes(trust):
     ok(trust.root.login("alice", PASSWORD))
     err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@127.0.0.1", "true"))

@@ -56,10 +56,14 @@ class Router:
 
 
 class TargetProtocol(asyncio.Protocol):
-    """Pipes bytes from the target back into the user's channel, with flow control both ways."""
+    """Pipes bytes from the target (a TCP socket, or a channel through a leaf tunnel) back into
+    the user's channel, with flow control both ways."""
 
     def __init__(self, chan):
         self.chan = chan
+
+    def session_started(self):
+        """Tunnel channels (asyncssh SSHTCPSession) call this once open; nothing to do."""
 
     def data_received(self, data, datatype=None):
         self.chan.write(data)
@@ -84,6 +88,8 @@ class _SubsystemSession(asyncssh.SSHServerSession):
         self.chan = None
         self.target = None
         self.spec = None
+        self._early: list[bytes] = []  # bytes that arrive before the target is connected
+        self._early_eof = False
 
     def connection_made(self, chan):
         self.chan = chan
@@ -111,6 +117,11 @@ class _SubsystemSession(asyncssh.SSHServerSession):
     async def _connect(self):
         try:
             self.target = await self.proxy_conn.open_target(*self.spec, TargetProtocol(self.chan))
+            for data in self._early:
+                self.target.write(data)
+            self._early.clear()
+            if self._early_eof:
+                self.target.write_eof()
             self.chan.resume_reading()
         except (GatehouseError, OSError, asyncssh.ChannelOpenError) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
@@ -118,11 +129,16 @@ class _SubsystemSession(asyncssh.SSHServerSession):
             self.chan.exit(1)
 
     def data_received(self, data, datatype):
-        self.target.write(data)
+        if self.target is None:
+            self._early.append(data)
+        else:
+            self.target.write(data)
 
     def eof_received(self):
         if self.target is not None:
             self.target.write_eof()
+        else:
+            self._early_eof = True
         return True
 
     def pause_writing(self):
