@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import os
 import pwd
 import re
@@ -20,7 +19,7 @@ import asyncssh
 import pytest
 
 from gatehouse.node import session as node_session
-from gatehouse.node.session import SessionResult, run_session
+from gatehouse.node.session import SessionProcess, SessionResult, run_session
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
                                 reason="needs root and useradd to create test users")
@@ -59,24 +58,6 @@ def users():
         subprocess.run(["groupdel", group], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-class _AnySubsystemProcess(asyncssh.SSHServerProcess):
-    """Sends the sftp subsystem to the process factory too (asyncssh would run its own
-    in-process SFTP server, as the agent's user), the way the node server can."""
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return True
-
-    def session_started(self) -> None:
-        chan = self.channel
-        if chan.get_subsystem() != "sftp":
-            return super().session_started()
-        handler = self._start_process(
-            asyncssh.SSHReader(self, chan), asyncssh.SSHWriter(self, chan),
-            asyncssh.SSHWriter(self, chan, asyncssh.EXTENDED_DATA_STDERR))
-        if inspect.isawaitable(handler):
-            asyncio.ensure_future(handler)
-
-
 class Node:
     """A throwaway SSH server whose sessions go through run_session."""
 
@@ -103,7 +84,7 @@ class Node:
 
         class Server(asyncssh.SSHServer):
             def session_requested(self):
-                return _AnySubsystemProcess(node._session, None, 0, False)
+                return SessionProcess(node._session)
 
         authorized = asyncssh.import_authorized_keys(self.client_key.export_public_key().decode())
         self.server = await asyncssh.create_server(
@@ -344,7 +325,7 @@ async def test_text_mode_server(make_node, users):
 
 
 async def test_sftp_subsystem_runs_as_the_login(node, users):
-    if not any(os.access(p, os.X_OK) for p in node_session.SFTP_SERVER_PATHS):
+    if node_session.find_sftp_server() is None:
         pytest.skip("no sftp-server binary")
     login = users["normal"]
     async with node.connect(login) as conn:
@@ -354,6 +335,57 @@ async def test_sftp_subsystem_runs_as_the_login(node, users):
     path = os.path.join(pwd.getpwnam(login).pw_dir, "copied.py")
     assert os.stat(path).st_uid == pwd.getpwnam(login).pw_uid
     os.unlink(path)
+
+
+async def test_sftp_session_is_recorded_as_a_subsystem(node, users):
+    if node_session.find_sftp_server() is None:
+        pytest.skip("no sftp-server binary")
+    async with node.connect(users["normal"]) as conn:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.listdir(".")
+    result = await node.result()
+    assert result.subsystem == "sftp" and result.command is None
+    assert result.exit_status == 0 and result.pid and not result.pty
+
+
+async def test_unknown_subsystem_is_refused_with_one_line(node, users):
+    async with node.connect(users["normal"]) as conn:
+        proc = await conn.run(subsystem="netconf")
+    assert proc.exit_status == 1
+    assert proc.stderr == ('gatehouse: subsystem "netconf" is not available on node "node1"; '
+                           'only "sftp" is served\n')
+
+
+async def test_sftp_missing_login_is_refused_with_one_line(node):
+    async with node.connect("ghnosuchlogin") as conn:
+        proc = await conn.run(subsystem="sftp", input="")
+    assert proc.exit_status == 1
+    assert 'login "ghnosuchlogin" does not exist on node "node1"' in proc.stderr
+
+
+async def test_sftp_without_sftp_server_says_what_to_install(node, users, monkeypatch):
+    monkeypatch.setattr(node_session, "find_sftp_server", lambda *a: None)
+    async with node.connect(users["normal"]) as conn:
+        proc = await conn.run(subsystem="sftp", input="")
+    assert proc.exit_status == 1
+    assert proc.stderr.startswith('gatehouse: sftp is not available on node "node1": no sftp-server')
+    assert "openssh-sftp-server" in proc.stderr
+
+
+def test_find_sftp_server_reads_sshd_config(tmp_path):
+    real = node_session.find_sftp_server(str(tmp_path / "missing"))
+    if real is None:
+        pytest.skip("no sftp-server binary")
+    fake = tmp_path / "my-sftp-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    cfg = tmp_path / "sshd_config"
+    cfg.write_text(f"# comment\nPort 22\nSubsystem  sftp  {fake} -l INFO\n")
+    assert node_session.find_sftp_server(str(cfg)) == str(fake)
+    # internal-sftp is sshd's built-in; fall back to the installed binary.
+    cfg2 = tmp_path / "sshd_config2"
+    cfg2.write_text("Subsystem sftp internal-sftp\n")
+    assert node_session.find_sftp_server(str(cfg2)) == real
 
 
 # --------------------------------------------------------------------------- PTY sessions

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import importlib
 import ipaddress
 import json
 import os
@@ -17,13 +18,33 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from .errors import BadParameter
+
+
+class _LazyModule:
+    """A module imported on first use, so that importing pki stays cheap.
+
+    `gate ssh` and `gate status` only read certificate files; loading
+    ``cryptography.x509`` and friends up front cost them tens of milliseconds.
+    On first attribute access the real module replaces this stand-in.
+    """
+
+    def __init__(self, alias: str, name: str):
+        self._alias = alias
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        module = importlib.import_module(self._name)
+        globals()[self._alias] = module
+        return getattr(module, attr)
+
+
+x509 = _LazyModule("x509", "cryptography.x509")
+hashes = _LazyModule("hashes", "cryptography.hazmat.primitives.hashes")
+serialization = _LazyModule("serialization", "cryptography.hazmat.primitives.serialization")
+ec = _LazyModule("ec", "cryptography.hazmat.primitives.asymmetric.ec")
+ed25519 = _LazyModule("ed25519", "cryptography.hazmat.primitives.asymmetric.ed25519")
+_exceptions = _LazyModule("_exceptions", "cryptography.exceptions")
 
 # ------------------------------------------------------------------ SSH keys
 
@@ -260,7 +281,7 @@ def parse_ssh_cert(cert_line: str) -> SSHCertInfo:
         raise BadParameter("the SSH certificate is malformed.") from None
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(ca_raw).verify(signature, signed)
-    except (InvalidSignature, ValueError):
+    except (_exceptions.InvalidSignature, ValueError):
         raise BadParameter("the SSH certificate signature does not match its signing CA.") from None
     return info
 
@@ -408,10 +429,10 @@ def _public_pem(key) -> str:
 
 
 def _name(common_name: str, organization: str, unit: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)]
+    attrs = [x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, organization)]
     if unit:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        attrs.append(x509.NameAttribute(x509.NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    attrs.append(x509.NameAttribute(x509.NameOID.COMMON_NAME, common_name))
     return x509.Name(attrs)
 
 
@@ -446,8 +467,8 @@ def _san(dns_names, ip_addresses) -> x509.SubjectAlternativeName | None:
 
 
 def _eku(server: bool, client: bool) -> x509.ExtendedKeyUsage:
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
-             ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    usages = ([x509.ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
+             ([x509.ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
     if not usages:
         raise BadParameter("a TLS certificate must be for server use, client use or both.")
     return x509.ExtendedKeyUsage(usages)
@@ -496,8 +517,8 @@ def tls_identity(cert_pem: str) -> dict:
         values = cert.subject.get_attributes_for_oid(oid)
         return values[0].value if values else None
 
-    return {"name": attr(NameOID.COMMON_NAME), "cluster": attr(NameOID.ORGANIZATION_NAME),
-            "kind": attr(NameOID.ORGANIZATIONAL_UNIT_NAME),
+    return {"name": attr(x509.NameOID.COMMON_NAME), "cluster": attr(x509.NameOID.ORGANIZATION_NAME),
+            "kind": attr(x509.NameOID.ORGANIZATIONAL_UNIT_NAME),
             "expires": int(cert.not_valid_after_utc.timestamp())}
 
 
@@ -510,14 +531,14 @@ def self_signed_web_cert(hostnames, ips, ttl_days: int = 365) -> tuple[str, str]
     """Stand-in server certificate for the proxy web endpoint when none is configured."""
     key = ec.generate_private_key(ec.SECP256R1())
     hostnames, ips = list(hostnames) or ["localhost"], list(ips)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, hostnames[0])])
     now = _now()
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(seconds=60))
             .not_valid_after(now + datetime.timedelta(days=ttl_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(_san(hostnames, ips), critical=False)
             .sign(key, hashes.SHA256()))

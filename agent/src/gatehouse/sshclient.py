@@ -1,8 +1,11 @@
 """`gate ssh`: connect to the proxy with the user certificate, then end-to-end to the node.
 
-The inner SSH connection to `NODE.CLUSTER:3022` runs inside a `direct-tcpip`
-channel on the proxy connection, so the proxy only pipes encrypted bytes. Host
-keys are checked against the `@cert-authority` lines written at login.
+The inner SSH connection to the node runs inside a session channel on the proxy
+connection that asks for the proxy's `proxy:NODE:PORT@CLUSTER` subsystem, so the
+proxy only pipes encrypted bytes, routes by the cluster named on the command line,
+and does not need the certificate's `permit-port-forwarding` (which asyncssh
+enforces on `direct-tcpip` channels, the route `ssh -J` takes). Host keys are
+checked against the `@cert-authority` lines written at login, for `NODE.CLUSTER`.
 """
 
 from __future__ import annotations
@@ -12,13 +15,193 @@ import os
 import signal
 import sys
 
-from .errors import AccessDenied, ConnectionProblem, NotFound
+from .errors import AccessDenied, ConnectionProblem, GatehouseError, NotFound
 from .sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
 
 
+_OPEN = object()  # _SubsystemPipe.closed while the channel is open
+
+
+def import_asyncssh():
+    """Import asyncssh for the `gate` client without two start-up costs it does not need.
+
+    Both are optional parts asyncssh probes for at import time:
+
+    * X.509 certificates as SSH keys (``asyncssh.crypto.x509``, which loads
+      ``cryptography.x509``): Gatehouse uses OpenSSH certificates only, so this
+      client never offers or accepts ``x509v3-*`` algorithms. asyncssh supports
+      running without the module (it checks ``_x509_available``).
+    * liboqs for the sntrup761 key exchange, looked up with
+      ``ctypes.util.find_library``, which on a miss runs the C compiler and ``ld``
+      in subprocesses (20 to 45 ms on every start). While asyncssh is imported the
+      lookup consults only the dynamic loader's cache (``ldconfig -p``, the first
+      step of ``find_library``), so an installed liboqs is still found once
+      ``ldconfig`` has run. With ``LD_LIBRARY_PATH`` set the full lookup is kept.
+      Post-quantum ML-KEM comes from ``cryptography`` and is unaffected.
+
+    Servers (node, proxy) import asyncssh normally. The key exchange and ciphers
+    offered here are the same as with a plain ``import asyncssh`` on this host
+    unless liboqs is only reachable through the compiler's search path.
+
+    For this short-lived process, the garbage collector is also kept out of the
+    way: paused while the ~300 modules load (they create no garbage cycles worth
+    chasing), and the objects they created are then moved to the permanent
+    generation (``gc.freeze()``), so neither later collections nor the final
+    one at interpreter exit walk them again. Together that is about 40 ms of
+    CPU per `gate ssh` start on the reference machine (see bench/README.md).
+    """
+    module = sys.modules.get("asyncssh")
+    if module is not None:
+        return module
+    import ctypes.util
+    import gc
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    real_find = ctypes.util.find_library
+    loader_cache = getattr(ctypes.util, "_findSoname_ldconfig", None)
+    blocked = "asyncssh.crypto.x509" not in sys.modules
+    if blocked:
+        sys.modules["asyncssh.crypto.x509"] = None  # type: ignore[assignment]  # import -> ImportError
+    if loader_cache is not None and not os.environ.get("LD_LIBRARY_PATH"):
+        ctypes.util.find_library = loader_cache
+    try:
+        import asyncssh
+    finally:
+        ctypes.util.find_library = real_find
+        if blocked and sys.modules.get("asyncssh.crypto.x509", False) is None:
+            del sys.modules["asyncssh.crypto.x509"]
+        if gc_was_enabled:
+            gc.freeze()
+            gc.enable()
+    return asyncssh
+
+
+class _SubsystemPipe:
+    """Client session on the proxy's subsystem channel that carries the inner SSH connection.
+
+    Channel data goes to the inner connection's protocol, which writes back to the
+    channel as to any transport (as asyncssh does for `direct-tcpip` tunnels).
+
+    The inner connection is attached only once the node's first bytes (its SSH
+    version line) came back through the channel: then the proxy has reached the
+    node and forwards what the client sends. Until then nothing is sent, because the
+    proxy accepts the subsystem before it has connected to the node. When the proxy
+    cannot route, it says why on the channel's stderr and closes the channel; that
+    sentence becomes the error shown to the user.
+    """
+
+    def __init__(self):
+        self.chan = None
+        self.inner = None
+        self.pending: list[bytes] = []
+        self.errors: list[bytes] = []
+        self.eof = False
+        self.closed = _OPEN
+        self.ready = asyncio.get_running_loop().create_future()
+
+    # -- SSHClientSession callbacks --------------------------------------------
+    def connection_made(self, chan) -> None:
+        self.chan = chan
+
+    def session_started(self) -> None:
+        pass
+
+    def data_received(self, data: bytes, datatype) -> None:
+        if datatype is not None:
+            self.errors.append(data)
+        elif self.inner is not None:
+            self.inner.data_received(data)
+        else:
+            self.pending.append(data)
+            if not self.ready.done():
+                self.ready.set_result(None)
+
+    def eof_received(self) -> bool:
+        if self.inner is not None:
+            self.inner.eof_received()
+        else:
+            self.eof = True
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+            return
+        self.closed = exc
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def exit_status_received(self, status: int) -> None:
+        pass
+
+    def exit_signal_received(self, signal, core_dumped, msg, lang) -> None:
+        pass
+
+    def xon_xoff_requested(self, client_can_do: bool) -> None:
+        pass
+
+    # -- ours --------------------------------------------------------------------
+    def attach(self, inner) -> None:
+        """Hand the channel to the inner connection and replay what arrived so far."""
+        self.inner = inner
+        inner.connection_made(self.chan)
+        pending, self.pending = self.pending, []
+        for data in pending:
+            inner.data_received(data)
+        if self.eof:
+            inner.eof_received()
+        if self.closed is not _OPEN:
+            inner.connection_lost(self.closed)
+
+    def error(self) -> str:
+        text = b"".join(self.errors).decode("utf-8", "replace").strip()
+        return text.splitlines()[-1].removeprefix("gatehouse: ") if text else ""
+
+
+class _SubsystemTunnel:
+    """An asyncssh `tunnel=` object: the inner connection rides the proxy subsystem."""
+
+    def __init__(self, proxy, subsystem: str, node: str, cluster: str):
+        self.proxy = proxy
+        self.subsystem = subsystem
+        self.node = node
+        self.cluster = cluster
+
+    async def create_connection(self, session_factory, host, port):
+        pipe = _SubsystemPipe()
+        chan, _ = await self.proxy.create_session(lambda: pipe, subsystem=self.subsystem, encoding=None)
+        await pipe.ready
+        if not pipe.pending:
+            chan.close()
+            reason = pipe.error()
+            if " is not registered" in reason or " is not found" in reason:
+                raise NotFound(reason)
+            raise ConnectionProblem(f"the proxy could not reach node \"{self.node}\" in cluster "
+                                    f"\"{self.cluster}\": {reason or 'it closed the connection'}")
+        inner = session_factory()
+        pipe.attach(inner)
+        return chan, inner
+
+
+def proxy_subsystem(node: str, port: int, cluster: str) -> str:
+    """`proxy:NODE:PORT@CLUSTER` for the proxy's router; `node1.C` and `node1` are the same node."""
+    if cluster and node.endswith("." + cluster):
+        node = node[: -len(cluster) - 1]
+    if ":" in node:
+        node = f"[{node}]"
+    return f"proxy:{node}:{port}@{cluster}"
+
 
 def _client_factory(banners: list[str]):
-    import asyncssh
+    asyncssh = import_asyncssh()
 
     class _Client(asyncssh.SSHClient):
         def auth_banner_received(self, msg, lang):
@@ -28,7 +211,7 @@ def _client_factory(banners: list[str]):
 
 
 async def _connect(profile, login: str, node: str, cluster: str, port: int):
-    import asyncssh
+    asyncssh = import_asyncssh()
     key = asyncssh.import_private_key(open(profile.key_path, encoding="utf-8").read())
     cert = asyncssh.import_certificate(open(profile.cert_path, encoding="utf-8").read())
     banners: list[str] = []
@@ -45,19 +228,32 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
         raise ConnectionProblem(f"cannot connect to the proxy at {proxy_host}:{proxy_port}: {exc}; check that it "
                                 f"is running") from None
     target = node if node.endswith("." + cluster) else f"{node}.{cluster}"
+    tunnel = _SubsystemTunnel(proxy, proxy_subsystem(node, port, cluster), node, cluster)
     try:
-        conn = await asyncssh.connect(target, port, tunnel=proxy, username=login, **common)
-    except asyncssh.ChannelOpenError as exc:
+        conn = await asyncssh.connect(target, port, tunnel=tunnel, username=login, **common)
+    except BaseException as exc:
         proxy.close()
-        raise NotFound(exc.reason) from None
-    except asyncssh.PermissionDenied:
-        proxy.close()
-        raise AccessDenied(_banner(banners) or f"node \"{node}\" refused your certificate for login \"{login}\"") from None
-    except asyncssh.HostKeyNotVerifiable as exc:
-        proxy.close()
-        raise ConnectionProblem(f"node \"{node}\" presented a host key not signed by cluster \"{cluster}\" ({exc}); "
-                                f"log in again to refresh the trusted CAs") from None
+        raise _node_error(exc, banners, login, node, cluster) from None
     return proxy, conn
+
+
+def _node_error(exc: BaseException, banners: list[str], login: str, node: str, cluster: str) -> BaseException:
+    """The one-line error for a failed connection to the node through the proxy."""
+    asyncssh = import_asyncssh()
+    if isinstance(exc, GatehouseError):  # the proxy could not route (_SubsystemTunnel)
+        return exc
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AccessDenied(_banner(banners) or f"node \"{node}\" refused your certificate for login \"{login}\"")
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return ConnectionProblem(f"node \"{node}\" presented a host key not signed by cluster \"{cluster}\" ({exc}); "
+                                 f"log in again to refresh the trusted CAs")
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return ConnectionProblem(f"the proxy refused to route to node \"{node}\" in cluster \"{cluster}\": "
+                                 f"{exc.reason}")
+    if isinstance(exc, (OSError, asyncssh.Error)):
+        return ConnectionProblem(f"the connection to node \"{node}\" through the proxy failed: "
+                                 f"{getattr(exc, 'reason', None) or exc}")
+    return exc
 
 
 def _banner(banners: list[str]) -> str:
@@ -65,7 +261,7 @@ def _banner(banners: list[str]) -> str:
 
 
 async def _run(profile, login, node, cluster, command, port, force_tty, no_tty) -> int:
-    import asyncssh
+    asyncssh = import_asyncssh()
     proxy, conn = await _connect(profile, login, node, cluster, port)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     want_tty = not no_tty and (force_tty or (command is None and interactive))

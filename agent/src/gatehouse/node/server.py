@@ -43,7 +43,8 @@ class _NodeConnection(CertAuthServer):
         if self.decision is None or not self.decision.allowed:
             reason = self.decision.reason if self.decision else "access denied: not authenticated"
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
-        return asyncssh.SSHServerProcess(self._run, None, 3, False)
+        # The sftp subsystem runs the system's sftp-server as the login (session.py).
+        return session.SessionProcess(self._run)
 
     async def _run(self, process: asyncssh.SSHServerProcess) -> None:
         await self.node.run(process, self.user, self.decision)
@@ -91,15 +92,22 @@ class NodeService:
         permit_pty = user.cert.extensions.get("permit-pty") is not None
         start = dict(user=user.name, login=user.login, node=self.name, user_cluster=user.cluster,
                      command=process.command, addr=user.peer, roles=decision.roles)
+        if process.subsystem:
+            start["subsystem"] = process.subsystem
         self.audit.emit("session.start", **start)
         result = None
         try:
             result = await session.run_session(process, user.login, node_name=self.name,
                                                env=dict(process.env or {}), permit_pty=permit_pty)
         finally:
-            self.audit.emit("session.end", user=user.name, login=user.login, node=self.name,
-                            exit_status=getattr(result, "exit_status", None),
-                            exit_signal=getattr(result, "exit_signal", None))
+            end = dict(user=user.name, login=user.login, node=self.name,
+                       exit_status=getattr(result, "exit_status", None),
+                       exit_signal=getattr(result, "exit_signal", None))
+            if process.subsystem:
+                end["subsystem"] = process.subsystem
+            if getattr(result, "error", None):
+                end["error"] = result.error.removeprefix("gatehouse: ")
+            self.audit.emit("session.end", **end)
 
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)

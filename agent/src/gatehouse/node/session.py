@@ -8,9 +8,10 @@ which owns everything from there until the channel closes:
   status 1 when it does not exist (or when the service cannot switch to it);
 * start ``$SHELL -c COMMAND`` (or the login shell as ``-bash`` style login
   shell, or ``$SHELL -c /usr/lib/openssh/sftp-server`` for the ``sftp``
-  subsystem, when the server routes subsystems here) as that login: supplementary groups from
-  the group database, then gid, then uid, in a new session and process group,
-  with a fresh environment, ``umask 022`` and the home directory as cwd;
+  subsystem, see :class:`SessionProcess` and :func:`find_sftp_server`) as
+  that login: supplementary groups from the group database, then gid, then
+  uid, in a new session and process group, with a fresh environment,
+  ``umask 022`` and the home directory as cwd;
 * without a PTY, pump bytes between the channel and three pipes in 256 KiB
   chunks with flow control in both directions (the channel stops being read
   while the child's stdin pipe is full; the child's output stops being read
@@ -37,10 +38,12 @@ import codecs
 import errno
 import fcntl
 import grp
+import inspect
 import logging
 import os
 import pwd
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -51,7 +54,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import asyncssh
 
-__all__ = ["SessionResult", "run_session", "SAFE_PATH", "KILL_GRACE", "DRAIN_IDLE"]
+__all__ = ["SessionResult", "SessionProcess", "run_session", "find_sftp_server", "SAFE_PATH",
+           "KILL_GRACE", "DRAIN_IDLE"]
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +75,20 @@ KILL_GRACE = 2.0
 #: process) but silent for this many seconds are abandoned so the session ends.
 DRAIN_IDLE = 1.0
 
-#: Where the OpenSSH sftp-server binary lives on common distributions.
+#: Where the OpenSSH sftp-server binary lives on common distributions (Debian and
+#: Ubuntu, Fedora/RHEL/SUSE, Arch, Alpine, Gentoo, FreeBSD ports).
 SFTP_SERVER_PATHS = (
     "/usr/lib/openssh/sftp-server",
     "/usr/libexec/openssh/sftp-server",
     "/usr/lib/ssh/sftp-server",
+    "/usr/libexec/ssh/sftp-server",
     "/usr/libexec/sftp-server",
     "/usr/lib/misc/sftp-server",
+    "/usr/local/libexec/sftp-server",
 )
+
+#: sshd's own configuration, consulted for its ``Subsystem sftp PATH`` line.
+SSHD_CONFIG = "/etc/ssh/sshd_config"
 
 #: Signals a client may send (RFC 4254 section 6.10 names, without "SIG").
 ALLOWED_SIGNALS = ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE",
@@ -153,6 +163,71 @@ async def run_session(process: asyncssh.SSHServerProcess, login: str, *, node_na
     for. Returns when the session is over; never raises for session failures.
     """
     return await _Session(process, login, node_name, env, permit_pty).run()
+
+
+class SessionProcess(asyncssh.SSHServerProcess):
+    """A server process that hands every session, the ``sftp`` subsystem included, to
+    the process factory.
+
+    asyncssh alone either refuses ``sftp`` (no ``sftp_factory``) or serves it in
+    process, as the agent's own user. Nodes instead run the system's ``sftp-server``
+    as the requested login (:func:`run_session`), so file access is exactly what
+    that login may do, as with sshd. Other subsystems reach the factory too, and
+    :func:`run_session` refuses them with a one-line message.
+    """
+
+    def __init__(self, process_factory):
+        super().__init__(process_factory, None, 0, False)
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        chan = self.channel
+        if chan.get_subsystem() != "sftp":
+            super().session_started()
+            return
+        # The base class would start asyncssh's in-process SFTP server here.
+        handler = self._start_process(
+            asyncssh.SSHReader(self, chan), asyncssh.SSHWriter(self, chan),
+            asyncssh.SSHWriter(self, chan, asyncssh.EXTENDED_DATA_STDERR))
+        if inspect.isawaitable(handler):
+            chan.get_connection().create_task(handler)
+
+
+_sftp_server_cache: Dict[str, Optional[str]] = {}
+
+
+def find_sftp_server(sshd_config: str = SSHD_CONFIG) -> Optional[str]:
+    """Path of the OpenSSH ``sftp-server`` binary on this host, or None.
+
+    Looks, in order, at the ``Subsystem sftp`` line of sshd's configuration (when it
+    names an executable, not ``internal-sftp``), the usual install locations of
+    every common distribution, and ``PATH``. The answer is cached per config path
+    once found; a miss is looked up again next time (the package may be installed
+    while the node runs).
+    """
+    hit = _sftp_server_cache.get(sshd_config)
+    if hit and os.access(hit, os.X_OK):
+        return hit
+    candidates: List[str] = []
+    try:
+        with open(sshd_config, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                words = line.split()
+                if len(words) >= 3 and words[0].lower() == "subsystem" and words[1] == "sftp":
+                    candidates.append(words[2])
+    except OSError:
+        pass
+    candidates.extend(SFTP_SERVER_PATHS)
+    found = shutil.which("sftp-server")
+    if found:
+        candidates.append(found)
+    for path in candidates:
+        if os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
+            _sftp_server_cache[sshd_config] = path
+            return path
+    return None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -402,13 +477,16 @@ class _Session:
         name = os.path.basename(shell)
         subsystem = self.process.subsystem
         if subsystem:
-            if subsystem == "sftp":
-                for path in SFTP_SERVER_PATHS:
-                    if os.access(path, os.X_OK):
-                        # Through the login shell, as sshd does: a nologin shell blocks it.
-                        return [name, "-c", path], shell, "the sftp subsystem"
-            return (f'gatehouse: subsystem "{subsystem}" is not available on node '
-                    f'"{self.node}"')
+            if subsystem != "sftp":
+                return (f'gatehouse: subsystem "{subsystem}" is not available on node '
+                        f'"{self.node}"; only "sftp" is served')
+            path = find_sftp_server()
+            if path is None:
+                return (f'gatehouse: sftp is not available on node "{self.node}": no sftp-server '
+                        "program is installed; ask the node's administrator to install "
+                        "OpenSSH's sftp server (Debian: openssh-sftp-server)")
+            # Through the login shell, as sshd does: a nologin shell blocks it.
+            return [name, "-c", path], shell, "the sftp subsystem"
         command = self.process.command
         if command is None:
             return ["-" + name], shell, f"the login shell {shell}"
