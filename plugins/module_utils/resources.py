@@ -1,0 +1,299 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) Gatehouse maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
+"""Build, normalise and compare Gatehouse resources the way the agent stores them.
+
+The agent normalises every resource it stores (every key present, label selector
+values as lists, durations in seconds). The modules build the desired resource in
+that same normalised form, so that comparing it with what the agent returns tells
+whether a write is needed. Lists whose order does not change what a resource means
+(logins, roles, label values, role-map entries) are compared as sets by
+:func:`canonical`.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import calendar
+import copy
+import json
+import re
+import time
+
+from ansible.module_utils.six import integer_types, string_types
+
+DEFAULT_MAX_SESSION_TTL = 12 * 3600
+ROLE_VERSION = "v5"
+ROLE_OPTION_DEFAULTS = {
+    "max_session_ttl": DEFAULT_MAX_SESSION_TTL,
+    "permit_pty": True,
+    "permit_port_forwarding": True,
+    "permit_agent_forwarding": True,
+    "permit_x11_forwarding": False,
+    "client_idle_timeout": 0,
+}
+CONDITION_LISTS = ("logins", "kubernetes_groups", "kubernetes_users", "db_users", "db_names")
+CONDITION_SELECTORS = ("node_labels", "cluster_labels")
+TOKEN_TYPES = ("trusted_cluster", "node", "proxy")
+
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
+_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+_RFC3339_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})$", re.I)
+
+
+class ResourceError(ValueError):
+    """Bad module input; ``str(err)`` names the option and the fix."""
+
+
+# --------------------------------------------------------------------------- scalars
+def parse_duration(value, what):
+    """``1h30m``, ``15m``, ``90s``, a whole number of seconds (int or digits) → int seconds."""
+    if isinstance(value, bool) or not isinstance(value, integer_types + string_types + (float,)):
+        raise ResourceError("%s must be a duration like 1h30m, 15m or 90s, not %r" % (what, value))
+    if isinstance(value, float):
+        if value != int(value):
+            raise ResourceError("%s must be a whole number of seconds, not %r" % (what, value))
+        return int(value)
+    if isinstance(value, integer_types):
+        return int(value)
+    text = value.strip()
+    sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text)
+    if body.isdigit():
+        return sign * int(body)
+    pos, seconds = 0, 0.0
+    while pos < len(body):
+        match = _DURATION_PART_RE.match(body, pos)
+        if not match:
+            break
+        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not body or pos != len(body):
+        raise ResourceError('%s "%s" is not a valid duration; write it like 1h30m, 15m or 90s' % (what, value))
+    if abs(seconds - round(seconds)) > 1e-6:
+        raise ResourceError('%s "%s" is not a whole number of seconds' % (what, value))
+    return sign * int(round(seconds))
+
+
+def parse_ttl(value, what):
+    seconds = parse_duration(value, what)
+    if seconds <= 0:
+        raise ResourceError("%s must be positive, e.g. 15m or 12h" % what)
+    return seconds
+
+
+def parse_time(text):
+    """RFC 3339 (``2024-05-01T12:00:00.123Z``) → unix time; None when empty or unparsable."""
+    match = _RFC3339_RE.match(text or "")
+    if not match:
+        return None
+    year, month, day, hour, minute, sec = (int(match.group(i)) for i in range(1, 7))
+    frac = float(match.group(7)) if match.group(7) else 0.0
+    epoch = calendar.timegm((year, month, day, hour, minute, sec, 0, 0, 0)) + frac
+    zone = match.group(8).upper()
+    if zone != "Z":
+        offset = int(zone[1:3]) * 3600 + int(zone[4:6]) * 60
+        epoch -= offset if zone[0] == "+" else -offset
+    return epoch
+
+
+def seconds_until(text, now=None):
+    """Seconds from now until the RFC 3339 time ``text`` (negative once past); None if unknown."""
+    when = parse_time(text)
+    if when is None:
+        return None
+    return when - (time.time() if now is None else now)
+
+
+def _scalar(value, what):
+    if isinstance(value, bool) or value is None or not isinstance(value, integer_types + string_types + (float,)):
+        raise ResourceError("%s must be a string, not %r" % (what, value))
+    return str(value).strip()
+
+
+def string_list(value, what):
+    """None → []; a string → [it]; every entry a non-empty string (numbers become text)."""
+    if value is None:
+        return []
+    if isinstance(value, string_types):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ResourceError("%s must be a list of strings, not %r" % (what, value))
+    out = []
+    for index, item in enumerate(value):
+        text = _scalar(item, "%s[%d]" % (what, index))
+        if not text:
+            raise ResourceError("%s[%d] is an empty string; remove it" % (what, index))
+        out.append(text)
+    return out
+
+
+def static_labels(value, what):
+    """``{key: value}`` with text values (metadata and token labels)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ResourceError("%s must be a mapping of label names to values, e.g. {env: prod}" % what)
+    out = {}
+    for key, val in value.items():
+        if not isinstance(key, string_types) or not key:
+            raise ResourceError("%s has a label name %r that is not a non-empty string" % (what, key))
+        out[key] = _scalar(val, "%s.%s" % (what, key))
+    return out
+
+
+def selector(value, what):
+    """A label selector ``{key: value or [values]}`` → ``{key: [values]}`` (duplicates dropped)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ResourceError("%s must be a mapping of label names to a value or a list of values, "
+                            "e.g. {env: [dev, staging]}" % what)
+    out = {}
+    for key, values in value.items():
+        if not isinstance(key, string_types) or not key:
+            raise ResourceError("%s has a label name %r that is not a non-empty string" % (what, key))
+        entries = values if isinstance(values, (list, tuple)) else [values]
+        texts = []
+        for index, item in enumerate(entries):
+            if isinstance(item, bool) or not isinstance(item, integer_types + string_types):
+                raise ResourceError("%s.%s[%d] must be a string, not %r" % (what, key, index, item))
+            text = str(item)
+            if text not in texts:
+                texts.append(text)
+        out[key] = texts
+    return out
+
+
+# --------------------------------------------------------------------------- kinds
+def role_resource(name, description=None, labels=None, allow=None, deny=None, options=None):
+    """The normalised role the agent would store for these module options."""
+    opts = dict(ROLE_OPTION_DEFAULTS)
+    for key, value in (options or {}).items():
+        if value is None:
+            continue
+        if key == "max_session_ttl":
+            opts[key] = parse_ttl(value, "options.max_session_ttl")
+        elif key == "client_idle_timeout":
+            opts[key] = parse_duration(value, "options.client_idle_timeout")
+            if opts[key] < 0:
+                raise ResourceError("options.client_idle_timeout must not be negative; use 0 to turn it off")
+        elif key in ROLE_OPTION_DEFAULTS:
+            opts[key] = bool(value)
+        else:
+            raise ResourceError("options.%s is not a role option; use one of %s"
+                                % (key, ", ".join(sorted(ROLE_OPTION_DEFAULTS))))
+    spec = {"options": opts}
+    for side, given in (("allow", allow), ("deny", deny)):
+        cond = {}
+        for key in CONDITION_LISTS:
+            cond[key] = string_list((given or {}).get(key), "%s.%s" % (side, key))
+        for key in CONDITION_SELECTORS:
+            cond[key] = selector((given or {}).get(key), "%s.%s" % (side, key))
+        unknown = sorted(k for k in (given or {}) if k not in CONDITION_LISTS + CONDITION_SELECTORS)
+        if unknown:
+            raise ResourceError("%s.%s is not a role condition; use %s"
+                                % (side, unknown[0], ", ".join(CONDITION_LISTS + CONDITION_SELECTORS)))
+        spec[side] = cond
+    return {"kind": "role", "version": ROLE_VERSION,
+            "metadata": {"name": name, "description": (description or "").strip(),
+                         "labels": static_labels(labels, "labels")},
+            "spec": spec}
+
+
+def user_resource(name, roles, traits=None, logins=None):
+    """The normalised user (``logins`` is the ``logins`` trait)."""
+    roles = string_list(roles, "roles")
+    if not roles:
+        raise ResourceError("roles is empty; give the user at least one role, e.g. roles: [access]")
+    if traits is not None and not isinstance(traits, dict):
+        raise ResourceError("traits must be a mapping of trait names to lists, e.g. {logins: [ubuntu]}")
+    out_traits = {}
+    for key, values in (traits or {}).items():
+        out_traits[str(key)] = string_list(values, "traits.%s" % key)
+    if logins is not None:
+        if "logins" in out_traits:
+            raise ResourceError("set the logins either with logins or with traits.logins, not both")
+        out_traits["logins"] = string_list(logins, "logins")
+    return {"kind": "user", "version": "v2", "metadata": {"name": name},
+            "spec": {"roles": roles, "traits": out_traits}}
+
+
+def role_map(value, what="role_map"):
+    """``[{remote, local}]`` with ``local`` always a list."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ResourceError("%s must be a list of {remote, local} entries" % what)
+    out = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise ResourceError("%s[%d] must be a mapping with remote and local" % (what, index))
+        unknown = sorted(k for k in entry if k not in ("remote", "local"))
+        if unknown:
+            raise ResourceError('%s[%d] has unknown key "%s"; use only remote and local' % (what, index, unknown[0]))
+        remote = _scalar(entry.get("remote"), "%s[%d].remote" % (what, index)) if entry.get("remote") is not None \
+            else ""
+        if not remote:
+            raise ResourceError("%s[%d].remote is missing; name the root role to map, e.g. remote: access"
+                                % (what, index))
+        local = string_list(entry.get("local"), "%s[%d].local" % (what, index))
+        if not local:
+            raise ResourceError("%s[%d].local is empty; list the leaf roles that %s maps to"
+                                % (what, index, remote))
+        out.append({"remote": remote, "local": local})
+    return out
+
+
+def token_types(value):
+    types = string_list(value, "type")
+    parts = []
+    for item in types:
+        for part in item.split(","):
+            part = part.strip()
+            if part and part not in parts:
+                parts.append(part)
+    bad = [t for t in parts if t not in TOKEN_TYPES]
+    if bad or not parts:
+        raise ResourceError("type %s is not a token type; use one or more of %s"
+                            % (", ".join(bad) or "(none)", ", ".join(TOKEN_TYPES)))
+    return parts
+
+
+# --------------------------------------------------------------------------- compare and diff
+def canonical(value):
+    """A copy in which every list is sorted and de-duplicated, for order-blind comparison."""
+    if isinstance(value, dict):
+        return dict((k, canonical(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        items = {}
+        for item in value:
+            norm = canonical(item)
+            items[json.dumps(norm, sort_keys=True)] = norm
+        return [items[k] for k in sorted(items)]
+    return value
+
+
+def comparable(resource, sections=("metadata", "spec")):
+    """The parts of a resource that state what it means (not its version or status)."""
+    return canonical(dict((k, (resource or {}).get(k)) for k in sections))
+
+
+def same(desired, current, sections=("metadata", "spec")):
+    return comparable(desired, sections) == comparable(current, sections)
+
+
+def without_secrets(resource):
+    """A deep copy without token values (for diff and results)."""
+    res = copy.deepcopy(resource)
+    if isinstance(res, dict) and isinstance(res.get("spec"), dict):
+        res["spec"].pop("token", None)
+    return res
+
+
+def diff(before, after, name):
+    """Ansible's diff dict: before/after as mappings ({} when absent), secrets removed."""
+    return {"before": without_secrets(before) if before else {},
+            "after": without_secrets(after) if after else {},
+            "before_header": name, "after_header": name}
