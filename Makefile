@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps demo demo-down test test-agent test-netns bench clean
+.PHONY: deps demo demo-down test test-agent test-netns test-collection bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -17,9 +17,14 @@ demo-down:
 ## Every test: agent unit and end-to-end tests (real processes on loopback), test-host harness.
 test: deps
 	$(PY) -m pytest -q agent/tests tests/netns
+	scripts/test-collection.sh
 
 test-agent: deps
 	$(PY) -m pytest -q agent/tests
+
+## The Ansible collection: ansible-test sanity and units, then every module against real agents.
+test-collection: deps
+	scripts/test-collection.sh
 
 bench: deps
 	$(PY) bench/bench_ssh.py

@@ -10,6 +10,7 @@ command -v ssh >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)   # collection unit tests make test certificates
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -32,4 +33,10 @@ if [ ! -f .venv/.installed ] || [ agent/pyproject.toml -nt .venv/.installed ]; t
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e 'agent[test]'
   touch .venv/.installed
+fi
+# The Ansible collection's tests (scripts/test-collection.sh) need ansible-core (with ansible-test)
+# in .venv; ansible-test then builds its own virtualenvs for sanity and units from PyPI.
+if ! .venv/bin/python -c 'import sys, ansible.release as r; v = tuple(map(int, r.__version__.split(".")[:2])); sys.exit(not (2, 17) <= v < (2, 20))' 2>/dev/null; then
+  echo "==> installing ansible-core into .venv"
+  .venv/bin/pip install -q 'ansible-core>=2.17,<2.20'
 fi

@@ -8,7 +8,8 @@
 # checkout is copied there first (without .git, .venv, the agent and test output).
 #
 # Usage: scripts/test-collection.sh [sanity] [units] [integration]   (default: all three)
-# Env:   GATEHOUSE_COLLECTION_ROOT  where to put ansible_collections/ (default /tmp/gatehouse-collection-$UID)
+# Env:   GATEHOUSE_COLLECTION_ROOT  where to put ansible_collections/ (default: a temporary directory,
+#                                   removed at exit; a given directory is kept for inspection)
 #        TARGETS="role user"         integration targets to run (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,12 @@ PY=3.11
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(sanity units integration)
 
-COLL_ROOT=${GATEHOUSE_COLLECTION_ROOT:-/tmp/gatehouse-collection-$(id -u)}
+if [ -n "${GATEHOUSE_COLLECTION_ROOT:-}" ]; then
+  COLL_ROOT=$GATEHOUSE_COLLECTION_ROOT
+else
+  COLL_ROOT=$(mktemp -d /tmp/gatehouse-collection.XXXXXX)
+  trap 'rm -rf "$COLL_ROOT"' EXIT
+fi
 DEST=$COLL_ROOT/ansible_collections/gatehouse/clusters
 
 echo "==> copying the collection to $DEST"
@@ -74,5 +80,6 @@ for step in "${steps[@]}"; do
   esac
 done
 
-echo "==> collection tests: ${passed[*]:-none} passed${failed:+; FAILED: ${failed[*]}}"
+echo "==> collection tests passed: ${passed[*]:-none}${failed:+; failed: ${failed[*]}}"
+echo "collection: ${#passed[@]} passed, ${#failed[@]} failed"
 [ ${#failed[@]} -eq 0 ]

@@ -25,10 +25,10 @@ import json
 import os
 import socket
 import ssl
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote
 
 from ansible.module_utils.common.text.converters import to_native, to_text
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
-from ansible.module_utils.six.moves.urllib.parse import quote
 from ansible.module_utils.urls import Request, make_context
 
 DEFAULT_DATA_DIR = "/var/lib/gatehouse"

@@ -22,7 +22,8 @@ import json
 import re
 import time
 
-from ansible.module_utils.six import integer_types, string_types
+integer_types = (int,)
+string_types = (str,)
 
 DEFAULT_MAX_SESSION_TTL = 12 * 3600
 ROLE_VERSION = "v5"

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Integration tests of the gatehouse.clusters modules against real agents on loopback.
 
 Starts real `gatehouse start` processes from agent/src (free ports on 127.0.0.1, data
@@ -39,6 +38,7 @@ AGENT_SRC = os.path.join(CHECKOUT, "agent", "src")
 TARGETS_DIR = os.path.join(HERE, "targets")
 START_TIMEOUT = 30.0
 PLAYBOOK_TIMEOUT = 300
+SYSTEM_PYTHON = "/usr/bin/python3"  # an interpreter the unprivileged user can run (the venv may be under /root)
 
 
 def free_port() -> int:
@@ -56,7 +56,7 @@ def agent_env() -> dict:
 
 def gatectl(data_dir: str, *args: str, stdin: str | None = None) -> str:
     proc = subprocess.run([sys.executable, "-m", "gatehouse.cli.gatectl", "-d", data_dir, *args],
-                          input=stdin, capture_output=True, text=True, env=agent_env(), timeout=60)
+                          input=stdin, capture_output=True, text=True, env=agent_env(), timeout=60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"gatectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -160,13 +160,14 @@ def join(root: Agent, leaf: Agent) -> None:
 
 def unprivileged_user() -> str:
     """A local user without access to the agents' data (for the permission-denied test), or ''."""
-    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("su"):
+    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("su") \
+            or not os.access(SYSTEM_PYTHON, os.X_OK):
         return ""
     name = "gatehouse-it"
-    probe = subprocess.run(["id", "-u", name], capture_output=True)
+    probe = subprocess.run(["id", "-u", name], capture_output=True, check=False)
     if probe.returncode != 0:
         made = subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--no-create-home", name],
-                              capture_output=True)
+                              capture_output=True, check=False)
         if made.returncode != 0:
             return ""
     return name
@@ -230,7 +231,8 @@ def run_target(target: str, tmp: str, vars_file: str, collections: str, verbose:
     if verbose:
         cmd.append("-v")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=PLAYBOOK_TIMEOUT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=PLAYBOOK_TIMEOUT,
+                              check=False)
         output, ok = proc.stdout + proc.stderr, proc.returncode == 0
     except subprocess.TimeoutExpired as exc:
         output, ok = f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {PLAYBOOK_TIMEOUT}s", False
@@ -275,6 +277,7 @@ def main(argv=None) -> int:
             "dead_api_url": f"https://127.0.0.1:{dead_port}",
             "blackhole_api_url": f"https://{hole.addr}",
             "unprivileged_user": unprivileged_user(),
+            "unprivileged_python": SYSTEM_PYTHON,
         })
         vars_file = os.path.join(tmp, "vars.json")
         with open(vars_file, "w", encoding="utf-8") as fh:
@@ -302,7 +305,7 @@ def main(argv=None) -> int:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    passed = sum(1 for _, ok, _ in results if ok)
+    passed = sum(1 for result in results if result[1])
     failed = len(results) - passed
     print(f"integration: {passed} passed, {failed} failed")
     return 0 if failed == 0 and passed > 0 else 1

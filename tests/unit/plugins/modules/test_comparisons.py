@@ -1,0 +1,143 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) Gatehouse maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
+"""How each module decides whether a write is needed (pure functions, no agent)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import re
+
+import pytest
+
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, same
+from ansible_collections.gatehouse.clusters.plugins.modules import join_token, remote_cluster_labels, role
+from ansible_collections.gatehouse.clusters.plugins.modules import trusted_cluster as tc
+
+NOW = 1714564800  # 2024-05-01T12:00:00Z
+
+
+def token(roles=("trusted_cluster",), labels=None, expires="2024-05-01T12:30:00.000000Z"):
+    return {"kind": "token", "version": "v2", "metadata": {"name": "t", "expires": expires},
+            "spec": {"roles": list(roles), "labels": labels or {}}}
+
+
+@pytest.mark.parametrize("current, types, labels, renew, why", [
+    (None, ["node"], {}, 0, "missing"),
+    (token(), ["trusted_cluster"], {}, 0, None),
+    (token(roles=["node", "proxy"]), ["proxy", "node"], {}, 0, None),
+    (token(), ["node"], {}, 0, "type"),
+    (token(roles=["node", "proxy"]), ["node"], {}, 0, "type"),
+    (token(labels={"env": "prod"}), ["trusted_cluster"], {"env": "prod"}, 0, None),
+    (token(labels={"env": "prod"}), ["trusted_cluster"], {"env": "dev"}, 0, "labels"),
+    (token(), ["trusted_cluster"], {"env": "prod"}, 0, "labels"),
+    (token(expires="2024-05-01T11:59:59Z"), ["trusted_cluster"], {}, 0, "expiring"),
+    (token(), ["trusted_cluster"], {}, 1800, "expiring"),
+    (token(), ["trusted_cluster"], {}, 1799, None),
+    (token(expires=""), ["trusted_cluster"], {}, 300, None),
+])
+def test_join_token_needs_replacing(current, types, labels, renew, why):
+    assert join_token.needs_replacing(current, types, labels, renew, now=NOW) == why
+
+
+def test_join_token_name():
+    assert join_token.token_name({"name": "invite", "token": "x" * 20}) == "invite"
+    value = "a-caller-supplied-token-value"
+    assert join_token.token_name({"name": None, "token": value}) == hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def test_join_token_expiry_text():
+    assert join_token.rfc3339(NOW + 0.25) == "2024-05-01T12:00:00.250000Z"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$", join_token.rfc3339(NOW))
+
+
+def params(**kwargs):
+    base = {"name": "root", "token": None, "web_proxy_addr": None, "tunnel_addr": None, "role_map": None,
+            "enabled": True, "state": "present", "wait": False, "wait_timeout": 60}
+    base.update(kwargs)
+    return base
+
+
+CURRENT = {"kind": "trusted_cluster", "version": "v2", "metadata": {"name": "root"},
+           "spec": {"enabled": True, "web_proxy_addr": "root:3080", "tunnel_addr": "root:3080",
+                    "role_map": [{"remote": "access", "local": ["visitor"]}]},
+           "status": {"connection": "online"}}
+
+
+def test_trusted_cluster_create_spec_defaults():
+    spec = tc.desired_spec(params(web_proxy_addr="root:3080", role_map=[{"remote": "a", "local": "b"}]), None)
+    assert spec == {"enabled": True, "web_proxy_addr": "root:3080", "tunnel_addr": "root:3080",
+                    "role_map": [{"remote": "a", "local": ["b"]}]}
+    assert tc.desired_spec(params(web_proxy_addr="root:3080"), None)["role_map"] == []
+
+
+def test_trusted_cluster_keeps_what_is_not_given():
+    spec = tc.desired_spec(params(), CURRENT)
+    assert spec == CURRENT["spec"]
+    assert same(tc.resource("root", spec), CURRENT, sections=("spec",))
+
+
+def test_trusted_cluster_compares_role_map_as_a_set():
+    current = dict(CURRENT, spec=dict(CURRENT["spec"], role_map=[{"remote": "a", "local": ["x", "y"]},
+                                                                 {"remote": "b", "local": ["z"]}]))
+    spec = tc.desired_spec(params(role_map=[{"remote": "b", "local": ["z"]}, {"remote": "a", "local": ["y", "x"]}]),
+                           current)
+    assert same(tc.resource("root", spec), current, sections=("spec",))
+    spec = tc.desired_spec(params(role_map=[{"remote": "a", "local": ["x"]}]), current)
+    assert not same(tc.resource("root", spec), current, sections=("spec",))
+
+
+def test_trusted_cluster_enabled_is_compared():
+    spec = tc.desired_spec(params(enabled=False), CURRENT)
+    assert not same(tc.resource("root", spec), CURRENT, sections=("spec",))
+
+
+def test_trusted_cluster_token_is_never_compared():
+    spec = tc.desired_spec(params(token="a-new-token-value-000000"), CURRENT)
+    assert "token" not in spec
+    assert same(tc.resource("root", spec), CURRENT, sections=("spec",))
+    assert tc.resource("root", spec, "secret-value-0000000")["spec"]["token"] == "secret-value-0000000"
+
+
+def test_trusted_cluster_tunnel_follows_the_web_address_unless_set():
+    spec = tc.desired_spec(params(web_proxy_addr="new:3080"), CURRENT)
+    assert (spec["web_proxy_addr"], spec["tunnel_addr"]) == ("new:3080", "new:3080")
+    explicit = dict(CURRENT, spec=dict(CURRENT["spec"], tunnel_addr="tunnel:3024"))
+    spec = tc.desired_spec(params(web_proxy_addr="new:3080"), explicit)
+    assert spec["tunnel_addr"] == "tunnel:3024"
+    spec = tc.desired_spec(params(tunnel_addr="other:3024"), explicit)
+    assert spec["tunnel_addr"] == "other:3024"
+
+
+@pytest.mark.parametrize("current, labels, mode, after", [
+    ({"a": "1"}, {"b": "2"}, "merge", {"a": "1", "b": "2"}),
+    ({"a": "1"}, {"a": "3"}, "merge", {"a": "3"}),
+    ({"a": "1", "b": "2"}, {"b": None}, "merge", {"a": "1"}),
+    ({"a": "1"}, {"zzz": None}, "merge", {"a": "1"}),
+    ({"a": "1", "b": "2"}, {"c": 3}, "replace", {"c": "3"}),
+    ({"a": "1"}, {}, "replace", {}),
+])
+def test_remote_cluster_labels(current, labels, mode, after):
+    assert remote_cluster_labels.wanted_labels(current, labels, mode) == after
+
+
+def test_remote_cluster_labels_refuses_null_in_replace_mode():
+    with pytest.raises(ResourceError, match="labels.b is null"):
+        remote_cluster_labels.wanted_labels({}, {"a": "1", "b": None}, "replace")
+
+
+def test_role_desired_from_module_params():
+    p = {"name": "ops", "description": None, "labels": None,
+         "allow": {"logins": ["root"], "node_labels": {"env": "prod"}, "cluster_labels": None,
+                   "kubernetes_groups": None, "kubernetes_users": None, "db_users": None, "db_names": None},
+         "deny": None,
+         "options": {"max_session_ttl": "8h", "client_idle_timeout": None, "permit_pty": None,
+                     "permit_port_forwarding": None, "permit_agent_forwarding": None, "permit_x11_forwarding": None}}
+    desired = role.desired_role(p)
+    assert desired["spec"]["allow"]["node_labels"] == {"env": ["prod"]}
+    assert desired["spec"]["options"]["max_session_ttl"] == 28800
+    assert desired["spec"]["options"]["permit_pty"] is True
+    assert desired["spec"]["deny"]["logins"] == []
