@@ -16,7 +16,7 @@ import signal
 import sys
 
 from .errors import AccessDenied, ConnectionProblem, GatehouseError, NotFound
-from .sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from .sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS, PROXY_MAX_PKTSIZE, SESSION_MAX_PKTSIZE
 
 
 _OPEN = object()  # _SubsystemPipe.closed while the channel is open
@@ -82,12 +82,14 @@ class _SubsystemPipe:
     Channel data goes to the inner connection's protocol, which writes back to the
     channel as to any transport (as asyncssh does for `direct-tcpip` tunnels).
 
-    The inner connection is attached only once the node's first bytes (its SSH
-    version line) came back through the channel: then the proxy has reached the
-    node and forwards what the client sends. Until then nothing is sent, because the
-    proxy accepts the subsystem before it has connected to the node. When the proxy
-    cannot route, it says why on the channel's stderr and closes the channel; that
-    sentence becomes the error shown to the user.
+    The proxy accepts the subsystem first and connects to the node afterwards. The
+    inner connection is attached only once the node's first bytes (its SSH version
+    line) come back through the channel, so nothing is sent before the proxy has
+    reached the node (proxies before 452e267 dropped such early bytes), and a
+    routing failure is seen before any SSH handshake starts: the proxy then says
+    why on the channel's stderr and closes the channel, and that sentence becomes
+    the error shown to the user. Waiting costs nothing: the client could not
+    proceed without the node's version line anyway.
     """
 
     def __init__(self):
@@ -220,7 +222,8 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
                   client_factory=_client_factory(banners), config=None, ignore_encrypted=True)
     proxy_host, proxy_port = profile.ssh_addr
     try:
-        proxy = await asyncssh.connect(proxy_host, proxy_port, username=login, **common)
+        proxy = await asyncssh.connect(proxy_host, proxy_port, username=login, max_pktsize=PROXY_MAX_PKTSIZE,
+                                       **common)
     except asyncssh.PermissionDenied:
         raise AccessDenied(_banner(banners) or f"the proxy refused your certificate for login \"{login}\"; run "
                                                f"'gate status' to see your logins") from None
@@ -230,7 +233,8 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
     target = node if node.endswith("." + cluster) else f"{node}.{cluster}"
     tunnel = _SubsystemTunnel(proxy, proxy_subsystem(node, port, cluster), node, cluster)
     try:
-        conn = await asyncssh.connect(target, port, tunnel=tunnel, username=login, **common)
+        conn = await asyncssh.connect(target, port, tunnel=tunnel, username=login, max_pktsize=SESSION_MAX_PKTSIZE,
+                                      **common)
     except BaseException as exc:
         proxy.close()
         raise _node_error(exc, banners, login, node, cluster) from None
@@ -342,5 +346,56 @@ async def _interactive(process) -> None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+#: Capacity asked for the pipes on gate's stdin and stdout (Linux, best effort).
+PIPE_SIZE = 1024 * 1024
+
+
+def _grow_pipes() -> None:
+    """Bigger stdin/stdout pipes: 256 KiB reads instead of 64 KiB ones on `cmd | gate ssh ...`.
+
+    Fewer, larger reads mean fewer channel writes and full-size SSH packets. A pipe
+    we cannot grow (limits for unprivileged users) is left as it is.
+    """
+    import fcntl
+    import stat
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux only
+        return
+    for fd in (0, 1):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass
+
+
+def _keep_heap() -> None:
+    """Stop glibc from handing memory back to the kernel after every large buffer.
+
+    Each SSH packet of bulk data allocates and frees a few buffers of 128 KiB or
+    more. With glibc's defaults those come from fresh mmap()s or make the heap
+    grow and shrink (brk) every time, and the kernel zeroes the pages again on
+    each fault: measured, more than a second of system CPU per GiB in this
+    client. Serving them from a heap that is not trimmed (the same settings as
+    the MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ environment variables)
+    costs at most the peak heap size of this short-lived process. Other C
+    libraries are left alone.
+    """
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+    except (ValueError, OSError):
+        return
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 * 1024 * 1024)   # glibc's maximum on 64-bit
+    mallopt(m_trim_threshold, 256 * 1024 * 1024)
+
+
 def run_ssh(profile, login, node, cluster, command, port=3022, force_tty=False, no_tty=False) -> int:
+    _grow_pipes()
+    _keep_heap()
     return asyncio.run(_run(profile, login, node, cluster, command, port, force_tty, no_tty))

@@ -1,9 +1,23 @@
-"""SSH algorithm preferences shared by the node, the proxy and `gate ssh`.
+"""SSH algorithm preferences and packet sizes shared by the node, the proxy and `gate ssh`.
 
 AES-GCM first: hardware-accelerated and the fastest cipher asyncssh offers; no
 compression, since SSH payloads here are mostly already-encrypted inner sessions.
+
+Packet sizes: asyncssh spends a fixed amount of Python per SSH packet (and sends an
+empty SSH_MSG_IGNORE before each one), so bulk data moves faster in fewer, larger
+packets than the usual 32 KiB. A receiver advertises the largest data packet it
+accepts per channel; these are the values Gatehouse advertises.
 """
 
 ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                    "aes128-ctr", "aes256-ctr"]
 COMPRESSION_ALGS = ["none"]
+
+#: Session channels (node, and `gate ssh`'s end-to-end connection): 128 KiB of data
+#: per packet. OpenSSH clients reaching a node stay well inside their own 256 KiB
+#: packet limit.
+SESSION_MAX_PKTSIZE = 128 * 1024
+
+#: Channels that carry another SSH connection (the proxy hop): one whole inner
+#: session packet (data plus SSH framing, padding and MAC) fits in one outer packet.
+PROXY_MAX_PKTSIZE = SESSION_MAX_PKTSIZE + 4 * 1024

@@ -19,7 +19,7 @@ from ..cache import ClusterCache
 from ..config import Config, split_hostport, NODE_PORT
 from ..errors import GatehouseError
 from ..identity import IdentityFiles
-from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS, SESSION_MAX_PKTSIZE
 from ..sshserver import CertAuthServer, CertUser
 from . import session
 from .authorize import Authorizer
@@ -117,6 +117,7 @@ class NodeService:
             lambda: _NodeConnection(self), host or None, port,
             server_host_keys=[(host_key, host_cert)], encoding=None,
             encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
+            max_pktsize=SESSION_MAX_PKTSIZE,
             allow_scp=False, agent_forwarding=False, x11_forwarding=False,
             keepalive_interval=30, login_timeout=30, reuse_address=True)
         if port == 0:
