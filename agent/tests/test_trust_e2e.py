@@ -21,7 +21,7 @@ import warnings
 import pytest
 import requests
 
-from conftest import Cluster, ensure_unix_user, write_yaml
+from conftest import Cluster, ensure_unix_user, free_port, write_yaml
 
 ROOT, LEAF = "root.test", "leaf.test"
 PASSWORD = "correct horse battery"
@@ -286,6 +286,26 @@ def test_root_restart_tunnel_recovers(trust):
     wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
                15, "ssh after root restart")
 
+
+
+def test_leaf_follows_root_tunnel_listener_to_a_new_port(trust):
+    """tunnel_addr left at web_proxy_addr: the leaf asks the root again where its tunnel listener is."""
+    trust.wait_status("online")
+    old, new = f"127.0.0.1:{trust.root.tunnel_port}", f"127.0.0.1:{free_port()}"
+    trust.root.daemon.stop()
+    with open(trust.root.config_path) as f:
+        text = f.read()
+    write_yaml(trust.root.config_path, text.replace(old, new))
+    trust.root.tunnel_port = int(new.rsplit(":", 1)[1])
+    trust.root.daemon.start()
+    trust.wait_status("online", 40)
+    tc = json.loads(ok(trust.leaf.run_gatectl("get", f"tc/{ROOT}", "--format", "json")))
+    tc = tc[0] if isinstance(tc, list) else tc
+    assert tc["status"]["tunnel_addr"] == new, tc["status"]
+    assert "now advertises its tunnel address" in trust.leaf.log_text()
+    ok(trust.root.login("alice", PASSWORD))
+    wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
+               15, "ssh after the root moved its tunnel listener")
 
 def test_update_rc_labels_and_cluster_visibility(trust):
     out = ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=prod,team=ops"))

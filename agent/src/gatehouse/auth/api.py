@@ -197,7 +197,8 @@ class AuthAPI:
         body = await read_json(request)
         await self.svc.trust.tunnel_agent_status(self.ident(request), str(_need(body, "cluster")[0]),
                                                  [str(p) for p in body.get("proxies") or []],
-                                                 float(body.get("interval") or 5.0))
+                                                 float(body.get("interval") or 5.0),
+                                                 str(body.get("tunnel_addr") or ""))
         return web.json_response({})
 
     async def tunnel_cert(self, request):

@@ -61,12 +61,13 @@ def check_request(body: dict, root_name: str) -> tuple[str, str]:
     return leaf, cas[0].strip()
 
 
-def client_ssl_context(insecure: bool) -> ssl.SSLContext:
+def client_ssl_context(insecure: bool, warn: bool = True) -> ssl.SSLContext:
     """Verify the root's web certificate with the system trust store (SSL_CERT_FILE honoured)."""
     ctx = ssl.create_default_context()
     if insecure:
-        log.warning("INSECURE: not verifying the root cluster's web certificate (--insecure); "
-                    "never use this outside tests")
+        if warn:
+            log.warning("INSECURE: not verifying the root cluster's web certificate (--insecure); "
+                        "never use this outside tests")
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
@@ -112,3 +113,22 @@ async def send_validate(web_proxy_addr: str, payload: dict, insecure: bool, time
                                 f"spec.web_proxy_addr and that the root proxy is running and reachable from "
                                 f"this leaf") from None
 
+
+
+async def fetch_tunnel_addr(web_proxy_addr: str, insecure: bool, timeout: float = 5.0) -> str | None:
+    """The tunnel address the root proxy advertises in /webapi/ping, or None when it cannot be asked."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(ssl=client_ssl_context(insecure, warn=False))
+    try:
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            async with session.get(f"https://{web_proxy_addr}/webapi/ping",
+                                   timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        log.debug("cannot ask %s for its tunnel address: %s", web_proxy_addr, exc)
+        return None
+    addr = ((body.get("proxy") or {}).get("ssh") or {}).get("ssh_tunnel_public_addr") if isinstance(body, dict) else None
+    return str(addr) if addr else None

@@ -284,9 +284,11 @@ class TrustManager:
             online = any(a.get("proxies") and now - a.get("updated", 0) <= MISSED_HEARTBEATS * a.get("interval", 5.0)
                          for a in agents)
             proxies = sorted({p for a in agents for p in a.get("proxies", [])})
+            dialled = sorted({a["tunnel_addr"] for a in agents if a.get("tunnel_addr")})
             view = {k: v for k, v in tc.items() if k != "discovered_tunnel_addr"}
             view["status"] = {"connection": "online" if online and tc["spec"]["enabled"] else "offline",
-                              "tunnels": len(proxies) if online else 0, "tunnel_addr": effective_tunnel_addr(tc)}
+                              "tunnels": len(proxies) if online else 0,
+                              "tunnel_addr": dialled[0] if len(dialled) == 1 else effective_tunnel_addr(tc)}
             out.append(view)
         return out
 
@@ -301,19 +303,27 @@ class TrustManager:
         self.audit.emit("trusted_cluster.delete", user=ident.name, name=name)
         log.info("trust: removed trust with root cluster %s", name)
 
-    async def tunnel_agent_status(self, ident, root: str, proxies: list[str], interval: float) -> None:
-        """A leaf proxy reports which root proxies it holds tunnels to."""
+    async def tunnel_agent_status(self, ident, root: str, proxies: list[str], interval: float,
+                                  tunnel_addr: str = "") -> None:
+        """A leaf proxy reports which root proxies it holds tunnels to, and the address it dials."""
         if ident.kind != "proxy":
             raise AccessDenied("only proxies report tunnel status")
         await self.backend.put(f"tunnel_agents/{root}/{ident.name}",
-                               {"proxies": sorted(proxies), "interval": float(interval), "updated": time.time()},
+                               {"proxies": sorted(proxies), "interval": float(interval), "updated": time.time(),
+                                "tunnel_addr": tunnel_addr},
                                expires=time.time() + 10 * interval + 60)
+
+
+def tunnel_addr_is_discovered(tc: dict) -> bool:
+    """spec.tunnel_addr was left at web_proxy_addr: the root tells where its tunnel listener is."""
+    spec = tc["spec"]
+    return not spec["tunnel_addr"] or spec["tunnel_addr"] == spec["web_proxy_addr"]
 
 
 def effective_tunnel_addr(tc: dict) -> str:
     """spec.tunnel_addr, unless it was left at web_proxy_addr: then what the root advertised."""
     spec = tc["spec"]
-    if spec["tunnel_addr"] and spec["tunnel_addr"] != spec["web_proxy_addr"]:
+    if not tunnel_addr_is_discovered(tc):
         return spec["tunnel_addr"]
     return tc.get("discovered_tunnel_addr") or spec["web_proxy_addr"]
 

@@ -20,7 +20,8 @@ import random
 import asyncssh
 
 from ..config import TUNNEL_PORT, Config, split_hostport
-from ..auth.trust import effective_tunnel_addr
+from ..auth import handshake
+from ..auth.trust import effective_tunnel_addr, tunnel_addr_is_discovered
 from ..errors import GatehouseError
 from ..node.authorize import Authorizer
 from ..proxy.ssh import Router
@@ -71,10 +72,14 @@ class _LeafSide(CertificateOnlyServer):
 class RootLink:
     """All tunnels from this leaf proxy to one root cluster."""
 
-    def __init__(self, pool: "TunnelAgentPool", root: str, tunnel_addr: str):
+    def __init__(self, pool: "TunnelAgentPool", root: str, tunnel_addr: str, discover_from: str | None = None):
         self.pool = pool
         self.root = root
+        self.configured_addr = tunnel_addr
+        #: Where to dial now: the configured address, or what the root advertises today.
         self.addr = tunnel_addr
+        #: The root's web address to ask for its tunnel address when it was not set explicitly.
+        self.discover_from = discover_from
         self.links: dict[str, asyncssh.SSHServerConnection] = {}
         self.announced: set[str] = set()
         self._wake = asyncio.Event()
@@ -112,6 +117,8 @@ class RootLink:
             if outcome == "new":
                 backoff = 0.5
                 continue
+            if outcome == "unreachable":
+                await self._rediscover()
             # "duplicate": the load balancer sent us to a proxy we already hold; retry soon.
             delay = 0.1 if outcome == "duplicate" else backoff
             if outcome != "duplicate":
@@ -133,7 +140,7 @@ class RootLink:
         except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
             log.info("tunnel: cannot connect to root %s at %s: %s; retrying", self.root, self.addr, exc or
                      exc.__class__.__name__)
-            return "failed"
+            return "unreachable"
         try:
             proxy = await asyncio.wait_for(asyncio.shield(ready), MISSED_HEARTBEATS * self.pool.interval + 5)
         except asyncio.TimeoutError:
@@ -150,6 +157,15 @@ class RootLink:
         asyncio.create_task(self._watch(proxy, conn))
         return "new"
 
+    async def _rediscover(self) -> None:
+        """The root may have moved its tunnel listener since the handshake: ask its web proxy where it is now."""
+        if not self.discover_from:
+            return
+        addr = await handshake.fetch_tunnel_addr(self.discover_from, self.pool.cfg.insecure)
+        if addr and addr != self.addr:
+            log.info("tunnel: root %s now advertises its tunnel address %s (was %s)", self.root, addr, self.addr)
+            self.addr = addr
+
     async def _watch(self, proxy: str, conn) -> None:
         await conn.wait_closed()
         if self.links.get(proxy) is conn:
@@ -163,7 +179,7 @@ class RootLink:
         try:
             await self.pool.client.call("POST", "/v1/tunnels/agent_status",
                                         {"cluster": self.root, "proxies": sorted(self.links),
-                                         "interval": self.pool.interval})
+                                         "interval": self.pool.interval, "tunnel_addr": self.addr})
         except GatehouseError as exc:
             log.debug("cannot report tunnel status: %s", exc)
 
@@ -262,15 +278,16 @@ class TunnelAgentPool:
             for tc in snap.get("trusted_clusters", []):
                 name = tc["metadata"]["name"]
                 if tc["spec"].get("enabled") and name in active_roots:
-                    wanted[name] = effective_tunnel_addr(tc)
+                    wanted[name] = tc
             for name, link in list(self.links.items()):
-                if wanted.get(name) != link.addr:
+                if name not in wanted or effective_tunnel_addr(wanted[name]) != link.configured_addr:
                     log.info("tunnel: closing the tunnels to root %s (trust disabled, removed or moved)", name)
                     await link.stop()
                     del self.links[name]
-            for name, addr in wanted.items():
+            for name, tc in wanted.items():
                 if name not in self.links:
-                    log.info("tunnel: starting tunnels to root %s at %s", name, addr)
-                    link = RootLink(self, name, addr)
+                    link = RootLink(self, name, effective_tunnel_addr(tc),
+                                    tc["spec"]["web_proxy_addr"] if tunnel_addr_is_discovered(tc) else None)
+                    log.info("tunnel: starting tunnels to root %s at %s", name, link.addr)
                     self.links[name] = link
                     link.start()
