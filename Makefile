@@ -2,22 +2,26 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps demo demo-down test test-agent test-netns test-collection bench clean
+.PHONY: deps demo demo-down test test-agent test-collection lint test-molecule bench clean
 
 deps:
 	@scripts/install-deps.sh
 
-## Stand up a cluster on this machine, log in and run a command on a node through the proxy.
+## site.yml on the local inventory: a root, a leaf and its node on this machine, trust
+## between them; then `gate clusters` and `uname -a` on the leaf's node through the root.
 demo: deps
 	@scripts/demo.sh up
 
 demo-down:
 	@scripts/demo.sh down
 
-## Every test: agent unit and end-to-end tests (real processes on loopback), test-host harness.
+## Every test: agent unit and end-to-end tests (real processes on loopback), multi-host tests
+## on network-namespace hosts, the collection's modules, ansible-lint, the molecule scenario.
 test: deps
 	$(PY) -m pytest -q agent/tests tests/netns
 	scripts/test-collection.sh
+	scripts/lint.sh
+	scripts/test-molecule.sh
 
 test-agent: deps
 	$(PY) -m pytest -q agent/tests
@@ -26,9 +30,18 @@ test-agent: deps
 test-collection: deps
 	scripts/test-collection.sh
 
+lint: deps
+	scripts/lint.sh
+
+test-molecule: deps
+	scripts/test-molecule.sh
+
 bench: deps
 	$(PY) bench/bench_ssh.py
 	$(PY) bench/bench_access.py
+	$(PY) bench/bench_trust.py
+	$(PY) bench/bench_modules.py
+	$(PY) bench/bench_site.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
