@@ -114,7 +114,8 @@ def run_playbook(playbook: str, env: dict, what: str, logdir: Path, extra: list[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reruns", type=int, default=3, help="idempotent re-runs to time (median; default 3)")
-    parser.add_argument("--keep", action="store_true", help="leave the test hosts up afterwards")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the test hosts up and the playbook logs in place afterwards")
     args = parser.parse_args()
     if os.geteuid() != 0:
         log("needs root (network namespaces)")
@@ -176,7 +177,10 @@ def main() -> int:
                 log(f"destroy failed: {exc}")
         lock.close()
     result["elapsed_s"] = round(time.monotonic() - started, 1)
-    result["logs"] = str(ephemeral)
+    if args.keep:
+        result["logs"] = str(ephemeral)
+    else:
+        shutil.rmtree(ephemeral, ignore_errors=True)   # kept above when a playbook failed
     print(json.dumps(result, indent=1))
     return 0
 
