@@ -281,10 +281,12 @@ class TrustManager:
         for tc in items:
             root = tc["metadata"]["name"]
             agents = [i.value for i in await self.backend.get_range(f"tunnel_agents/{root}/")]
-            online = any(a.get("proxies") and now - a.get("updated", 0) <= MISSED_HEARTBEATS * a.get("interval", 5.0)
-                         for a in agents)
+            live = [a for a in agents if a.get("proxies")
+                    and now - a.get("updated", 0) <= MISSED_HEARTBEATS * a.get("interval", 5.0)]
+            online = bool(live)
             proxies = sorted({p for a in agents for p in a.get("proxies", [])})
-            dialled = sorted({a["tunnel_addr"] for a in agents if a.get("tunnel_addr")})
+            # Where the live tunnels go (the root may have moved since the handshake).
+            dialled = sorted({a["tunnel_addr"] for a in live if a.get("tunnel_addr")})
             view = {k: v for k, v in tc.items() if k != "discovered_tunnel_addr"}
             view["status"] = {"connection": "online" if online and tc["spec"]["enabled"] else "offline",
                               "tunnels": len(proxies) if online else 0,
