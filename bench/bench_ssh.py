@@ -4,14 +4,14 @@
 Stands up, in a temporary directory on free loopback ports:
 
 * a Gatehouse cluster (auth + proxy + node ``node1`` in one ``gatehouse start``
-  process), user ``alice`` with login ``visitor``, logged in with ``gate login``;
+  process), user ``alice`` with login ``ghbench``, logged in with ``gate login``;
 * an OpenSSH ``sshd`` (the baseline) and a second ``sshd`` used as a jump host for
   the ProxyJump reference, each with its own host key, authorising a fresh
-  ed25519 key for ``visitor``.
+  ed25519 key for ``ghbench``.
 
 Measures, each as the wall time of a fresh client process:
 
-* session setup: ``gate ssh visitor@node1 true`` vs ``ssh ... visitor@127.0.0.1 true``
+* session setup: ``gate ssh ghbench@node1 true`` vs ``ssh ... ghbench@127.0.0.1 true``
   (direct, and through the jump host for reference); median of ``--runs`` runs;
 * throughput: ``--mib`` MiB of zeros piped into ``... 'cat >/dev/null'``; MB/s
   (10^6 bytes/s) end to end, setup included; median of ``--throughput-runs`` runs.
@@ -21,9 +21,16 @@ OpenSSH is pinned to ``aes128-gcm@openssh.com`` with compression off, which is w
 and key exchange are recorded. One unmeasured warm-up run of every client precedes
 the measured ones, and the clients run in interleaved order.
 
-Usage: python3 bench/bench_ssh.py [--runs N] [--mib M] [--throughput-runs K] [--quick]
+Gatehouse runs from a byte-compiled copy of ``agent/src`` in the temporary
+directory, as a pip-installed agent would (``PYTHONDONTWRITEBYTECODE`` in the
+environment would otherwise make every ``gate`` start compile its modules);
+``--from-source`` runs ``agent/src`` itself. Besides wall time, the CPU time
+(user + system) of the client processes and of the Gatehouse daemon is recorded:
+on a shared machine it shows what wall time alone hides.
+
+Usage: python3 bench/bench_ssh.py [--runs N] [--mib M] [--throughput-runs K] [--quick] [--from-source]
 Prints one JSON document on stdout; progress goes to stderr. Needs root (it starts
-sshd and may create the ``visitor`` account). Everything it started is stopped and
+sshd and creates the ``ghbench`` account for the run). Everything it started is stopped and
 the temporary directory removed at exit, on error too.
 """
 
@@ -33,6 +40,7 @@ import argparse
 import json
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -48,7 +56,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT_SRC = os.path.join(REPO, "agent", "src")
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 CIPHER = "aes128-gcm@openssh.com"
-LOGIN = "visitor"
+LOGIN = "ghbench"          # a login of its own: tests and demos on the same machine manage "visitor"
 NODE = "node1"
 PASSWORD = "bench-password-123"
 SETUP_TARGET = 1.0        # gate / openssh setup time, lower is better
@@ -61,16 +69,25 @@ def log(msg: str) -> None:
 
 
 class Bench:
-    def __init__(self) -> None:
+    def __init__(self, from_source: bool = False) -> None:
         self.tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
         os.chmod(self.tmp, 0o755)
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.restore_shadow: str | None = None
+        self.created_login = False
         self.python = sys.executable or "python3"
-        self.gate_env = dict(os.environ, PYTHONPATH=AGENT_SRC + (os.pathsep + os.environ["PYTHONPATH"]
-                                                                 if os.environ.get("PYTHONPATH") else ""),
+        self.agent_src = AGENT_SRC if from_source else self.compiled_copy()
+        self.gate_env = dict(os.environ, PYTHONPATH=self.agent_src + (os.pathsep + os.environ["PYTHONPATH"]
+                                                                      if os.environ.get("PYTHONPATH") else ""),
                              GATE_HOME=os.path.join(self.tmp, "gate"))
         self.gate_env.pop("SSH_AUTH_SOCK", None)
+
+    def compiled_copy(self) -> str:
+        """agent/src copied into the temp dir with its bytecode, as pip installs it."""
+        dest = self.path("agent-src")
+        shutil.copytree(AGENT_SRC, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        subprocess.run([self.python, "-m", "compileall", "-q", dest], check=True, stdout=subprocess.DEVNULL)
+        return dest
 
     # ------------------------------------------------------------------ helpers
     def path(self, *parts: str) -> str:
@@ -111,6 +128,10 @@ class Bench:
         if self.restore_shadow is not None:
             subprocess.run(["usermod", "-p", self.restore_shadow, LOGIN], check=False)
             self.restore_shadow = None
+        if self.created_login:
+            subprocess.run(["userdel", "--remove", LOGIN], check=False, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            self.created_login = False
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ setup
@@ -120,8 +141,10 @@ class Bench:
         except KeyError:
             if os.geteuid() != 0:
                 raise SystemExit(f"bench_ssh: Unix user {LOGIN!r} is missing and we are not root to create it")
-            log(f"creating Unix user {LOGIN}")
-            subprocess.run(["useradd", "--create-home", "--password", "*", LOGIN], check=True)
+            log(f"creating Unix user {LOGIN} for the run")
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", LOGIN],
+                           check=True)
+            self.created_login = True
         # sshd without PAM refuses accounts whose password field starts with "!" (locked), which is
         # how useradd leaves a new account. "*" forbids password logins just the same but is not
         # "locked"; set it for the run and put the original value back at exit.
@@ -270,6 +293,21 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{pn}}}
             raise RuntimeError(f"{argv[0]} ... true failed ({res.returncode}): {res.stderr.decode(errors='replace')}")
         return dt
 
+    def measure(self, name: str, run) -> tuple[float, float, float | None]:
+        """(wall s, client CPU s, server CPU s) of run().
+
+        Client CPU: this script's children (the client, and `head` in throughput runs).
+        Server CPU: the gatehouse daemon (auth, proxy and node in one process, plus the
+        session commands it reaped). sshd's per-connection processes do not show up in
+        the sshd master's accounting, so OpenSSH's server CPU is not reported (None).
+        """
+        daemon = next(proc.pid for n, proc in self.procs if n == "gatehouse") if name == "gate" else None
+        srv0 = proc_cpu(daemon) if daemon else 0.0
+        cpu0 = children_cpu()
+        wall = run()
+        cpu = children_cpu() - cpu0
+        return wall, cpu, (proc_cpu(daemon) - srv0) if daemon else None
+
     def time_pipe(self, argv: list[str], nbytes: int, env: dict | None = None) -> float:
         t0 = time.perf_counter()
         head = subprocess.Popen(["head", "-c", str(nbytes), "/dev/zero"], stdout=subprocess.PIPE)
@@ -300,6 +338,19 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{pn}}}
         return info
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of this script's finished children (clients, and `head`)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process and of the children it has reaped."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_tcp(port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -312,13 +363,15 @@ def wait_tcp(port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def gate_cipher() -> str:
+def gate_params() -> dict:
     try:
         sys.path.insert(0, AGENT_SRC)
-        from gatehouse.sshclient import ENCRYPTION_ALGS
-        return ENCRYPTION_ALGS[0]
+        from gatehouse import sshparams
+        return {"cipher": sshparams.ENCRYPTION_ALGS[0],
+                "session_max_pktsize": getattr(sshparams, "SESSION_MAX_PKTSIZE", None),
+                "proxy_max_pktsize": getattr(sshparams, "PROXY_MAX_PKTSIZE", None)}
     except Exception:   # noqa: BLE001 - informational only
-        return "unknown"
+        return {"cipher": "unknown"}
     finally:
         sys.path.remove(AGENT_SRC)
 
@@ -329,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mib", type=int, default=256, help="MiB pushed per throughput run (default 256)")
     ap.add_argument("--throughput-runs", type=int, default=5, help="throughput runs per client (default 5)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 3 runs, 32 MiB, 1 throughput run")
+    ap.add_argument("--from-source", action="store_true",
+                    help="run gate and the daemon from agent/src as it is, not from a byte-compiled copy")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.mib, args.throughput_runs = 3, 32, 1
@@ -342,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
-    bench = Bench()
+    bench = Bench(from_source=args.from_source)
     started = time.monotonic()
     try:
         bench.ensure_login()
@@ -357,15 +412,25 @@ def main(argv: list[str] | None = None) -> int:
             bench.time_cmd(argv, env)
         log(f"session setup: {args.runs} runs per client")
         setup = {name: [] for name in clients}
+        setup_cpu = {name: [] for name in clients}
+        setup_srv = {name: [] for name in clients}
         for _ in range(args.runs):
             for name, (argv, env) in clients.items():
-                setup[name].append(bench.time_cmd(argv, env))
+                wall, cpu, srv = bench.measure(name, lambda: bench.time_cmd(argv, env))
+                setup[name].append(wall)
+                setup_cpu[name].append(cpu)
+                setup_srv[name].append(srv)
         nbytes = args.mib * 1024 * 1024
         log(f"throughput: {args.mib} MiB x {args.throughput_runs} runs per client")
         tput = {name: [] for name in clients}
+        tput_cpu = {name: [] for name in clients}
+        tput_srv = {name: [] for name in clients}
         for _ in range(args.throughput_runs):
             for name, (argv, env) in clients.items():
-                tput[name].append(nbytes / bench.time_pipe(argv, nbytes, env) / 1e6)
+                wall, cpu, srv = bench.measure(name, lambda: bench.time_pipe(argv, nbytes, env))
+                tput[name].append(nbytes / wall / 1e6)
+                tput_cpu[name].append(cpu)
+                tput_srv[name].append(srv)
         neg = bench.negotiated()
     except Exception as exc:   # noqa: BLE001 - report and clean up
         log(f"FAILED: {exc}")
@@ -373,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.cleanup()
 
+    gate = gate_params()
     med = {k: statistics.median(v) for k, v in setup.items()}
+    med_cpu = {k: statistics.median(v) for k, v in setup_cpu.items()}
+    med_srv = statistics.median(setup_srv["gate"])
     mbps = {k: statistics.median(v) for k, v in tput.items()}
     setup_ratio = med["gate"] / med["openssh_direct"]
     tput_ratio = mbps["gate"] / mbps["openssh_direct"]
@@ -383,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                   "openssh_proxyjump_s": r3(med["openssh_proxyjump"]), "ratio_vs_direct": r3(setup_ratio),
                   "ratio_vs_proxyjump": r3(med["gate"] / med["openssh_proxyjump"]),
                   "target": f"<={SETUP_TARGET}", "meets_target": setup_ratio <= SETUP_TARGET,
+                  "client_cpu_s": {k: r3(v) for k, v in med_cpu.items()},
+                  "gate_daemon_cpu_s": r3(med_srv),
                   "samples_s": {k: [r3(x) for x in v] for k, v in setup.items()}},
         "throughput": {"bytes": nbytes, "gate_MBps": round(mbps["gate"], 1),
                        "openssh_direct_MBps": round(mbps["openssh_direct"], 1),
@@ -391,8 +461,12 @@ def main(argv: list[str] | None = None) -> int:
                        "ratio_vs_proxyjump": r3(mbps["gate"] / mbps["openssh_proxyjump"]),
                        "target": f">={THROUGHPUT_TARGET}", "meets_target": tput_ratio >= THROUGHPUT_TARGET,
                        "runs": args.throughput_runs, "includes_setup": True,
+                       "client_cpu_s": {k: r3(statistics.median(v)) for k, v in tput_cpu.items()},
+                       "gate_daemon_cpu_s": r3(statistics.median(tput_srv["gate"])),
                        "samples_MBps": {k: [round(x, 1) for x in v] for k, v in tput.items()}},
-        "cipher": {"openssh": neg.get("cipher", CIPHER), "gate": gate_cipher(), "compression": "none"},
+        "cipher": {"openssh": neg.get("cipher", CIPHER), "gate": gate["cipher"], "compression": "none"},
+        "gate_packet_sizes": {k: v for k, v in gate.items() if k != "cipher"},
+        "gate_code": "agent/src" if args.from_source else "byte-compiled copy of agent/src",
         "kex_openssh": neg.get("kex"),
         "runs": args.runs,
         "cpus": os.cpu_count(),

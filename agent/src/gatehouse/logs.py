@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from .errors import BadParameter
+
 
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -22,6 +24,13 @@ class _JSONFormatter(logging.Formatter):
 
 
 def setup(output: str = "stderr", severity: str = "INFO", fmt: str = "text", debug: bool = False) -> None:
+    """Send every log record to one place: stderr, stdout or the file `output` (appended to).
+
+    Text lines look like ``2026-11-21 20:23:17,809 INFO  [gatehouse.join] message``; JSON
+    lines are one object each with ``time`` (UTC), ``level``, ``component``, ``message``
+    and, for exceptions, ``error``. `debug` (``--debug``) forces DEBUG whatever
+    `severity` says. Raises BadParameter when the file cannot be opened.
+    """
     levels = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
               "WARNING": logging.WARNING, "ERROR": logging.ERROR}
     level = logging.DEBUG if debug else levels.get(severity.upper(), logging.INFO)
@@ -30,7 +39,11 @@ def setup(output: str = "stderr", severity: str = "INFO", fmt: str = "text", deb
     elif output == "stdout":
         handler = logging.StreamHandler(sys.stdout)
     else:
-        handler = logging.FileHandler(output, encoding="utf-8")
+        try:
+            handler = logging.FileHandler(output, encoding="utf-8")
+        except OSError as exc:
+            raise BadParameter(f"cannot open the log file {output} (gatehouse.log.output): "
+                               f"{exc.strerror or exc}; create its directory or choose another path") from None
     if fmt == "json":
         handler.setFormatter(_JSONFormatter())
     else:

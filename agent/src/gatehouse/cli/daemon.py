@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     from .. import config, logs
     try:
         cfg = config.load(args.config, debug=args.debug, insecure=args.insecure)
+        logs.setup(cfg.log.output, cfg.log.severity, cfg.log.format, debug=cfg.debug)
     except GatehouseError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
-    logs.setup(cfg.log.output, cfg.log.severity, cfg.log.format, debug=cfg.debug)
     if cfg.insecure:
         logging.getLogger("gatehouse").warning(
             "INSECURE MODE: certificate verification of root web proxies is disabled; never use this in production")
