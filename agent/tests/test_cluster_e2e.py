@@ -459,3 +459,31 @@ def test_restart_keeps_state(cluster, alice):
     assert ok(cluster.run_gate("ssh", "visitor@node1", "id -un", gate_home=home)) == "visitor\n"
     assert "name: kept" in ok(cluster.run_gatectl("get", "roles"))
     assert re.search(r"^alice\s+access\s+root,visitor$", ok(cluster.run_gatectl("users", "ls")), re.M)
+
+
+def test_stopping_the_daemon_ends_running_sessions_and_audits_them(cluster, alice):
+    """SIGTERM with a session running: the command gets SIGHUP and session.end is still written."""
+    command = f"sleep {100000 + os.getpid()}"   # unique, so pgrep finds only this session's command
+    running = lambda: subprocess.run(["pgrep", "-f", f"^{command}$"], capture_output=True).returncode == 0  # noqa: E731
+    ends_before = len(cluster.audit("session.end"))
+    client = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.gate", "ssh", "visitor@node1", command],
+                              env=cluster.gate_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stopped = False
+    try:
+        deadline = time.monotonic() + 20
+        while not running():
+            assert time.monotonic() < deadline and client.poll() is None, "the session did not start"
+            time.sleep(0.1)
+        cluster.daemon.stop()
+        stopped = True
+        assert not running(), "the session's command outlived the daemon"
+        ends = cluster.audit("session.end")[ends_before:]
+        assert [e for e in ends if e["login"] == "visitor" and e.get("exit_signal") == "HUP"], ends
+        log = cluster.log_text()
+        assert "Traceback" not in log and "closed file" not in log, log[-2000:]
+    finally:
+        client.kill()
+        client.wait()
+        if stopped:
+            cluster.daemon.start()
+            cluster.wait_node(cluster.node_name)

@@ -49,3 +49,8 @@ def run(parser, argv) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`gatectl get nodes | head`): stop quietly, like other Unix tools.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -72,6 +72,8 @@ class NodeService:
         self.authorizer = Authorizer(cache)
         self.server = None
         self._heartbeat: asyncio.Task | None = None
+        #: Running sessions (their tasks) and the SSH connection each belongs to.
+        self._sessions: dict[asyncio.Task, asyncssh.SSHServerConnection] = {}
 
     def decide(self, user: CertUser):
         cert = user.cert
@@ -96,6 +98,7 @@ class NodeService:
             start["subsystem"] = process.subsystem
         self.audit.emit("session.start", **start)
         result = None
+        self._sessions[asyncio.current_task()] = process.channel.get_connection()
         try:
             result = await session.run_session(process, user.login, node_name=self.name,
                                                env=dict(process.env or {}), permit_pty=permit_pty)
@@ -108,6 +111,7 @@ class NodeService:
             if getattr(result, "error", None):
                 end["error"] = result.error.removeprefix("gatehouse: ")
             self.audit.emit("session.end", **end)
+            self._sessions.pop(asyncio.current_task(), None)
 
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
@@ -152,3 +156,11 @@ class NodeService:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+        # Running sessions end as if their clients left (SIGHUP, then SIGKILL after a grace
+        # period), so each still writes its session.end before the audit log closes.
+        sessions = dict(self._sessions)
+        for conn in set(sessions.values()):
+            conn.close()
+        if sessions:
+            log.info("node %s: ending %d running session(s)", self.name, len(sessions))
+            await asyncio.wait(sessions, timeout=session.KILL_GRACE + 5)
