@@ -269,6 +269,10 @@ def test_disable_and_enable(trust):
     assert "does not trust" in r.stderr, r.stderr
     err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true"))
     assert "offline" in err or "not found" in err, err
+    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", "--login=visitor",
+                                       "--node=leafnode"))
+    assert err == (f'ERROR: cluster "{LEAF}" is offline: no reverse tunnel from it reaches a root proxy, so the leaf '
+                   f"cannot be asked; check 'gatectl get rc/{LEAF}' here and the leaf's trusted_cluster"), err
     # Enable again: no token needed.
     ok(trust.create_tc(trust.leaf, tc_yaml("x" * 20, trust.root.web_addr, enabled=True), "--force"))
     trust.wait_status("online", 15)
@@ -361,11 +365,121 @@ def test_access_check_local_user_and_errors(trust):
     assert "Decision      ALLOWED" in out
     err = fails(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=nope"))
     assert 'node "nope" is not registered' in err
-    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=rootnode",
-                                       f"--cluster={LEAF}"))
-    assert f'run the check on the auth server of "{LEAF}"' in err
+    err = fails(trust.leaf.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=rootnode",
+                                       f"--cluster={ROOT}"))
+    assert f'this is cluster "{LEAF}", a leaf of "{ROOT}"; run the check on the auth server of "{ROOT}"' in err
+    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=x",
+                                       "--cluster=nosuch.test"))
+    assert f'cluster "nosuch.test" is neither this cluster ("{ROOT}") nor one of its leaf clusters' in err
     err = fails(trust.leaf.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=leafnode"))
     assert 'user "alice" not found here' in err and "--from" in err
+
+
+def _check_json(cluster: Cluster, *args) -> tuple[int, dict]:
+    r = cluster.run_gatectl("access", "check", *args, "--format", "json")
+    assert r.returncode in (0, 1) and r.stdout, r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_access_check_on_the_root_asks_the_leaf(trust):
+    """On the root: the root's cluster labels first, then the leaf's own explanation through the tunnel."""
+    trust.wait_status("online")
+    out = ok(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", "--login=visitor",
+                                    "--node=leafnode"))
+    assert f"User          alice (from {ROOT}, roles access)" in out
+    assert f"Cluster       {LEAF} (visible at the root: role \"access\" allows cluster" in out
+    assert "Mapped roles  access" in out and "Logins        visitor, root" in out
+    assert "Node          leafnode (env=dev)" in out and "Decision      ALLOWED by allow.logins" in out
+    # The same explanation, field by field, as the leaf gives for that root certificate.
+    cases = [("alice", "access", "visitor,root", "visitor", 0), ("alice", "access", "visitor,root", "nobody", 1),
+             ("bob", "auditor", "visitor", "visitor", 1)]
+    for user, roles, logins, login, code in cases:
+        rc_root, at_root = _check_json(trust.root, f"--user={user}", f"--cluster={LEAF}", f"--login={login}",
+                                       "--node=leafnode")
+        rc_leaf, at_leaf = _check_json(trust.leaf, f"--user={user}", f"--from={ROOT}", f"--roles={roles}",
+                                       f"--logins={logins}", f"--login={login}", "--node=leafnode")
+        assert rc_root == rc_leaf == code, (at_root, at_leaf)
+        assert at_root.pop("cluster_access")["allowed"] is True
+        assert at_root == at_leaf
+    r = trust.root.run_gatectl("access", "check", "--user=bob", f"--cluster={LEAF}", "--login=visitor",
+                               "--node=leafnode")
+    assert r.returncode == 1 and "Decision      DENIED" in r.stdout
+    assert f'no role in the role map of trusted cluster "{ROOT}" matches the remote roles [auditor]' in r.stdout
+    # Errors the leaf finds come back as they are; --from makes no sense on the root.
+    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", "--login=visitor",
+                                       "--node=nope"))
+    assert f'node "nope" is not registered in cluster "{LEAF}"' in err
+    err = fails(trust.root.run_gatectl("access", "check", "--user=nobody", f"--cluster={LEAF}", "--login=visitor",
+                                       "--node=leafnode"))
+    assert f'user "nobody" not found on "{ROOT}"' in err
+    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", f"--from={ROOT}",
+                                       "--login=visitor", "--node=leafnode"))
+    assert "--from describes a user of a trusted root while checking on the leaf" in err
+
+
+def test_access_check_on_the_root_hides_what_cluster_labels_hide(trust):
+    """A leaf hidden by the root's cluster labels is denied at the root, and the leaf is not asked."""
+    ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=prod"))
+    try:
+        r = trust.root.run_gatectl("access", "check", "--user=dave", f"--cluster={LEAF}", "--login=visitor",
+                                   "--node=leafnode")
+        assert r.returncode == 1, r.stderr
+        assert f'Cluster       {LEAF} (hidden at the root: the user is told cluster "{LEAF}" is not found)' in r.stdout
+        assert "Node          leafnode (labels unknown: the leaf was not asked)" in r.stdout
+        assert "Decision      DENIED by allow.cluster_labels" in r.stdout
+        assert (f'Reason        access denied: no role allows cluster "{LEAF}" with labels env=prod; '
+                f"roles [demo-only] require env in [demo]") in r.stdout
+        # Even for a node the leaf does not have: the root answers before asking the leaf.
+        r = trust.root.run_gatectl("access", "check", "--user=dave", f"--cluster={LEAF}", "--login=visitor",
+                                   "--node=nope")
+        assert r.returncode == 1 and "Decision      DENIED" in r.stdout and not r.stderr
+    finally:
+        ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=demo"))
+    code, res = _check_json(trust.root, "--user=dave", f"--cluster={LEAF}", "--login=visitor", "--node=leafnode")
+    assert res["cluster_access"]["allowed"] and res["node_labels"] == {"env": "dev"}
+    assert code == 1 and res["reason"].startswith("access denied: no role in the role map")  # demo-only unmapped
+
+
+def test_root_cert_used_directly_against_the_leaf_is_gated_by_role_mapping(trust):
+    """Cluster labels only steer the root's proxy: at the leaf, the role map decides."""
+    ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=prod"))  # hidden from dave's demo-only
+    mapped = [{"remote": "access", "local": ["access"]}, {"remote": "demo-only", "local": ["access"]}]
+    ok(trust.create_tc(trust.leaf, tc_yaml("x" * 20, trust.root.web_addr, role_map=mapped), "--force"))
+    try:
+        dave, bob = os.path.join(trust.tmp, "gate-dave"), os.path.join(trust.tmp, "gate-bob")
+        for user, home in (("dave", dave), ("bob", bob)):
+            ok(trust.root.run_gate("login", f"--proxy={trust.root.web_addr}", f"--user={user}", "--insecure",
+                                   "--password-stdin", input=PASSWORD + "\n", gate_home=home))
+        # Through the root: the hidden leaf is not found for dave.
+        assert LEAF not in ok(trust.root.run_gate("clusters", gate_home=dave))
+        err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=dave))
+        assert f'cluster "{LEAF}" is not found' in err
+
+        def direct(home: str) -> subprocess.CompletedProcess:
+            profile = trust.root.profile_dir(home)
+            return subprocess.run(
+                ["ssh", "-i", os.path.join(profile, "key"), "-o", f"CertificateFile={profile}/key-cert.pub",
+                 "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-p", str(trust.leaf.node_port), "visitor@127.0.0.1", "echo direct; id -un"],
+                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+        # Straight to the leaf node with the same root-signed certificate: mapped, so allowed.
+        r = wait_until(lambda: (lambda r: r if r.returncode == 0 else None)(direct(dave)), 10,
+                       "dave mapped at the leaf")
+        assert r.stdout == "direct\nvisitor\n"
+        assert any(e.get("user") == "dave" and e.get("user_cluster") == ROOT for e in trust.leaf.audit("session.start"))
+        # bob sees the leaf at the root (auditor allows every cluster label), but auditor is not mapped.
+        assert LEAF in ok(trust.root.run_gate("clusters", gate_home=bob))
+        r = direct(bob)
+        assert r.returncode != 0 and "direct" not in r.stdout
+        reason = (f'access denied: no role in the role map of trusted cluster "{ROOT}" matches the remote roles '
+                  f"[auditor]; add a role_map entry for one of them")
+        assert reason in r.stderr, r.stderr
+        denied = [e for e in trust.leaf.audit("access.denied") if e.get("user") == "bob"]
+        assert denied and denied[-1]["reason"] == reason and denied[-1]["user_cluster"] == ROOT
+    finally:
+        ok(trust.create_tc(trust.leaf, tc_yaml("x" * 20, trust.root.web_addr), "--force"))
+        ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=demo"))
 
 
 def test_rolemap_test_command(trust):

@@ -300,3 +300,54 @@ def checker_for_remote_user(role_map, remote_roles: list[str], local_roles_by_na
         return None, [], Decision(False, reason, "role_map")
     checker = AccessChecker([local_roles_by_name[n] for n in found], traits, missing_roles=missing)
     return checker, found, None
+
+
+def checker_for_identity(cluster_name: str, user_cluster: str, roles: list[str], traits: dict,
+                         principals: list[str], ca: dict, local_roles_by_name: dict[str, dict]
+                         ) -> tuple[AccessChecker | None, list[str], Decision | None]:
+    """The checker this cluster decides with for one certificate: (checker, local role names, denial).
+
+    A user of this cluster keeps their roles and traits; a user of a trusted root
+    cluster goes through the role map stored with that root's user CA, with the
+    certificate's principals as their ``logins`` trait. Nodes, the proxies and
+    ``gatectl access check`` all build checkers here, so they decide alike.
+    """
+    if user_cluster == cluster_name:
+        found = [r for r in roles if r in local_roles_by_name]
+        return AccessChecker([local_roles_by_name[r] for r in found], traits), found, None
+    if not ca.get("active", True):
+        return None, [], Decision(False, f'access denied: trust with "{user_cluster}" is disabled on this cluster',
+                                  "trusted_cluster.enabled")
+    return checker_for_remote_user(ca.get("role_map") or [], list(roles), local_roles_by_name,
+                                   remote_user_traits(principals, traits), user_cluster)
+
+
+def explain_ssh(cluster_name: str, local_roles_by_name: dict[str, dict], node: dict, login: str, *, user: str,
+                roles: list[str], traits: dict, principals: list[str] = (), from_cluster: str = "",
+                ca: dict | None = None) -> dict:
+    """What ``gatectl access check`` reports: may USER log in as LOGIN on NODE of this cluster, and why.
+
+    ``from_cluster`` names the trusted root a user comes from; then ``roles``,
+    ``traits`` and ``principals`` are what their root certificate carries and ``ca``
+    is that root's user CA here (with its role map). The decision is the one a node
+    makes (``checker_for_identity`` + ``check_ssh``), so the reason is the sentence a
+    denied session prints and the audit log records. The leaf computes this both for
+    its own ``gatectl`` and for its root, which asks over the reverse tunnel.
+    """
+    name, labels = node["metadata"]["name"], dict(node["metadata"].get("labels") or {})
+    remote = bool(from_cluster) and from_cluster != cluster_name
+    checker, mapped, denial = checker_for_identity(cluster_name, from_cluster if remote else cluster_name,
+                                                   list(roles), traits or {}, list(principals), ca or {},
+                                                   local_roles_by_name)
+    result = {"user": user, "cluster": cluster_name, "node": name, "node_labels": labels, "login": login}
+    if remote:
+        result.update(from_cluster=from_cluster, remote_roles=list(roles))
+    decision = denial if checker is None else checker.check_ssh(login, name, labels)
+    result.update(mapped_roles=mapped, logins=checker.logins() if checker else [], allowed=decision.allowed,
+                  reason=decision.reason, rule=decision.rule)
+    return result
+
+
+def node_not_registered(cluster_name: str, node: str) -> str:
+    return (f'node "{node}" is not registered in cluster "{cluster_name}"; list its nodes with \'gatectl get nodes\' '
+            f"there (from its root: 'gate ls --cluster={cluster_name}')")

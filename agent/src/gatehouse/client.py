@@ -15,7 +15,8 @@ FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"
 
 
 def _unreachable(url: str, exc: Exception) -> ConnectionProblem:
-    reason = str(exc).split(": ")[-1][:160] or exc.__class__.__name__
+    # requests and aiohttp nest the OS error in their own text; keep its last sentence only.
+    reason = str(exc).split(": ")[-1].rstrip("')\"")[:160] or exc.__class__.__name__
     return ConnectionProblem(f"cannot reach {url}: {reason}; check that gatehouse is running there and the "
                              f"address and port are right")
 
@@ -96,10 +97,12 @@ class APIClient:
 class AsyncAPIClient:
     """aiohttp client used inside the agent (nodes and proxies talking to auth)."""
 
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, timeout: float = 30.0):
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, timeout: float = 30.0,
+                 server_hostname: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.ssl_context = ssl_context
         self.timeout = timeout
+        self.server_hostname = server_hostname  # TLS server name to ask for, when not the URL's host
         self._session = None
 
     async def _get_session(self):
@@ -115,6 +118,7 @@ class AsyncAPIClient:
         url = self.base_url + path
         try:
             async with session.request(method, url, json=body, params=params, headers=headers,
+                                       server_hostname=self.server_hostname,
                                        timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
                 return _decode(resp.status, await resp.read())
         except aiohttp.ClientSSLError as exc:

@@ -15,18 +15,29 @@ from .errors import BadParameter, GatehouseError
 
 log = logging.getLogger("gatehouse.http")
 
+#: TLS server name (SNI) with which a cluster member asks a proxy's web port for the proxy's
+#: cluster certificate instead of the public web certificate, so it can verify the proxy
+#: against the cluster CA (``.invalid`` is reserved: no real host is called that).
+CLUSTER_SERVER_NAME = "cluster.gatehouse.invalid"
+
+
+def route_pattern(request: web.Request) -> str:
+    """The matched route ("/v1/tokens/{name}"), never the path itself: paths can hold secrets (token values)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except GatehouseError as exc:
-        log.debug("%s %s -> %s: %s", request.method, request.path, exc.status, exc)
+        log.debug("%s %s -> %s: %s", request.method, route_pattern(request), exc.status, exc)
         return web.json_response(exc.to_dict(), status=exc.status)
     except web.HTTPException:
         raise
     except Exception:  # noqa: BLE001 - last line of defence, logged with traceback
-        log.exception("internal error in %s %s", request.method, request.path)
+        log.exception("internal error in %s %s", request.method, route_pattern(request))
         err = GatehouseError("internal error in the gatehouse service; see its log for details")
         return web.json_response(err.to_dict(), status=500)
 
@@ -58,5 +69,13 @@ def make_server_context(cert_pem: str, key_pem: str, ca_pem: str, require_client
     ctx.load_verify_locations(cadata=ca_pem)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
     return ctx
+
+
+def serve_cluster_identity(ctx: ssl.SSLContext, cluster_ctx: ssl.SSLContext) -> None:
+    """Answer clients that ask for CLUSTER_SERVER_NAME with ``cluster_ctx`` (the cluster certificate)."""
+    def pick(ssl_object, server_name, _ctx):
+        if server_name == CLUSTER_SERVER_NAME:
+            ssl_object.context = cluster_ctx
+    ctx.sni_callback = pick
 
 

@@ -14,7 +14,7 @@ import ssl
 from aiohttp import web
 
 from .. import __version__, pki
-from ..config import is_ip, split_hostport
+from ..config import is_ip, join_hostport, split_hostport
 from ..errors import AccessDenied, BadParameter
 from ..httputil import error_middleware, make_server_context, peer_subject, read_json
 from .service import AuthService, Identity
@@ -208,7 +208,14 @@ class AuthAPI:
 
     async def proxy_heartbeat(self, request):
         body = await read_json(request)
-        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), float(body.get("interval") or 5.0))
+        web_addr = ""
+        if body.get("web_listen_addr"):
+            host, port = split_hostport(str(body["web_listen_addr"]), 3080)
+            if host in ("0.0.0.0", "::", ""):
+                host = request.remote or ""  # the proxy listens everywhere: use the address it calls from
+            web_addr = join_hostport(host, port) if host else ""
+        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), float(body.get("interval") or 5.0),
+                                                       web_addr)
         return web.json_response({"proxies": proxies})
 
     async def clusters(self, request):
@@ -222,7 +229,7 @@ class AuthAPI:
             raise BadParameter("traits must be a mapping of name to a list of values")
         return web.json_response(await self.svc.access_check(
             self.ident(request), user, login, node, str(body.get("from_cluster") or ""),
-            [str(r) for r in body.get("roles") or []], traits))
+            [str(r) for r in body.get("roles") or []], traits, str(body.get("cluster") or "")))
 
     async def whoami(self, request):
         return web.json_response(await self.svc.whoami(self.ident(request)))

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .. import __version__, pki, resources
-from ..access import AccessChecker, Decision, checker_for_remote_user, remote_user_traits
+from ..access import AccessChecker, explain_ssh, node_not_registered
 from ..audit import AuditLog
 from ..clock import now_iso
 from ..backend import open_backend
@@ -467,55 +467,82 @@ class AuthService:
         if ident.kind != "user":
             return {"name": ident.name, "kind": ident.kind, "roles": [], "traits": {}, "logins": []}
         user = await self.get_user(ident.name)
-        checker = await self.checker_for_user(user)
-        return {"name": ident.name, "kind": "user", "roles": user["spec"]["roles"],
-                "traits": dict(user["spec"]["traits"]), "logins": checker.logins()}
+        return {"name": ident.name, "kind": "user", **self._cert_claims(user, await self.checker_for_user(user))}
+
+    @staticmethod
+    def _cert_claims(user: dict, checker: AccessChecker) -> dict:
+        """What the user's certificate carries: roles, traits and logins (its principals)."""
+        return {"roles": list(user["spec"]["roles"]), "traits": dict(user["spec"]["traits"]),
+                "logins": checker.logins()}
 
     async def access_check(self, ident: Identity, user: str, login: str, node: str, from_cluster: str = "",
-                           roles: list[str] | None = None, traits: dict | None = None) -> dict:
-        """Explain the SSH decision for USER as LOGIN on NODE of this cluster, as the node would make it.
+                           roles: list[str] | None = None, traits: dict | None = None, cluster: str = "") -> dict:
+        """Explain the SSH decision for USER as LOGIN on NODE, as the node would make it.
 
-        A local user is looked up here; a user of a trusted root (`from_cluster`) is
-        described by the roles and traits of their root certificate and goes through
-        the role map stored with that root's user CA.
+        On this cluster: a local user is looked up here; a user of a trusted root
+        (`from_cluster`) is described by the roles and traits of their root certificate
+        and goes through the role map stored with that root's user CA. For a leaf
+        (`cluster`), this root checks its own cluster labels and then asks the leaf
+        through a root proxy's reverse tunnel, where the same code decides.
         """
         _require_admin(ident, "check access")
+        if cluster and cluster != self.cluster_name:
+            return await self._access_check_leaf(cluster, user, login, node, from_cluster)
         try:
             node_res = (await self.backend.get(f"nodes/{node}")).value
         except NotFound:
-            raise NotFound(f'node "{node}" is not registered in cluster "{self.cluster_name}"; list nodes with '
-                           f"'gatectl get nodes'") from None
-        labels = node_res["metadata"]["labels"]
+            raise NotFound(node_not_registered(self.cluster_name, node)) from None
         local_roles = await self.roles_by_name()
-        result = {"user": user, "cluster": self.cluster_name, "node": node, "node_labels": labels, "login": login}
         if from_cluster and from_cluster != self.cluster_name:
             try:
                 ca = (await self.backend.get(f"cas/{from_cluster}/user")).value
             except NotFound:
                 raise NotFound(f'this cluster does not trust a cluster named "{from_cluster}"; list trusted '
                                f"clusters with 'gatectl get tc'") from None
-            traits = remote_user_traits(list((traits or {}).get("logins", [])), traits or {})
-            checker, mapped, denial = checker_for_remote_user(ca.get("role_map") or [], list(roles or []),
-                                                              local_roles, traits, from_cluster)
-            result.update(from_cluster=from_cluster, remote_roles=list(roles or []), mapped_roles=mapped)
-            if not ca.get("active", True):
-                denial = Decision(False, f'access denied: trust with "{from_cluster}" is disabled on this cluster',
-                                  "trusted_cluster.enabled")
-                checker = None
-        else:
-            try:
-                user_res = await self.get_user(user)
-            except NotFound:
-                raise NotFound(f'user "{user}" not found here; for a user of the root cluster pass --from ROOT '
-                               f"--roles ROLES --logins LOGINS") from None
-            checker = AccessChecker([local_roles[r] for r in user_res["spec"]["roles"] if r in local_roles],
-                                    user_res["spec"]["traits"])
-            denial = None
-            result.update(mapped_roles=[r for r in user_res["spec"]["roles"] if r in local_roles])
-        decision = denial if checker is None else checker.check_ssh(login, node, labels)
-        result.update(logins=checker.logins() if checker else [], allowed=decision.allowed,
-                      reason=decision.reason, rule=decision.rule)
-        return result
+            return explain_ssh(self.cluster_name, local_roles, node_res, login, user=user, roles=list(roles or []),
+                               traits=traits or {}, principals=list((traits or {}).get("logins", [])),
+                               from_cluster=from_cluster, ca=ca)
+        try:
+            user_res = await self.get_user(user)
+        except NotFound:
+            raise NotFound(f'user "{user}" not found here; for a user of the root cluster pass --from ROOT '
+                           f"--roles ROLES --logins LOGINS") from None
+        return explain_ssh(self.cluster_name, local_roles, node_res, login, user=user,
+                           roles=user_res["spec"]["roles"], traits=user_res["spec"]["traits"])
+
+    async def _access_check_leaf(self, leaf: str, user: str, login: str, node: str, from_cluster: str) -> dict:
+        """On the root, for a root user and a leaf node: cluster labels here, then the leaf's own explanation."""
+        try:
+            rc = (await self.backend.get(f"remote_clusters/{leaf}")).value
+        except NotFound:
+            if await self.trust.trusts(leaf):
+                raise BadParameter(f'this is cluster "{self.cluster_name}", a leaf of "{leaf}"; run the check on the '
+                                   f'auth server of "{leaf}", or check a user of "{leaf}" here with --from={leaf} '
+                                   f"--roles=ROLES --logins=LOGINS (without --cluster)") from None
+            raise NotFound(f'cluster "{leaf}" is neither this cluster ("{self.cluster_name}") nor one of its leaf '
+                           f"clusters; list leaf clusters with 'gatectl get rc'") from None
+        if from_cluster:
+            raise BadParameter(f"--from describes a user of a trusted root while checking on the leaf; here on "
+                               f'"{self.cluster_name}" name only the user: gatectl access check --user=NAME '
+                               f"--cluster={leaf} --login=LOGIN --node=NODE")
+        try:
+            user_res = await self.get_user(user)
+        except NotFound:
+            raise NotFound(f'user "{user}" not found on "{self.cluster_name}"; on the leaf, check a user of this '
+                           f"cluster with --from={self.cluster_name} --roles=ROLES --logins=LOGINS") from None
+        checker = await self.checker_for_user(user_res)
+        claims = self._cert_claims(user_res, checker)
+        visible = checker.check_cluster(leaf, rc["metadata"].get("labels") or {})
+        root_view = {"cluster_access": {"allowed": visible.allowed, "reason": visible.reason, "rule": visible.rule}}
+        if not visible.allowed:
+            # Hidden: users are told the cluster is not found, and the leaf is never asked.
+            return {"user": user, "cluster": leaf, "node": node, "node_labels": None, "login": login,
+                    "from_cluster": self.cluster_name, "remote_roles": claims["roles"], "mapped_roles": [],
+                    "logins": [], "allowed": False, "reason": visible.reason,
+                    "rule": visible.rule or "allow.cluster_labels", **root_view}
+        answer = await self.trust.ask_leaf(leaf, "/webapi/leaves/access_check",
+                                           {"cluster": leaf, "user": user, "login": login, "node": node, **claims})
+        return {**answer, **root_view}
 
     # ----------------------------------------------------------------- snapshots for nodes and proxies
     async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0) -> dict:

@@ -12,19 +12,25 @@ and user CAs (the user CA carries the role map) plus the resource, without its t
 Storage keys: `cas/<cluster>/<type>`, `remote_clusters/<leaf>`,
 `tunnels/<leaf>/<root proxy>` (root: last heartbeat per proxy),
 `tunnel_agents/<root>/<leaf proxy>` (leaf: which root proxies it has tunnels to),
-`proxies/<name>` (root proxies, announced to leaves so they dial every one).
+`proxies/<name>` (root proxies, announced to leaves so they dial every one, with the
+address of their web port through which `ask_leaf` reaches a leaf).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
 
 from .. import __version__, pki, resources
 from ..backend.base import Op
+from ..client import AsyncAPIClient
 from ..clock import now_iso
 from ..errors import (AccessDenied, AlreadyExists, BadParameter, ConnectionProblem, GatehouseError, NotFound,
                       TrustError)
+from ..httputil import CLUSTER_SERVER_NAME
+from ..identity import IdentityFiles
 from ..rolemap import validate_role_map
 from ..tunnel import MISSED_HEARTBEATS
 from . import handshake
@@ -156,12 +162,48 @@ class TrustManager:
         if previous is None or bool(previous.get("connected")) != bool(connected):
             self.audit.emit("tunnel.connect" if connected else "tunnel.disconnect", leaf=leaf, proxy=ident.name)
 
-    async def proxy_heartbeat(self, ident, interval: float) -> list[str]:
+    async def proxy_heartbeat(self, ident, interval: float, web_addr: str = "") -> list[str]:
+        """A root proxy is alive; `web_addr` is where this auth service reaches its web port (see ask_leaf)."""
         if ident.kind != "proxy":
             raise AccessDenied("only proxies send proxy heartbeats")
-        await self.backend.put(f"proxies/{ident.name}", {"name": ident.name, "last_heartbeat": now_iso()},
+        await self.backend.put(f"proxies/{ident.name}", {"name": ident.name, "last_heartbeat": now_iso(),
+                                                         "web_addr": web_addr},
                                expires=time.time() + MISSED_HEARTBEATS * interval)
         return sorted(i.value["name"] for i in await self.backend.get_range("proxies/"))
+
+    async def ask_leaf(self, leaf: str, path: str, body: dict) -> dict:
+        """Ask leaf LEAF something through a root proxy that holds a live reverse tunnel from it.
+
+        The auth service holds no tunnel itself: it POSTs to the web port of a root
+        proxy whose tunnel to the leaf is live (`tunnels/<leaf>/<proxy>`), at the address
+        that proxy heartbeats from. It asks for the proxy's cluster certificate by the
+        TLS server name CLUSTER_SERVER_NAME, so both ends are checked against this
+        cluster's CA, and presents the local admin identity. A proxy that cannot be
+        reached or has just lost its tunnel is skipped for the next one.
+        """
+        now = time.time()
+        live = {i.value.get("proxy") for i in await self.backend.get_range(f"tunnels/{leaf}/")
+                if connection_status([i.value], now)[0] == "online"}
+        proxies = [i.value for i in await self.backend.get_range("proxies/")
+                   if i.value.get("name") in live and i.value.get("web_addr")]
+        if not proxies:
+            raise ConnectionProblem(f'cluster "{leaf}" is offline: no reverse tunnel from it reaches a root proxy, '
+                                    f"so the leaf cannot be asked; check 'gatectl get rc/{leaf}' here and the "
+                                    f"leaf's trusted_cluster")
+        random.shuffle(proxies)
+        context = IdentityFiles(os.path.join(self.svc.cfg.data_dir, "admin")).client_context()
+        error: GatehouseError | None = None
+        for proxy in proxies:
+            client = AsyncAPIClient(f"https://{proxy['web_addr']}", context, timeout=30,
+                                    server_hostname=CLUSTER_SERVER_NAME)
+            try:
+                return await client.call("POST", path, body)
+            except ConnectionProblem as exc:
+                log.info("trust: cannot ask leaf %s through root proxy %s: %s", leaf, proxy["name"], exc)
+                error = exc
+            finally:
+                await client.close()
+        raise error
 
     async def issue_tunnel_cert(self, ident, ssh_public: str) -> str:
         """A user-type certificate a root proxy presents to leaves: login TUNNEL_LOGIN only, no roles."""
@@ -176,6 +218,14 @@ class TrustManager:
                                  extensions={"permit-port-forwarding": ""})  # channels to leaf nodes
 
     # ================================================================ leaf side
+    async def trusts(self, root: str) -> bool:
+        """Whether this cluster is a leaf of a root called ROOT."""
+        try:
+            await self.backend.get(f"trusted_clusters/{root}")
+            return True
+        except NotFound:
+            return False
+
     async def put_trusted_cluster(self, ident, res: dict, force: bool) -> bool:
         name = res["metadata"]["name"]
         spec = res["spec"]

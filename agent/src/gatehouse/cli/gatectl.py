@@ -215,23 +215,28 @@ def cmd_access_check(args) -> int:
     if getattr(args, "from_cluster", None):
         body["from_cluster"] = args.from_cluster
         body["roles"] = [r for r in (args.roles or "").split(",") if r]
-    client = _client(args)
     if args.cluster:
-        here = client.get("/v1/status")["cluster_name"]
-        if args.cluster != here:
-            raise BadParameter(f'this is cluster "{here}"; run the check on the auth server of "{args.cluster}" '
-                               f"(for a root user there: --from {here} --roles ... --logins ...)")
-    res = client.post("/v1/access/check", body)
+        body["cluster"] = args.cluster  # on the root, a leaf: the root checks its labels, then asks the leaf
+    res = _client(args).post("/v1/access/check", body)
     if args.format == "json":
         print(json.dumps(res, indent=2))
         return 0 if res["allowed"] else 1
     who = res["user"] + (f' (from {res["from_cluster"]}, roles {",".join(res["remote_roles"]) or "none"})'
                          if res.get("from_cluster") else "")
+    cluster = res["cluster"]
+    seen = res.get("cluster_access")  # asked on the root: its cluster-label decision comes first
+    if seen:
+        cluster += (f" (visible at the root: {seen['reason'].removeprefix('access granted: ')})" if seen["allowed"]
+                    else f' (hidden at the root: the user is told cluster "{res["cluster"]}" is not found)')
+    if res["node_labels"] is None:
+        node_labels = "labels unknown: the leaf was not asked"
+    else:
+        node_labels = labels_text(res["node_labels"]) or "no labels"
     print(f"User          {who}")
-    print(f"Cluster       {res['cluster']}")
+    print(f"Cluster       {cluster}")
     print(f"Mapped roles  {', '.join(res['mapped_roles']) or '(none)'}")
     print(f"Logins        {', '.join(res['logins']) or '(none)'}")
-    print(f"Node          {res['node']} ({labels_text(res['node_labels']) or 'no labels'})")
+    print(f"Node          {res['node']} ({node_labels})")
     print(f"Login         {res['login']}")
     print(f"Decision      {'ALLOWED' if res['allowed'] else 'DENIED'}" + (f" by {res['rule']}" if res["rule"] else ""))
     print(f"Reason        {res['reason']}")
@@ -311,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = add(access, "check", cmd_access_check, "explain whether a user may log in to a node, and why")
     check.add_argument("--user", required=True)
     check.add_argument("--login", required=True, help="the Unix login to check")
-    check.add_argument("--node", required=True, help="a node registered in this cluster")
-    check.add_argument("--cluster", help="the cluster the node is in (must be this one)")
-    check.add_argument("--from", dest="from_cluster", help="a trusted root cluster the user comes from")
+    check.add_argument("--node", required=True, help="a node registered in that cluster")
+    check.add_argument("--cluster", help="the cluster the node is in: this one (default) or, on a root, one of "
+                                         "its leaf clusters (asked through its reverse tunnel)")
+    check.add_argument("--from", dest="from_cluster", help="on a leaf: the trusted root cluster the user comes from")
     check.add_argument("--roles", help="with --from: the user's roles at the root, comma-separated")
     check.add_argument("--logins", help="with --from: the principals of the root certificate")
     check.add_argument("--traits", help="with --from: other traits, name=v1|v2,name2=v")

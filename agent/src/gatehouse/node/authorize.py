@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from ..access import AccessChecker, Decision, checker_for_remote_user, remote_user_traits
+from ..access import AccessChecker, Decision, checker_for_identity
 
 _MAX_CACHED = 4096
 
@@ -36,12 +36,8 @@ class Authorizer:
         return hit
 
     def _build(self, cluster, roles, traits, principals, ca):
-        local_roles = self.cache.roles()
-        if cluster == self.cache.cluster_name:
-            return AccessChecker([local_roles[r] for r in roles if r in local_roles], traits), \
-                [r for r in roles if r in local_roles], None
-        remote_traits = remote_user_traits(principals, traits)
-        return checker_for_remote_user(ca.get("role_map") or [], roles, local_roles, remote_traits)
+        return checker_for_identity(self.cache.cluster_name, cluster, roles, traits, principals, ca,
+                                    self.cache.roles())
 
     def check(self, cluster: str, roles: list[str], traits: dict, principals: list[str], ca: dict,
               login: str, node_name: str, node_labels: dict) -> Decision:

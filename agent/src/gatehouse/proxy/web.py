@@ -15,7 +15,7 @@ import socket
 from aiohttp import web
 
 from .. import __version__, pki
-from ..httputil import error_middleware, make_server_context, peer_subject, read_json
+from ..httputil import error_middleware, make_server_context, peer_subject, read_json, serve_cluster_identity
 from ..client import FORWARDED_IDENTITY
 from ..config import PROXY_SSH_PORT, TUNNEL_PORT, WEB_PORT, Config, is_ip, public_addr, split_hostport
 from ..errors import AccessDenied, BadParameter, NotFound
@@ -40,6 +40,7 @@ class ProxyWeb:
         r.add_get("/webapi/clusters", self.clusters)
         r.add_post("/webapi/trustedclusters/validate", self.validate_trust)
         r.add_get("/webapi/mappings", self.mappings)
+        r.add_post("/webapi/leaves/access_check", self.leaf_access_check)
 
     def _ssh_addr(self) -> str:
         return self.cfg.proxy.ssh_public_addr or public_addr(
@@ -114,6 +115,23 @@ class ProxyWeb:
     async def clusters(self, request):
         return web.json_response(await self._as_user(request, "/v1/clusters"))
 
+    async def leaf_access_check(self, request):
+        """For this cluster's auth (`gatectl access check --cluster=LEAF` on the root): ask the leaf to explain.
+
+        Only the root's own admin identity may call it; auth has already applied the
+        root's cluster labels and sends what the user's certificate would carry.
+        """
+        subject = peer_subject(request)
+        caller = (subject.get("organizationalUnitName"), subject.get("organizationName"))
+        if caller != ("admin", self.cache.cluster_name):
+            raise AccessDenied("only this cluster's auth service may ask a leaf cluster to explain access")
+        body = await read_json(request)
+        cluster = str(body.get("cluster") or "")
+        if self.tunnels is None or not cluster:
+            raise NotFound(f'cluster "{cluster}" is not found; list leaf clusters with \'gatectl get rc\'')
+        fields = ("user", "roles", "traits", "logins", "login", "node")
+        return web.json_response(await self.tunnels.tunnel_for(cluster).check_access({k: body.get(k) for k in fields}))
+
     async def validate_trust(self, request):
         """A leaf's trust handshake: public, so auth rate-limits it and checks the token."""
         body = await read_json(request)
@@ -145,6 +163,9 @@ class ProxyWeb:
         with open(key_path, encoding="utf-8") as fh:
             key_pem = fh.read()
         ctx = make_server_context(cert_pem, key_pem, self.ident.read("ca.crt"))
+        # Cluster members (the root's auth asking a leaf) verify this proxy by its cluster certificate.
+        serve_cluster_identity(ctx, make_server_context(self.ident.read("identity.crt"),
+                                                        self.ident.read("identity.key"), self.ident.read("ca.crt")))
         host, port = split_hostport(self.cfg.proxy.web_listen_addr, WEB_PORT)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()

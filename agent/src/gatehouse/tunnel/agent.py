@@ -22,12 +22,13 @@ import asyncssh
 from ..config import TUNNEL_PORT, Config, split_hostport
 from ..auth import handshake
 from ..auth.trust import effective_tunnel_addr, tunnel_addr_is_discovered
-from ..errors import GatehouseError
+from ..access import explain_ssh, node_not_registered
+from ..errors import AccessDenied, GatehouseError, NotFound
 from ..node.authorize import Authorizer
 from ..proxy.ssh import Router
 from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
 from ..sshserver import CertificateOnlyServer
-from . import HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN
+from . import ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN
 
 log = logging.getLogger("gatehouse.tunnel.agent")
 
@@ -190,6 +191,8 @@ class RootLink:
                 await self._heartbeats(process, ready)
             elif process.subsystem == NODES_SUBSYSTEM:
                 await self._list_nodes(process)
+            elif process.subsystem == ACCESS_SUBSYSTEM:
+                await self._check_access(process)
             else:
                 process.stderr.write(b"this is a gatehouse tunnel; sessions are not available\n")
         except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError) as exc:
@@ -225,11 +228,22 @@ class RootLink:
         finally:
             sender.cancel()
 
-    async def _list_nodes(self, process) -> None:
+    def _root_user_ca(self) -> dict | None:
+        """The root's user CA as this leaf holds it (with the role map), while trust is enabled."""
+        return next((c for c in self.pool.cache.snapshot.get("cas", []) if c["cluster_name"] == self.root
+                     and c["type"] == "user" and c["active"]), None)
+
+    @staticmethod
+    async def _read_request(process) -> dict:
         request = json.loads((await asyncio.wait_for(process.stdin.read(), 10)) or b"{}")
+        if not isinstance(request, dict):
+            raise ValueError("the request on the tunnel is not a JSON object")
+        return request
+
+    async def _list_nodes(self, process) -> None:
+        request = await self._read_request(process)
         cache = self.pool.cache
-        ca = next((c for c in cache.snapshot.get("cas", []) if c["cluster_name"] == self.root
-                   and c["type"] == "user" and c["active"]), None)
+        ca = self._root_user_ca()
         result: dict = {"items": [], "mapped_roles": []}
         if ca is not None:
             checker, mapped, denial = self.pool.authorizer.checker(
@@ -242,6 +256,32 @@ class RootLink:
                 result["items"] = [n for n in cache.nodes()
                                    if checker.can_see_node(n["metadata"]["name"], n["metadata"]["labels"])]
         process.stdout.write(json.dumps(result).encode())
+
+    async def _check_access(self, process) -> None:
+        """Explain a root user's SSH access to a node here, as this leaf's `gatectl access check --from` does."""
+        request = await self._read_request(process)
+        try:
+            answer = self._explain(request)
+        except GatehouseError as exc:
+            answer = exc.to_dict()
+        log.debug("tunnel: root %s asked about %s as %s on %s: %s", self.root, request.get("user"),
+                  request.get("login"), request.get("node"), answer.get("reason") or answer.get("error"))
+        process.stdout.write(json.dumps(answer).encode())
+
+    def _explain(self, request: dict) -> dict:
+        cache = self.pool.cache
+        ca = self._root_user_ca()
+        if ca is None:
+            raise AccessDenied(f'cluster "{cache.cluster_name}" does not trust "{self.root}" now (disabled or '
+                               f"removed); see 'gatectl get tc' on the leaf")
+        name = str(request.get("node") or "")
+        node = next((n for n in cache.nodes() if n["metadata"]["name"] == name), None)
+        if node is None:
+            raise NotFound(node_not_registered(cache.cluster_name, name))
+        return explain_ssh(cache.cluster_name, cache.roles(), node, str(request.get("login") or ""),
+                           user=str(request.get("user") or ""), roles=[str(r) for r in request.get("roles") or []],
+                           traits=dict(request.get("traits") or {}),
+                           principals=[str(p) for p in request.get("logins") or []], from_cluster=self.root, ca=ca)
 
 
 class TunnelAgentPool:

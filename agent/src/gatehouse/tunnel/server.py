@@ -17,9 +17,10 @@ import time
 import asyncssh
 
 from ..config import TUNNEL_PORT, Config, split_hostport
-from ..errors import ConnectionProblem, GatehouseError, NotFound
+from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
 from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
-from . import HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PRINCIPAL
+from . import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN,
+               TUNNEL_PRINCIPAL)
 
 log = logging.getLogger("gatehouse.tunnel.server")
 
@@ -98,12 +99,34 @@ class LeafTunnel:
             writer.write(json.dumps(hello) + "\n")
             await asyncio.sleep(interval)
 
+    async def ask(self, subsystem: str, request: dict) -> dict:
+        """One JSON request and answer on a tunnel subsystem; an error the leaf answers is raised here."""
+        try:
+            writer, reader, _ = await self.conn.open_session(subsystem=subsystem, encoding="utf-8")
+            writer.write(json.dumps(request))
+            writer.write_eof()
+            text = await asyncio.wait_for(reader.read(), 15)
+            answer = json.loads(text or "{}")
+        except (asyncssh.Error, OSError, asyncio.TimeoutError, ValueError) as exc:
+            raise ConnectionProblem(f'cluster "{self.leaf}" did not answer through its reverse tunnel '
+                                    f"({exc or exc.__class__.__name__}); try again, and check the leaf's log") from None
+        if not isinstance(answer, dict):
+            raise ConnectionProblem(f'cluster "{self.leaf}" answered through its tunnel with something that is not a '
+                                    f"JSON object")
+        if "error" in answer:
+            raise from_dict(answer)
+        return answer
+
     async def list_nodes(self, identity: dict) -> dict:
-        writer, reader, _ = await self.conn.open_session(subsystem=NODES_SUBSYSTEM, encoding="utf-8")
-        writer.write(json.dumps(identity))
-        writer.write_eof()
-        text = await asyncio.wait_for(reader.read(), 15)
-        return json.loads(text or "{}")
+        return await self.ask(NODES_SUBSYSTEM, identity)
+
+    async def check_access(self, request: dict) -> dict:
+        """The leaf's explanation of a root user's SSH access to one of its nodes (see access.explain_ssh)."""
+        answer = await self.ask(ACCESS_SUBSYSTEM, request)
+        if "allowed" not in answer:
+            raise ConnectionProblem(f'cluster "{self.leaf}" cannot explain access yet (no answer to the access '
+                                    f"check); it may run an older Gatehouse version")
+        return answer
 
     def close(self) -> None:
         self.conn.close()
@@ -161,10 +184,13 @@ class TunnelServer:
                 pass
 
     async def _proxy_heartbeats(self) -> None:
-        """Announce this proxy to auth; learn the others, so leaves dial each of them."""
+        """Announce this proxy (and its web port, where auth asks leaves through it) to auth; learn the
+        others, so leaves dial each of them."""
         while True:
             try:
-                answer = await self.client.call("POST", "/v1/proxies/heartbeat", {"interval": self.interval})
+                answer = await self.client.call("POST", "/v1/proxies/heartbeat",
+                                                {"interval": self.interval,
+                                                 "web_listen_addr": self.cfg.proxy.web_listen_addr})
                 self.proxies = answer.get("proxies") or [self.name]
             except GatehouseError as exc:
                 log.warning("cannot send the proxy heartbeat: %s", exc)
