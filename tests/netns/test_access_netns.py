@@ -28,27 +28,22 @@ import json
 import os
 import pwd
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testnet import TestNetwork, requires_netns  # noqa: E402
+from sites import Site, wait_until  # noqa: E402
+from testnet import requires_netns  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-SRC = str(REPO / "agent" / "src")
 NET = "198.18.3"
 AUTH, PROXY, LEAF_HOST, NODE = "ac-auth", "ac-proxy", "ac-leaf", "ac-node"
 ROOT, LEAF = "root.access", "leaf.access"
 WEB = f"{NET}.11:3080"
 PASSWORD = "correct horse battery"
-CFG = "/etc/gatehouse/gatehouse.yaml"
 
 
 def _role(name: str, allow: dict | None = None, deny: dict | None = None) -> dict:
@@ -77,77 +72,17 @@ USERS = [("alice", "access", ["--logins=visitor,root"]), ("gina", "staff,demo-cl
          ("erin", "auditor", ["--logins=visitor"])]
 
 
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
-class Site:
-    """The four hosts, their gatehouse daemons, and gatectl/gate helpers."""
-
-    def __init__(self, net: TestNetwork, tmp: str):
-        self.net = net
-        self.tmp = tmp
-        self.daemons: dict[str, subprocess.Popen] = {}
-
-    def start(self, host: str, config: str) -> None:
-        (self.net[host].etc_dir / "gatehouse.yaml").write_text(config)
-        log = open(os.path.join(self.tmp, f"{host}.log"), "ab")
-        self.daemons[host] = self.net[host].popen(
-            [sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", CFG], stdout=log, stderr=log,
-            env={"PYTHONPATH": SRC})
-        log.close()
-        wait_until(lambda: "gatehouse is running" in self.log(host) or self.daemons[host].poll() is not None,
-                   30, f"{host} to start")
-        assert self.daemons[host].poll() is None, self.log(host)[-3000:]
-
-    def stop(self, host: str) -> None:
-        proc = self.daemons.pop(host)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def log(self, host: str) -> str:
-        try:
-            return Path(self.tmp, f"{host}.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def gatectl(self, host: str, *args, input: str = "") -> subprocess.CompletedProcess:
-        return self.net[host].run([sys.executable, "-m", "gatehouse.cli.gatectl", "-c", CFG, *args],
-                                  env={"PYTHONPATH": SRC}, check=False, input=input)
-
-    def ok(self, host: str, *args, input: str = "") -> str:
-        r = self.gatectl(host, *args, input=input)
-        assert r.returncode == 0, f"gatectl {' '.join(args)} on {host}: {r.stderr}{r.stdout}"
-        return r.stdout
-
-    def create(self, host: str, name: str, docs: list[dict], *flags) -> str:
-        (self.net[host].etc_dir / name).write_text("\n---\n".join(json.dumps(d) for d in docs))
-        return self.ok(host, "create", *flags, f"/etc/gatehouse/{name}")
+class AccessSite(Site):
+    """The four hosts; users' gate homes, logins and sessions; access checks; the node's audit log."""
 
     def home(self, user: str) -> str:
         return os.path.join(self.tmp, f"gate-{user}")
 
     def gate(self, user: str, *args) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONPATH=SRC, GATE_HOME=self.home(user))
-        return subprocess.run([sys.executable, "-m", "gatehouse.cli.gate", *args], capture_output=True, text=True,
-                              env=env, timeout=60, stdin=subprocess.DEVNULL)
+        return self.run_gate(self.home(user), *args)
 
     def login(self, user: str) -> str:
-        env = dict(os.environ, PYTHONPATH=SRC, GATE_HOME=self.home(user))
-        r = subprocess.run([sys.executable, "-m", "gatehouse.cli.gate", "login", f"--proxy={WEB}", f"--user={user}",
-                            "--insecure", "--password-stdin"], capture_output=True, text=True, env=env, timeout=60,
-                           input=PASSWORD + "\n")
+        r = self.gate_login(self.home(user), WEB, user, PASSWORD)
         assert r.returncode == 0, r.stderr
         return r.stdout
 
@@ -186,30 +121,20 @@ def _ensure_visitor() -> bool:
 def site():
     requires_netns()
     created = _ensure_visitor()
-    tmp = tempfile.mkdtemp(prefix="gatehouse-access-netns-")
+    hosts = [(name, f"{NET}.{last}", fw)
+             for name, last, fw in ((AUTH, 10, False), (PROXY, 11, False), (LEAF_HOST, 20, True), (NODE, 21, False))]
     try:
-        with TestNetwork(bridge="ghaccess0") as net:
-            for name, last, fw in ((AUTH, 10, False), (PROXY, 11, False), (LEAF_HOST, 20, True), (NODE, 21, False)):
-                net.add_host(name, f"{NET}.{last}", firewall_inbound_drop=fw)
+        with AccessSite.running("ghaccess0", "gatehouse-access-netns-", hosts) as s:
             # The leaf site's inside network: its node may reach the leaf's auth; nothing else may.
-            net[LEAF_HOST].run(["iptables", "-I", "INPUT", "1", "-s", f"{NET}.21", "-j", "ACCEPT"])
-            s = Site(net, tmp)
-            try:
-                _bring_up(s)
-                yield s
-            finally:
-                for host in list(s.daemons):
-                    s.stop(host)
+            s.allow_inbound(LEAF_HOST, f"{NET}.21")
+            _bring_up(s)
+            yield s
     finally:
-        if os.environ.get("GATEHOUSE_E2E_KEEP"):
-            print(f"kept logs in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
         if created:
             subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
 
 
-def _bring_up(s: Site) -> None:
+def _bring_up(s: AccessSite) -> None:
     s.start(AUTH, f"gatehouse: {{nodename: root-auth, data_dir: /var/lib/gatehouse}}\n"
                   f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: 0.0.0.0:3025, "
                   f"login_rate: 600}}\n")
@@ -241,9 +166,7 @@ def _bring_up(s: Site) -> None:
 # ------------------------------------------------------------------------------------------- tests
 def test_leaf_accepts_no_inbound_connection(site):
     for port in (3025, 3080, 3024):
-        probe = f"import socket; socket.create_connection(('{NET}.20', {port}), 2)"
-        r = site.net[AUTH].run([sys.executable, "-c", probe], check=False)
-        assert r.returncode != 0, f"the root could connect to the leaf's port {port}"
+        assert not site.connects(AUTH, f"{NET}.20", port), f"the root could connect to the leaf's port {port}"
 
 
 def test_seed_visitor_scenario(site):

@@ -18,25 +18,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testnet import TestNetwork, requires_netns  # noqa: E402
+from sites import Site, wait_until  # noqa: E402
+from testnet import requires_netns  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-SRC = str(REPO / "agent" / "src")
 NET = "198.18.2"
 ROOT, LEAF = "root.example", "leaf.example"
 PASSWORD = "correct horse battery"
-CFG = "/etc/gatehouse/gatehouse.yaml"
 
 HAPROXY = """global
   maxconn 2000
@@ -57,68 +51,16 @@ def _haproxy_sections() -> str:
     return "".join(out)
 
 
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
-
-
-class Site:
-    def __init__(self, net: TestNetwork, tmp: str):
-        self.net = net
-        self.tmp = tmp
-        self.daemons: dict[str, subprocess.Popen] = {}
-
-    def write_config(self, host: str, text: str) -> None:
-        path = self.net[host].etc_dir / "gatehouse.yaml"
-        path.write_text(text)
-
-    def start(self, host: str) -> None:
-        log = open(os.path.join(self.tmp, f"{host}.log"), "ab")
-        self.daemons[host] = self.net[host].popen(
-            [sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", CFG], stdout=log, stderr=log,
-            env={"PYTHONPATH": SRC})
-        log.close()
-        wait_until(lambda: "gatehouse is running" in self.log(host) or self.daemons[host].poll() is not None,
-                   30, f"{host} to start")
-        assert self.daemons[host].poll() is None, self.log(host)[-3000:]
-
-    def stop(self, host: str) -> None:
-        proc = self.daemons.pop(host)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def log(self, host: str) -> str:
-        try:
-            return Path(self.tmp, f"{host}.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def gatectl(self, host: str, *args, check: bool = True) -> subprocess.CompletedProcess:
-        return self.net[host].run([sys.executable, "-m", "gatehouse.cli.gatectl", "-c", CFG, *args],
-                                  env={"PYTHONPATH": SRC}, check=check, input="")
-
-    def gate(self, *args, home: str, input: str | None = None) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONPATH=SRC, GATE_HOME=home)
-        return subprocess.run([sys.executable, "-m", "gatehouse.cli.gate", *args], capture_output=True, text=True,
-                              env=env, timeout=60, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+class TrustSite(Site):
+    """The five hosts: the root's remote_cluster record and the leaf's tunnel count."""
 
     def rc(self) -> dict | None:
-        r = self.gatectl("root1", "get", "rc", "--format", "json", check=False)
+        r = self.gatectl("root1", "get", "rc", "--format", "json")
         items = json.loads(r.stdout) if r.returncode == 0 else []
         return next((i for i in items if i["metadata"]["name"] == LEAF), None)
 
     def leaf_tunnels(self) -> int:
-        tc = json.loads(self.gatectl("leaf1", "get", f"tc/{ROOT}", "--format", "json").stdout)[0]
+        tc = json.loads(self.ok("leaf1", "get", f"tc/{ROOT}", "--format", "json"))[0]
         return tc["status"]["tunnels"] if tc["status"]["connection"] == "online" else 0
 
 
@@ -127,74 +69,55 @@ def site():
     requires_netns()
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy; make deps installs it)")
-    tmp = tempfile.mkdtemp(prefix="gatehouse-trust-netns-")
-    with TestNetwork(bridge="ghtrust0") as net:
-        for name, last, fw in (("root1", 10, False), ("rootp2", 11, False), ("lb", 12, False),
-                               ("leaf1", 20, True), ("node1", 21, False)):
-            net.add_host(name, f"{NET}.{last}", firewall_inbound_drop=fw)
+    hosts = [(name, f"{NET}.{last}", fw) for name, last, fw in (
+        ("root1", 10, False), ("rootp2", 11, False), ("lb", 12, False), ("leaf1", 20, True), ("node1", 21, False))]
+    with TrustSite.running("ghtrust0", "gatehouse-trust-netns-", hosts) as s:
         # The leaf site's inside network: its node may reach the leaf's auth; nothing else may.
-        net["leaf1"].run(["iptables", "-I", "INPUT", "1", "-s", f"{NET}.21", "-j", "ACCEPT"])
-        s = Site(net, tmp)
-        try:
-            _bring_up(s)
-            yield s
-        finally:
-            for host in list(s.daemons):
-                s.stop(host)
-            if os.environ.get("GATEHOUSE_E2E_KEEP"):
-                print(f"kept logs in {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+        s.allow_inbound("leaf1", f"{NET}.21")
+        _bring_up(s)
+        yield s
 
 
-def _bring_up(s: Site) -> None:
+def _bring_up(s: TrustSite) -> None:
     lb = f"{NET}.12"
     proxy_common = (f"  web_listen_addr: 0.0.0.0:3080\n  public_addr: {lb}:3080\n  ssh_public_addr: {lb}:3023\n"
                     f"  tunnel_public_addr: {lb}:3024\n")
-    s.write_config("root1", f"gatehouse: {{nodename: proxy-a, data_dir: /var/lib/gatehouse}}\n"
-                            f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: 0.0.0.0:3025, "
-                            f"login_rate: 600}}\nproxy_service:\n  enabled: true\n{proxy_common}"
-                            f"ssh_service: {{enabled: true, labels: {{site: root}}}}\n")
-    s.start("root1")
-    token = json.loads(s.gatectl("root1", "tokens", "add", "--type=proxy", "--format", "json").stdout)["token"]
-    s.write_config("rootp2", f"gatehouse: {{nodename: proxy-b, data_dir: /var/lib/gatehouse, "
-                             f"auth_servers: ['{NET}.10:3025'], join_token: {token}}}\n"
-                             f"proxy_service:\n  enabled: true\n{proxy_common}")
-    s.start("rootp2")
+    s.start("root1", f"gatehouse: {{nodename: proxy-a, data_dir: /var/lib/gatehouse}}\n"
+                     f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: 0.0.0.0:3025, "
+                     f"login_rate: 600}}\nproxy_service:\n  enabled: true\n{proxy_common}"
+                     f"ssh_service: {{enabled: true, labels: {{site: root}}}}\n")
+    token = json.loads(s.ok("root1", "tokens", "add", "--type=proxy", "--format", "json"))["token"]
+    s.start("rootp2", f"gatehouse: {{nodename: proxy-b, data_dir: /var/lib/gatehouse, "
+                      f"auth_servers: ['{NET}.10:3025'], join_token: {token}}}\n"
+                      f"proxy_service:\n  enabled: true\n{proxy_common}")
     (s.net["lb"].etc_dir / "haproxy.cfg").write_text(HAPROXY.format(sections=_haproxy_sections()))
     log = open(os.path.join(s.tmp, "haproxy.log"), "ab")
     s.daemons["lb"] = s.net["lb"].popen(["haproxy", "-db", "-f", "/etc/gatehouse/haproxy.cfg"], stdout=log, stderr=log)
     log.close()
     s.net["lb"].wait_port(3080)
-    s.write_config("leaf1", f"gatehouse: {{nodename: leafproxy, data_dir: /var/lib/gatehouse, insecure: true}}\n"
-                            f"auth_service: {{enabled: true, cluster_name: {LEAF}, listen_addr: 0.0.0.0:3025}}\n"
-                            f"proxy_service: {{enabled: true}}\n")
-    s.start("leaf1")
-    node_token = json.loads(s.gatectl("leaf1", "tokens", "add", "--type=node", "--format", "json").stdout)["token"]
-    s.write_config("node1", f"gatehouse: {{nodename: node1, data_dir: /var/lib/gatehouse, "
-                            f"auth_servers: ['{NET}.20:3025'], join_token: {node_token}}}\n"
-                            f"ssh_service: {{enabled: true, labels: {{env: demo}}}}\n")
-    s.start("node1")
-    s.net["root1"].run([sys.executable, "-m", "gatehouse.cli.gatectl", "-c", CFG, "users", "add", "alice",
-                        "--roles=access", "--logins=visitor,root", "--password-stdin"],
-                       env={"PYTHONPATH": SRC}, input=PASSWORD + "\n")
+    s.start("leaf1", f"gatehouse: {{nodename: leafproxy, data_dir: /var/lib/gatehouse, insecure: true}}\n"
+                     f"auth_service: {{enabled: true, cluster_name: {LEAF}, listen_addr: 0.0.0.0:3025}}\n"
+                     f"proxy_service: {{enabled: true}}\n")
+    node_token = json.loads(s.ok("leaf1", "tokens", "add", "--type=node", "--format", "json"))["token"]
+    s.start("node1", f"gatehouse: {{nodename: node1, data_dir: /var/lib/gatehouse, "
+                     f"auth_servers: ['{NET}.20:3025'], join_token: {node_token}}}\n"
+                     f"ssh_service: {{enabled: true, labels: {{env: demo}}}}\n")
+    s.ok("root1", "users", "add", "alice", "--roles=access", "--logins=visitor,root", "--password-stdin",
+         input=PASSWORD + "\n")
 
 
 def test_leaf_has_no_inbound_port(site):
     for port in (3025, 3080, 3024, 3023):
-        r = site.net["root1"].run([sys.executable, "-c", f"import socket; socket.create_connection(('{NET}.20', {port}), 2)"],
-                                  check=False)
-        assert r.returncode != 0, f"root1 could connect to leaf1:{port}"
+        assert not site.connects("root1", f"{NET}.20", port), f"root1 could connect to leaf1:{port}"
 
 
 def test_trust_through_the_load_balancer_reaches_every_root_proxy(site):
-    token = json.loads(site.gatectl("root1", "tokens", "add", "--type=trusted_cluster", "--ttl=15m",
-                                    "--labels=env=demo", "--format", "json").stdout)["token"]
-    tc = json.dumps({"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT},
-                     "spec": {"enabled": True, "token": token, "web_proxy_addr": f"{NET}.12:3080",
-                              "role_map": [{"remote": "access", "local": ["access"]}]}})
-    (site.net["leaf1"].etc_dir / "tc.yaml").write_text(tc)
-    out = site.gatectl("leaf1", "create", "/etc/gatehouse/tc.yaml").stdout
+    token = json.loads(site.ok("root1", "tokens", "add", "--type=trusted_cluster", "--ttl=15m",
+                               "--labels=env=demo", "--format", "json"))["token"]
+    tc = {"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT},
+          "spec": {"enabled": True, "token": token, "web_proxy_addr": f"{NET}.12:3080",
+                   "role_map": [{"remote": "access", "local": ["access"]}]}}
+    out = site.create("leaf1", "tc.yaml", [tc])
     assert f'trusted_cluster "{ROOT}" has been created' in out
     wait_until(lambda: (site.rc() or {}).get("status", {}).get("connection") == "online", 30, "leaf online at root")
     wait_until(lambda: site.leaf_tunnels() == 2, 45, "a tunnel to each of the two root proxies")
@@ -206,14 +129,13 @@ def test_trust_through_the_load_balancer_reaches_every_root_proxy(site):
                          ids=["load-balancer", "proxy-a", "proxy-b"])
 def test_user_on_any_proxy_reaches_the_leaf_node(site, proxy, tmp_path):
     home = str(tmp_path / "gate")
-    r = site.gate("login", f"--proxy={proxy}", "--user=alice", "--insecure", "--password-stdin",
-                  home=home, input=PASSWORD + "\n")
+    r = site.gate_login(home, proxy, "alice", PASSWORD)
     assert r.returncode == 0, r.stderr
-    clusters = site.gate("clusters", home=home).stdout
+    clusters = site.run_gate(home, "clusters").stdout
     assert LEAF in clusters and "online" in clusters.split(LEAF)[1].splitlines()[0]
-    assert "node1" in site.gate("ls", f"--cluster={LEAF}", home=home).stdout
+    assert "node1" in site.run_gate(home, "ls", f"--cluster={LEAF}").stdout
     for _ in range(3):  # several sessions: the load balancer spreads them over both proxies
-        r = site.gate("ssh", f"--cluster={LEAF}", "visitor@node1", "uname -n; id -un", home=home)
+        r = site.run_gate(home, "ssh", f"--cluster={LEAF}", "visitor@node1", "uname -n; id -un")
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == ["node1", "visitor"]
 
@@ -224,10 +146,9 @@ def test_root_restart_tunnels_recover(site, tmp_path):
     wait_until(lambda: (site.rc() or {}).get("status", {}).get("connection") == "online", 60, "online after restart")
     wait_until(lambda: site.leaf_tunnels() == 2, 60, "both tunnels after the root restart")
     home = str(tmp_path / "gate")
-    r = site.gate("login", f"--proxy={NET}.12:3080", "--user=alice", "--insecure", "--password-stdin",
-                  home=home, input=PASSWORD + "\n")
+    r = site.gate_login(home, f"{NET}.12:3080", "alice", PASSWORD)
     assert r.returncode == 0, r.stderr
-    r = site.gate("ssh", f"--cluster={LEAF}", "visitor@node1", "true", home=home)
+    r = site.run_gate(home, "ssh", f"--cluster={LEAF}", "visitor@node1", "true")
     assert r.returncode == 0, r.stderr
 
 
