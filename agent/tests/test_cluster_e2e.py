@@ -393,6 +393,11 @@ def test_tokens_and_node_join(cluster, alice):
     assert ok(cluster.run_gate("ssh", "visitor@node2", "echo on-node2")) == "on-node2\n"
     node2.stop()
     assert os.path.exists(os.path.join(data2, "identity", "node", "identity.crt"))
+    # the node-only process audits its sessions under the cluster it joined
+    with open(os.path.join(data2, "log", "audit.jsonl"), encoding="utf-8") as fh:
+        entries = [json.loads(line) for line in fh]
+    assert [e for e in entries if e["event"] == "session.start"], entries
+    assert {e["cluster_name"] for e in entries} == {CLUSTER}, entries
 
     # an unknown token: the node process exits non-zero and says why
     data3 = os.path.join(cluster.tmp, "data3")

@@ -41,6 +41,8 @@ class GatehouseProcess:
         client = api_client(idents[roles[0]])
         cache = ClusterCache(client)
         await cache.start()
+        if not audit.cluster_name:   # a node or proxy without auth learns its cluster from the cache
+            audit.cluster_name = cache.cluster_name
         self.closers += [client.close, cache.stop]
         if cfg.proxy.enabled:
             from .proxy.ssh import ProxySSH
