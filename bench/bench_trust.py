@@ -60,37 +60,32 @@ Everything it started (daemons, clients, their children) is stopped, the iptable
 rules and cgroups it added are removed, its account is deleted and the temporary
 directory is removed: at exit, on error, on Ctrl-C, SIGTERM and SIGHUP. What a run
 killed with SIGKILL leaves (processes, found by its cgroups; rules; temporary
-directory; account; all tagged with its pid) is removed by the next run.
+directory; account; all tagged with its pid) is removed by the next run. The machinery
+it shares with bench_ssh.py (processes, cleanup, the OpenSSH baseline, the account) is in
+loopback_harness.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import pwd
-import resource
 import re
-import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGENT_SRC = os.path.join(REPO, "agent", "src")
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-CIPHER = "aes128-gcm@openssh.com"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loopback_harness as lh  # noqa: E402
+from loopback_harness import AGENT_SRC, CIPHER, PASSWORD, REPO, median, r3  # noqa: E402
+
 LOGIN_PREFIX = "ghtrust"
 # An account of the run's own, deleted at exit: tests and demos on this machine manage "visitor",
 # and two runs at once (or bench_ssh.py's "ghbench") never share or delete each other's account.
 LOGIN = f"{LOGIN_PREFIX}{os.getpid()}"
 ROOT, LEAF, NODE = "root.bench", "leaf.bench", "leafnode"
-PASSWORD = "bench-password-123"
+# Tags what a run makes with its pid: iptables rules (comment), temporary directory /tmp/TAG-PID-*, cgroups.
 IPT_COMMENT = "gatehouse-bench-trust"
 MISSED = 3                 # Gatehouse: offline after 3 missed heartbeats; OpenSSH: ClientAliveCountMax
 
@@ -98,25 +93,10 @@ TRUST_TARGET_S = 1.0       # absolute, lower is better
 SETUP_TARGET = 0.6         # gate / openssh, lower is better
 THROUGHPUT_TARGET = 1.5    # gate / openssh MB/s, higher is better
 OFFLINE_TARGET_S = 15.0    # absolute, lower is better
-RUN_TIMEOUT_S = 300
 
 
 def log(msg: str) -> None:
     print(f"bench_trust: {msg}", file=sys.stderr, flush=True)
-
-
-def wait_tcp(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-            time.sleep(0.01)
 
 
 def listening(port: int) -> bool:
@@ -137,194 +117,6 @@ def listening(port: int) -> bool:
     return False
 
 
-class CpuGroups:
-    """Exact CPU time of each side's servers: every daemon runs in a cgroup of its own.
-
-    Per-process accounting from /proc loses the time of processes that die without
-    being waited for by a process still in the tree (sshd's per-connection processes),
-    a cgroup does not: it adds up the CPU time of everything that ever ran in it.
-    The groups are made below this process's own cgroup in a CPU-accounting hierarchy
-    (cgroup v1 ``cpuacct``, else v2), so no limit set above it is escaped; they only
-    count, they limit nothing. Without a usable hierarchy, CPU is simply not reported.
-    """
-
-    def __init__(self) -> None:
-        self.base: str | None = None
-        self.stat = ""
-        self.broken = False
-        own = {}
-        try:
-            with open("/proc/self/cgroup", encoding="ascii") as fh:
-                for line in fh:
-                    num, ctrls, path = line.rstrip("\n").split(":", 2)
-                    for c in ctrls.split(",") if ctrls else [""]:
-                        own[c] = path
-        except OSError:
-            return
-        candidates = [("/sys/fs/cgroup/cpuacct", own.get("cpuacct"), "cpuacct.usage"),
-                      ("/sys/fs/cgroup/unified", own.get(""), "cpu.stat"),
-                      ("/sys/fs/cgroup", own.get(""), "cpu.stat")]
-        for mount, path, stat in candidates:
-            if path is None or not os.path.exists(os.path.join(mount, "cgroup.procs")):
-                continue
-            base = os.path.join(mount + path.rstrip("/"), f"{IPT_COMMENT}-{os.getpid()}")
-            try:
-                os.mkdir(base)
-            except OSError:
-                continue
-            if os.path.exists(os.path.join(base, stat)):
-                self.base, self.stat = base, stat
-                self._remove_stale(os.path.dirname(base))
-                return
-            os.rmdir(base)
-
-    @staticmethod
-    def _remove_stale(parent: str) -> None:
-        """Empty groups of an earlier run that was killed before it could remove them."""
-        for name in os.listdir(parent):
-            m = re.fullmatch(rf"{IPT_COMMENT}-(\d+)", name)
-            if m and not os.path.exists(f"/proc/{m.group(1)}"):
-                base = os.path.join(parent, name)
-                subs = [os.path.join(base, sub) for sub in os.listdir(base) if os.path.isdir(os.path.join(base, sub))]
-                # Its daemons and their children, still running: in its groups, so certainly its own.
-                stale = {}
-                for sub in subs:
-                    with open(os.path.join(sub, "cgroup.procs"), encoding="ascii") as fh:
-                        stale.update((int(pid), start_time(int(pid))) for pid in fh.read().split())
-                if stale:
-                    log(f"stopping {len(stale)} process(es) left by an earlier run (cgroup {base})")
-                for pid, started in stale.items():
-                    signal_if_same(pid, started, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-                while any(start_time(pid) == t for pid, t in stale.items()) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                try:
-                    for sub in subs:
-                        os.rmdir(sub)
-                    os.rmdir(base)
-                    log(f"removed the cgroup {base} left by an earlier run")
-                except OSError:
-                    pass
-
-    def group(self, name: str) -> str | None:
-        if self.base is None:
-            return None
-        path = os.path.join(self.base, name)
-        os.makedirs(path, exist_ok=True)
-        return path
-
-    def preexec(self, name: str | None):
-        """A preexec_fn that moves the new process into group `name` before it runs anything."""
-        path = self.group(name) if name else None
-        if path is None:
-            return None
-
-        def enter() -> None:
-            try:
-                with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as fh:
-                    fh.write(str(os.getpid()))
-            except OSError:
-                pass   # noticed by check() in the parent
-        return enter
-
-    def check(self, name: str, pid: int) -> None:
-        if self.base is not None and pid not in self.members(name):
-            log(f"could not put {name} into its cgroup: CPU time is not reported")
-            self.broken = True
-
-    def members(self, name: str) -> set[int]:
-        try:
-            with open(os.path.join(self.base, name, "cgroup.procs"), encoding="ascii") as fh:
-                return {int(x) for x in fh.read().split()}
-        except (OSError, TypeError, ValueError):
-            return set()
-
-    def cpu(self, name: str) -> float | None:
-        """CPU seconds used so far by everything that ran in group `name`."""
-        if self.base is None or self.broken:
-            return None
-        with open(os.path.join(self.base, name, self.stat), encoding="ascii") as fh:
-            text = fh.read()
-        if self.stat == "cpuacct.usage":
-            return int(text) / 1e9
-        return int(dict(line.split() for line in text.splitlines())["usage_usec"]) / 1e6
-
-    def all_members(self) -> set[int]:
-        if self.base is None:
-            return set()
-        return set().union(*(self.members(n) for n in os.listdir(self.base)
-                              if os.path.isdir(os.path.join(self.base, n))))
-
-    def remove(self) -> None:
-        """Remove the groups (after their processes are gone; stragglers go back to the parent group)."""
-        if self.base is None:
-            return
-        parent = os.path.dirname(self.base)
-        for name in os.listdir(self.base):
-            sub = os.path.join(self.base, name)
-            if not os.path.isdir(sub):
-                continue
-            for pid in self.members(name):
-                try:
-                    with open(os.path.join(parent, "cgroup.procs"), "w", encoding="ascii") as fh:
-                        fh.write(str(pid))
-                except OSError:
-                    pass
-            try:
-                os.rmdir(sub)
-            except OSError as exc:
-                log(f"cannot remove cgroup {sub}: {exc}")
-        try:
-            os.rmdir(self.base)
-        except OSError as exc:
-            log(f"cannot remove cgroup {self.base}: {exc}")
-        self.base = None
-
-
-def descendants(pid: int) -> set[int]:
-    """Live descendants of `pid` (children in other sessions included), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                    children.setdefault(int(fh.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
-def start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot), None if it is gone or a zombie.
-
-    With a pid_max of 32768 a busy machine reuses pids within seconds: a pid is only
-    "ours" while its start time is the one recorded when it was found.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-def signal_if_same(pid: int, started: int | None, sig: int) -> bool:
-    """Send `sig` to `pid` only if it is still the process that started at `started`."""
-    if started is None or start_time(pid) != started:
-        return False
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def log_times(path: str, pattern: str) -> list[float]:
     """Epoch times of the log lines (default text format, local time, ms) that contain `pattern`."""
     out = []
@@ -341,97 +133,27 @@ def log_times(path: str, pattern: str) -> list[float]:
     return out
 
 
-class Bench:
+class Bench(lh.BenchRun):
+    run_timeout = 300
+
     def __init__(self, poll_s: float) -> None:
-        self.tmp = tempfile.mkdtemp(prefix=f"{IPT_COMMENT}-{os.getpid()}-")
-        os.chmod(self.tmp, 0o755)
+        super().__init__(IPT_COMMENT, log, lh.UnixLogin(LOGIN, log, own=True,
+                                                        comment="gatehouse bench_trust.py, deleted at exit"))
         self.poll_s = poll_s
-        self.procs: dict[str, subprocess.Popen] = {}   # daemons: sshd x2, ssh -R, root, leaf
-        self.dead: list[subprocess.Popen] = []          # daemons replaced after a kill -9
-        self.transient: set[subprocess.Popen] = set()   # clients, gatectl create, head
         self.ipt_rules: list[list[str]] = []
-        self.created_login = False
-        self.cg: CpuGroups | None = None
-        self.python = sys.executable or "python3"
         self._api = None
         self.trust_gen = 0
 
     def prepare(self, from_source: bool) -> None:
-        """The agent code to run, the clients' environment, Gatehouse's default heartbeat, CPU accounting."""
-        self.cg = CpuGroups()
-        self.cg_kind = self.cg.stat.split(".")[0] + " " + os.path.dirname(self.cg.base) if self.cg.base else "none"
-        self.agent_src = AGENT_SRC if from_source else self.compiled_copy()
-        self.env = dict(os.environ, PYTHONPATH=self.agent_src + (os.pathsep + os.environ["PYTHONPATH"]
-                                                                 if os.environ.get("PYTHONPATH") else ""),
-                        GATE_HOME=self.path("gate"))
-        self.env.pop("SSH_AUTH_SOCK", None)
-        self.env.pop("GATEHOUSE_CONFIG", None)
+        """The agent code to run, the clients' environment, CPU accounting, Gatehouse's default heartbeat."""
+        super().prepare(from_source)
         # This process reads the root's status with the agent's own API client, from the same code.
         sys.path.insert(0, self.agent_src)
         import gatehouse
         from gatehouse.config import ProxyConfig
-        # Guard against another copy of the agent winning the import (an editable install's .pth, say).
-        child = subprocess.run([self.python, "-c", "import gatehouse; print(gatehouse.__file__)"], env=self.env,
-                               capture_output=True, text=True, cwd=self.tmp).stdout.strip()
-        for where in (gatehouse.__file__, child):
-            if not where.startswith(self.agent_src + os.sep):
-                raise RuntimeError(f"gatehouse is imported from {where!r}, not from {self.agent_src}")
+        if not gatehouse.__file__.startswith(self.agent_src + os.sep):
+            raise RuntimeError(f"gatehouse is imported from {gatehouse.__file__!r}, not from {self.agent_src}")
         self.heartbeat_s = ProxyConfig().tunnel_heartbeat_interval   # the default; OpenSSH mirrors it
-
-    def compiled_copy(self) -> str:
-        """agent/src copied into the temp dir with its bytecode, as pip installs it."""
-        dest = self.path("agent-src")
-        shutil.copytree(AGENT_SRC, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        subprocess.run([self.python, "-m", "compileall", "-q", dest], check=True, stdout=subprocess.DEVNULL)
-        return dest
-
-    # ------------------------------------------------------------------ helpers
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.tmp, *parts)
-
-    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
-        old = self.procs.get(name)
-        if old is not None:
-            if old.poll() is None:
-                raise RuntimeError(f"{name} is already running")
-            self.dead.append(old)
-        out = open(self.path(f"{name}.log"), "ab")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=self.tmp, start_new_session=True, preexec_fn=self.cg.preexec(name))
-        out.close()
-        self.procs[name] = proc
-        self.cg.check(name, proc.pid)   # each daemon and whatever it starts count in a cgroup of its own
-        return proc
-
-    def spawn(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        """A short-lived process (client, gatectl, head), in a session of its own so that cleanup
-        can kill it with whatever it started (ssh -J runs a second ssh)."""
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self.transient.add(proc)
-        return proc
-
-    def finish(self, proc: subprocess.Popen, timeout: float | None = None, stdin: bytes | None = None):
-        """communicate() with a spawned process; on a timeout or an interruption, kill its session."""
-        try:
-            out = proc.communicate(stdin, timeout=timeout)
-        except BaseException:
-            self.kill_session(proc)
-            raise
-        self.transient.discard(proc)
-        return out
-
-    def kill_session(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:   # not reaped: its pid is still its own, and the id of its group
-            for target in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-                try:
-                    target()
-                except (ProcessLookupError, PermissionError):
-                    pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        self.transient.discard(proc)
 
     def kill9(self, name: str) -> None:
         proc = self.procs[name]
@@ -442,154 +164,18 @@ class Bench:
             pass
         proc.wait(timeout=10)   # reaped only now: until then its pid (and group id) cannot be reused
 
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        try:
-            with open(self.path(f"{name}.log"), encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
-    def cleanup(self) -> None:
-        """Stop everything this run started, remove its iptables rules, cgroups, account and files.
-
-        Signals are ignored meanwhile, so a second Ctrl-C or SIGTERM cannot cut it short.
-        sshd's per-connection processes and the node's session shells run in sessions
-        of their own: they are found in the daemons' cgroups and as their descendants, and
-        signalled too (each only while its pid still belongs to the process found).
-        """
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        for proc in list(self.transient):
-            self.kill_session(proc)
+    def release(self) -> None:
+        """At cleanup, before the daemons are stopped: the iptables rules."""
         self.undrop()
-        daemons = [p for p in self.procs.values() if p.poll() is None]
-        pids = self.cg.all_members() if self.cg else set()
-        for proc in daemons:
-            pids |= descendants(proc.pid)
-        pids -= {os.getpid()}
-        family = {pid: start_time(pid) for pid in pids}   # pid -> start time, to never signal a reused pid
-        for proc in daemons:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)   # the session this script created for it (not reaped yet)
-            except ProcessLookupError:
-                pass
-        family = {pid: t for pid, t in family.items() if signal_if_same(pid, t, signal.SIGTERM)}
-        deadline = time.monotonic() + 10
-        for proc in daemons:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=5)
-        while family and time.monotonic() < deadline:
-            family = {pid: t for pid, t in family.items() if start_time(pid) == t}
-            time.sleep(0.05)
-        for pid, t in family.items():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    what = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            except OSError:
-                what = "?"
-            if signal_if_same(pid, t, signal.SIGKILL):
-                log(f"process {pid} ({what}) did not stop on SIGTERM: killed it")
-        for proc in [*self.procs.values(), *self.dead]:
-            proc.poll()
-        self.procs.clear()
-        if self.cg:
-            self.cg.remove()
-        if self.created_login:
-            subprocess.run(["userdel", "--remove", LOGIN], check=False, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-            self.created_login = False
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def ensure_login(self) -> None:
-        log(f"creating Unix user {LOGIN} for the run")
-        self.created_login = True   # first: an interruption during useradd must still remove it
-        try:
-            pwd.getpwnam(LOGIN)   # left by a killed run that had this pid: ours by its name
-        except KeyError:
-            # "*": no password login, yet not "locked" ("!"), which sshd without PAM would refuse.
-            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*",
-                            "--comment", "gatehouse bench_trust.py, deleted at exit", LOGIN], check=True)
-        else:
-            subprocess.run(["usermod", "-p", "*", LOGIN], check=True)
-
-    @staticmethod
-    def free_ports(n: int) -> list[int]:
-        socks, ports = [], []
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-        for s in socks:
-            s.close()
-        return ports
 
     # ------------------------------------------------------------------ OpenSSH topology
     def setup_openssh(self) -> None:
-        self.o_node, self.o_jump, self.o_rport = self.free_ports(3)
+        self.o_node, self.o_jump, self.o_rport = lh.free_ports(3)
         # sshd takes whole seconds: Gatehouse's default heartbeat, rounded up.
         self.alive_s = max(1, int(-(-self.heartbeat_s // 1)))
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        key = self.path("client_ed25519")
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", key], check=True)
-        shutil.copy(key + ".pub", self.path("authorized_keys"))
-        os.chmod(self.path("authorized_keys"), 0o644)
-        for name, port, extra in (("sshd_node", self.o_node, ""),
-                                  ("sshd_jump", self.o_jump,
-                                   f"ClientAliveInterval {self.alive_s}\nClientAliveCountMax {MISSED}\n")):
-            host_key = self.path(f"{name}_host_ed25519")
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
-            cfg = self.path(f"{name}_config")
-            with open(cfg, "w", encoding="utf-8") as f:
-                f.write(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {host_key}
-PidFile {self.path(name + '.pid')}
-AuthorizedKeysFile {self.path('authorized_keys')}
-StrictModes no
-UsePAM no
-PermitRootLogin no
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowUsers {LOGIN}
-AllowTcpForwarding yes
-GatewayPorts no
-X11Forwarding no
-PrintMotd no
-PrintLastLog no
-UseDNS no
-Compression no
-LogLevel ERROR
-{extra}""")
-            subprocess.run([SSHD, "-t", "-f", cfg], check=True)
-            self.start(name, [SSHD, "-D", "-e", "-f", cfg])
-        with open(self.path("ssh_config"), "w", encoding="utf-8") as f:
-            f.write(f"""Host *
-  User {LOGIN}
-  IdentityFile {key}
-  IdentitiesOnly yes
-  IdentityAgent none
-  BatchMode yes
-  StrictHostKeyChecking no
-  UserKnownHostsFile /dev/null
-  GlobalKnownHostsFile /dev/null
-  LogLevel ERROR
-  Ciphers {CIPHER}
-  Compression no
-  ControlMaster no
-  ControlPath none
-  ForwardAgent no
-  ForwardX11 no
-  RequestTTY no
-""")
-        base = ["ssh", "-F", self.path("ssh_config"), "-c", CIPHER, "-o", "Compression=no"]
+        base = super().setup_openssh([("sshd_node", self.o_node, ""),
+                                      ("sshd_jump", self.o_jump,
+                                       f"ClientAliveInterval {self.alive_s}\nClientAliveCountMax {MISSED}\n")])
         self.ssh_tunnel = base + ["-J", f"{LOGIN}@127.0.0.1:{self.o_jump}", "-p", str(self.o_rport),
                                   f"{LOGIN}@127.0.0.1"]
         self.ssh_direct = base + ["-p", str(self.o_node), f"{LOGIN}@127.0.0.1"]
@@ -597,8 +183,6 @@ LogLevel ERROR
                                    "-o", f"ServerAliveCountMax={MISSED}",
                                    "-R", f"127.0.0.1:{self.o_rport}:127.0.0.1:{self.o_node}",
                                    "-p", str(self.o_jump), f"{LOGIN}@127.0.0.1"]
-        wait_tcp(self.o_node, 10)
-        wait_tcp(self.o_jump, 10)
 
     def openssh_tunnel_up(self) -> float:
         """Start `ssh -N -R` (the leaf dialling out); seconds until the jump host accepts on the port."""
@@ -617,35 +201,29 @@ LogLevel ERROR
 
     def openssh_tunnel_gone(self, timeout: float) -> float | None:
         """Seconds (from now) until the jump host stops accepting on the forwarded port."""
-        t0 = time.perf_counter()
-        while listening(self.o_rport):
-            if time.perf_counter() - t0 > timeout:
-                return None
-            time.sleep(self.poll_s)
-        return time.perf_counter() - t0
+        return lh.wait_for(lambda: not listening(self.o_rport), timeout, self.poll_s)
 
     # ------------------------------------------------------------------ Gatehouse topology
     def setup_gatehouse(self) -> None:
-        ra, rw, rs, rt, la, lw, ls_, lt, ln = self.free_ports(9)
+        ra, rw, rs, rt, la, lw, ls_, lt, ln = lh.free_ports(9)
         self.root_web, self.root_tunnel_port = f"127.0.0.1:{rw}", rt
         self.root_cfg = self.path("root.yaml")
         self.leaf_cfg = self.path("leaf.yaml")
-        with open(self.root_cfg, "w", encoding="utf-8") as f:
-            f.write(f"""gatehouse: {{nodename: rootproxy, data_dir: {self.path('root-data')}, log: {{severity: INFO}}}}
+        self.write(self.root_cfg, f"""gatehouse: {{nodename: rootproxy, data_dir: {self.path('root-data')}, \
+log: {{severity: INFO}}}}
 auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: 127.0.0.1:{ra}}}
 proxy_service: {{enabled: true, web_listen_addr: 127.0.0.1:{rw}, listen_addr: 127.0.0.1:{rs}, \
 tunnel_listen_addr: 127.0.0.1:{rt}}}
 """)
-        with open(self.leaf_cfg, "w", encoding="utf-8") as f:
-            f.write(f"""gatehouse: {{nodename: {NODE}, data_dir: {self.path('leaf-data')}, insecure: true, \
-log: {{severity: INFO}}}}
+        self.write(self.leaf_cfg, f"""gatehouse: {{nodename: {NODE}, data_dir: {self.path('leaf-data')}, \
+insecure: true, log: {{severity: INFO}}}}
 auth_service: {{enabled: true, cluster_name: {LEAF}, listen_addr: 127.0.0.1:{la}}}
 proxy_service: {{enabled: true, web_listen_addr: 127.0.0.1:{lw}, listen_addr: 127.0.0.1:{ls_}, \
 tunnel_listen_addr: 127.0.0.1:{lt}}}
 ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
 """)
-        self.start_daemon("root", self.root_cfg)
-        self.start_daemon("leaf", self.leaf_cfg)
+        self.start_gatehouse("root", self.root_cfg)
+        self.start_gatehouse("leaf", self.leaf_cfg)
         self.wait_running("root", 0)
         self.wait_running("leaf", 0)
         self.gatectl(self.root_cfg, ["users", "add", "alice", "--roles=access", f"--logins={LOGIN}",
@@ -656,12 +234,13 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
                                 "role_map": [{"remote": "access", "local": ["access"]}]}}, f)
         self.gate_ssh = [self.python, "-m", "gatehouse.cli.gate", "ssh", f"--cluster={LEAF}", f"{LOGIN}@{NODE}"]
 
-    def start_daemon(self, name: str, cfg: str) -> None:
-        self.start(name, [self.python, "-m", "gatehouse.cli.daemon", "start", "-c", cfg], env=self.env)
+    def log_count(self, name: str, pattern: str) -> int:
+        """How many lines of NAME.log contain `pattern`."""
+        return len(log_times(self.path(f"{name}.log"), pattern))
 
     def wait_running(self, name: str, seen_before: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while len(log_times(self.path(f"{name}.log"), "gatehouse is running")) <= seen_before:
+        while self.log_count(name, "gatehouse is running") <= seen_before:
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited with {self.procs[name].returncode}:\n{self.log_tail(name)}")
             if time.monotonic() > deadline:
@@ -670,13 +249,6 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
 
     def gatectl(self, cfg: str, args: list[str], stdin: str | None = None) -> str:
         return self.gatemod(["gatehouse.cli.gatectl", "-c", cfg, *args], stdin)
-
-    def gatemod(self, args: list[str], stdin: str | None = None) -> str:
-        res = subprocess.run([self.python, "-m", *args], input=stdin, capture_output=True, text=True,
-                             env=self.env, timeout=60, stdin=None if stdin is not None else subprocess.DEVNULL)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:4])} failed ({res.returncode}): {res.stderr.strip()}")
-        return res.stdout
 
     def api(self):
         """The root's auth API with its admin identity: what `gatectl get rc` uses, minus a process per poll."""
@@ -697,12 +269,7 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
 
     def wait_rc(self, want: str | None, timeout: float) -> float | None:
         """Seconds (from now) until the root reports `want` for the leaf; None on timeout."""
-        t0 = time.perf_counter()
-        while self.rc_connection() != want:
-            if time.perf_counter() - t0 > timeout:
-                return None
-            time.sleep(self.poll_s)
-        return time.perf_counter() - t0
+        return lh.wait_for(lambda: self.rc_connection() == want, timeout, self.poll_s)
 
     def establish_trust(self) -> dict:
         """One `gatectl create` on the leaf with a fresh token; times until online at the root."""
@@ -752,20 +319,14 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
                 "root_tunnel_registered_s": after("root", f"tunnel: leaf {LEAF} is connected")}
 
     def remove_trust(self) -> None:
-        drops = len(log_times(self.path("root.log"), f"tunnel: leaf {LEAF} is disconnected"))
-        closes = len(log_times(self.path("leaf.log"), f"tunnel: closing the tunnels to root {ROOT}"))
+        waits = (("root", f"tunnel: leaf {LEAF} is disconnected", "the tunnel was not dropped after rm"),
+                 ("leaf", f"tunnel: closing the tunnels to root {ROOT}", "the leaf did not stop its tunnel agent"))
+        seen = [self.log_count(name, pattern) for name, pattern, _ in waits]
         self.gatectl(self.root_cfg, ["rm", f"rc/{LEAF}"])
         self.gatectl(self.leaf_cfg, ["rm", f"tc/{ROOT}"])
-        deadline = time.monotonic() + 15
-        while len(log_times(self.path("root.log"), f"tunnel: leaf {LEAF} is disconnected")) <= drops:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the tunnel was not dropped after rm:\n{self.log_tail('root')}")
-            time.sleep(0.05)
-        deadline = time.monotonic() + 15
-        while len(log_times(self.path("leaf.log"), f"tunnel: closing the tunnels to root {ROOT}")) <= closes:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the leaf did not stop its tunnel agent:\n{self.log_tail('leaf')}")
-            time.sleep(0.05)
+        for (name, pattern, failure), before in zip(waits, seen):
+            if lh.wait_for(lambda: self.log_count(name, pattern) > before, 15, 0.05) is None:
+                raise RuntimeError(f"{failure}:\n{self.log_tail(name)}")
         time.sleep(0.5)   # let both caches settle before the next handshake
 
     def gate_login(self) -> None:
@@ -787,22 +348,12 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
             self.ipt_rules.append(rule)   # first: an interruption right after -I must still remove it
             subprocess.run(["iptables", "-w", "-I", *rule[:1], "1", *rule[1:]], check=True, capture_output=True)
 
-    @staticmethod
-    def remove_stale_runs() -> None:
+    def remove_stale_runs(self) -> None:
         """What a run killed with SIGKILL left: its temp dir and account (named after its pid, which is
         gone; its processes were stopped with its cgroups, see CpuGroups), and its iptables rules."""
-        for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{IPT_COMMENT}-*-*")):
-            m = re.fullmatch(rf"{IPT_COMMENT}-(\d+)-\w+", os.path.basename(path))
-            if m and not os.path.exists(f"/proc/{m.group(1)}"):
-                log(f"removing {path}, left by an earlier run")
-                shutil.rmtree(path, ignore_errors=True)
-        for entry in pwd.getpwall():
-            m = re.fullmatch(rf"{LOGIN_PREFIX}(\d+)", entry.pw_name)
-            if m and not os.path.exists(f"/proc/{m.group(1)}") and "bench_trust" in entry.pw_gecos:
-                log(f"removing the account {entry.pw_name}, left by an earlier run")
-                subprocess.run(["userdel", "--remove", entry.pw_name], check=False, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-        Bench.remove_stale_rules()
+        self.remove_stale_tmpdirs()
+        lh.UnixLogin.remove_stale(LOGIN_PREFIX, "bench_trust", log)
+        self.remove_stale_rules()
 
     @staticmethod
     def remove_stale_rules() -> None:
@@ -825,64 +376,22 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
         children (the client, and `head` in throughput runs) as client_and_head."""
         before = {k: self.cg.cpu(g) for k, g in groups.items()}
         sizes = {k: len(self.cg.members(g)) for k, g in groups.items()}
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = lh.children_cpu()
         result = run()
         # The servers' per-connection processes (sshd's, the node's session shell) may still be
         # finishing: wait until each group is back to the processes it had before the run.
         settle = time.monotonic() + 5
         while any(len(self.cg.members(g)) > sizes[k] for k, g in groups.items()) and time.monotonic() < settle:
             time.sleep(0.01)
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_cpu = lh.children_cpu() - cpu0
         after = {k: self.cg.cpu(g) for k, g in groups.items()}
         used = {k: None if before[k] is None or after[k] is None else after[k] - before[k] for k in groups}
-        used["client_and_head"] = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        used["client_and_head"] = client_cpu
         return result, used
-
-    def time_cmd(self, argv: list[str], env: dict | None = None) -> float:
-        """Wall time of one fresh client process running `true` on the node."""
-        t0 = time.perf_counter()
-        proc = self.spawn(argv + ["true"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env)
-        _, err = self.finish(proc, RUN_TIMEOUT_S)
-        dt = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:6])} ... true failed ({proc.returncode}): "
-                               f"{err.decode(errors='replace')}")
-        return dt
-
-    def time_pipe(self, argv: list[str], nbytes: int, env: dict | None = None) -> float:
-        """Wall time of `head -c nbytes /dev/zero | CLIENT 'cat >/dev/null'`, setup included."""
-        t0 = time.perf_counter()
-        head = self.spawn(["head", "-c", str(nbytes), "/dev/zero"], stdout=subprocess.PIPE)
-        try:
-            client = self.spawn(argv + ["cat >/dev/null"], stdin=head.stdout, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env=env)
-        finally:
-            head.stdout.close()
-        try:
-            _, err = self.finish(client, RUN_TIMEOUT_S)
-        except BaseException:
-            self.kill_session(head)
-            raise
-        self.finish(head, 10)
-        dt = time.perf_counter() - t0
-        if client.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:6])} ... cat failed ({client.returncode}): "
-                               f"{err.decode(errors='replace')}")
-        return dt
 
     def openssh_negotiated(self) -> list[dict]:
         """Key exchange and cipher of each OpenSSH hop of the tunnel chain (from `ssh -v`)."""
-        proc = self.spawn(self.ssh_tunnel[:1] + ["-v"] + self.ssh_tunnel[1:] + ["true"], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        err = self.finish(proc, 60)[1].decode(errors="replace")
-        hops: list[dict] = []
-        for line in err.splitlines():
-            if "kex: algorithm:" in line:
-                hops.append({"kex": line.split("kex: algorithm:")[1].strip()})
-            elif "kex: client->server cipher:" in line and hops:
-                hops[-1]["cipher"] = line.split("cipher:")[1].split()[0]
-        return hops
+        return self.negotiated(self.ssh_tunnel, 60)
 
     def gate_params(self) -> dict:
         """What the Gatehouse side offers: cipher first in its list, asyncssh's default key exchange."""
@@ -916,15 +425,6 @@ ssh_service: {{enabled: true, listen_addr: 127.0.0.1:{ln}}}
                 "run_from": "agent/src" if self.agent_src == AGENT_SRC else "byte-compiled copy of agent/src"}
 
 
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def r3(x):
-    return None if x is None else round(x, 3)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=10, help="session-setup runs per client (default 10)")
@@ -948,21 +448,16 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         ap.error("run as root: the OpenSSH baseline needs its own sshd and account, the silent-loss variant iptables")
 
-    def on_signal(signum, frame):
-        log(f"{signal.Signals(signum).name}: stopping and cleaning up")
-        raise SystemExit(128 + signum)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, on_signal)
-
+    lh.stop_on_signals(log)
     bench = Bench(args.poll_ms / 1000)
     started = time.monotonic()
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = lh.loadavg()
     try:
         bench.prepare(args.from_source)
         agent = bench.agent_code()
         gate_params = bench.gate_params()
         bench.remove_stale_runs()
-        bench.ensure_login()
+        bench.login.ensure()
         log("starting the OpenSSH topology (node sshd, jump sshd)")
         bench.setup_openssh()
         log("starting the Gatehouse root and leaf")
@@ -997,29 +492,26 @@ def main(argv: list[str] | None = None) -> int:
                  "openssh_tunnel": {"jump_sshd": "sshd_jump", "ssh_R": "ssh_reverse", "node_sshd": "sshd_node"},
                  "openssh_direct": {"node_sshd": "sshd_node"}}
         log(f"session setup: {args.runs} runs per client")
-        setup = {name: [] for name in clients}
-        setup_cpu = {name: [] for name in clients}
-        for _ in range(args.runs):
-            for name, (argv_, env) in clients.items():
-                dt, used = bench.with_cpu(parts[name], lambda: bench.time_cmd(argv_, env))
-                setup[name].append(dt)
-                setup_cpu[name].append(used)
-        log("  medians: " + ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in setup.items()))
+        samples = lh.interleaved(args.runs, clients, lambda name, argv_, env: bench.with_cpu(
+            parts[name], lambda: bench.time_cmd(argv_, env)))
+        setup = {k: [dt for dt, _ in v] for k, v in samples.items()}
+        setup_cpu = {k: [used for _, used in v] for k, v in samples.items()}
+        log("  medians: " + ", ".join(f"{k} {median(v):.3f} s" for k, v in setup.items()))
         negotiated = bench.openssh_negotiated()
 
         # 3. throughput
         nbytes = args.mib * 1024 * 1024
         tclients = {k: v for k, v in clients.items() if k != "openssh_direct"}
         log(f"throughput: {args.mib} MiB x {args.throughput_runs} run(s) per client")
-        tput = {name: [] for name in tclients}
-        cpu = {name: [] for name in tclients}
-        for _ in range(args.throughput_runs):
-            for name, (argv_, env) in tclients.items():
-                dt, used = bench.with_cpu(parts[name], lambda: bench.time_pipe(argv_, nbytes, env))
-                cpu[name].append(used)
-                tput[name].append(nbytes / dt / 1e6)
-                log(f"  {name}: {tput[name][-1]:.1f} MB/s, CPU s: "
-                    + ", ".join(f"{k} {'?' if v is None else f'{v:.2f}'}" for k, v in used.items()))
+
+        def throughput_run(name: str, argv_: list[str], env: dict | None) -> tuple[float, dict]:
+            dt, used = bench.with_cpu(parts[name], lambda: bench.time_pipe(argv_, nbytes, env))
+            log(f"  {name}: {nbytes / dt / 1e6:.1f} MB/s, CPU s: "
+                + ", ".join(f"{k} {'?' if v is None else f'{v:.2f}'}" for k, v in used.items()))
+            return nbytes / dt / 1e6, used
+        samples = lh.interleaved(args.throughput_runs, tclients, throughput_run)
+        tput = {k: [mbps for mbps, _ in v] for k, v in samples.items()}
+        cpu = {k: [used for _, used in v] for k, v in samples.items()}
 
         # 4. offline detection: kill -9
         log("offline detection: kill -9 of the leaf, then of ssh -R")
@@ -1036,9 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  gatehouse: {r3(g_kill)} s, openssh: {r3(o_kill)} s")
 
         # recovery: restart the leaf (a crash and restart); the trust persists
-        seen = len(log_times(bench.path("leaf.log"), "gatehouse is running"))
+        seen = bench.log_count("leaf", "gatehouse is running")
         t0 = time.perf_counter()
-        bench.start_daemon("leaf", bench.leaf_cfg)
+        bench.start_gatehouse("leaf", bench.leaf_cfg)
         back = bench.wait_rc("online", 90)
         recovery_s = None if back is None else time.perf_counter() - t0
         bench.wait_running("leaf", seen)
@@ -1070,10 +562,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.cleanup()
 
-    med = {k: statistics.median(v) for k, v in setup.items()}
-    mbps = {k: statistics.median(v) for k, v in tput.items()}
-    trust_online = statistics.median(r["online_s"] for r in trust_runs)
-    ossh_up_med = statistics.median(ossh_up)
+    med = {k: median(v) for k, v in setup.items()}
+    mbps = {k: median(v) for k, v in tput.items()}
+    trust_online = median(r["online_s"] for r in trust_runs)
+    ossh_up_med = median(ossh_up)
     setup_ratio = med["gate"] / med["openssh_tunnel"]
     tput_ratio = mbps["gate"] / mbps["openssh_tunnel"]
     breakdown_keys = [k for k in trust_runs[0] if k != "online_s"]
@@ -1131,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             "reference_MBps": {"openssh_via_gatehouse": round(mbps["openssh_via_gatehouse"], 1)},
             "cpu_s_per_GiB": cpu_report,
             "cpu_source": ("servers: one cgroup per daemon, children included "
-                           f"({bench.cg_kind}); client_and_head: getrusage of this script's children"),
+                           f"({bench.cg.kind}); client_and_head: getrusage of this script's children"),
             "runs": args.throughput_runs, "includes_setup": True,
             "samples_MBps": {k: [round(x, 1) for x in v] for k, v in tput.items()}},
         "offline_detection": {
@@ -1157,9 +649,9 @@ def main(argv: list[str] | None = None) -> int:
         "agent": agent,
         "cpus": os.cpu_count(),
         "loadavg_at_start": load_start,
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_at_end": lh.loadavg(),
         "python": sys.version.split()[0],
-        "openssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
+        "openssh": lh.openssh_version(),
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     print(json.dumps(report, indent=2))
