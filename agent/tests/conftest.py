@@ -228,3 +228,19 @@ def cluster():
             shutil.rmtree(tmp, ignore_errors=True)
         if created_user:
             subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
+
+
+@pytest.fixture
+async def auth(tmp_path):
+    """An auth service in process on real SQLite in a temp dir (no API server runs)."""
+    from gatehouse.auth.service import AuthService
+    from gatehouse.config import parse
+    cfg = parse({"gatehouse": {"nodename": "root", "data_dir": str(tmp_path / "data")},
+                 "auth_service": {"enabled": True, "cluster_name": "root.test", "validate_rate": 6000,
+                                  "listen_addr": "127.0.0.1:3025"}},  # not bound
+                str(tmp_path / "gatehouse.yaml"))
+    svc = await AuthService.open(cfg)
+    try:
+        yield svc
+    finally:
+        await svc.close()

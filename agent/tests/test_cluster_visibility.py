@@ -144,21 +144,7 @@ def test_visibility_names_the_rule(roles, labels, rule, reason):
 
 
 # --------------------------------------------------------------- the same table through the auth service
-@pytest.fixture
-async def auth(tmp_path):
-    from gatehouse.auth.service import AuthService
-    from gatehouse.config import parse
-    cfg = parse({"gatehouse": {"nodename": "root", "data_dir": str(tmp_path / "data")},
-                 "auth_service": {"enabled": True, "cluster_name": "root.test", "validate_rate": 6000,
-                                  "listen_addr": "127.0.0.1:3025"}},  # not bound: no API server runs here
-                str(tmp_path / "gatehouse.yaml"))
-    svc = await AuthService.open(cfg)
-    try:
-        yield svc
-    finally:
-        await svc.close()
-
-
+# (`auth`: an AuthService on real SQLite in a temp dir, from conftest.py)
 async def _register_leaf(svc, name: str, labels: dict) -> None:
     """A leaf joins with a token carrying labels (the root's handshake code), then the root relabels it."""
     from gatehouse import __version__, pki

@@ -154,7 +154,7 @@ class AuthAPI:
         if host in ("0.0.0.0", "::", ""):
             addr = f"{request.remote}:{port}"  # advertise the address auth saw the node connect from
         await self.svc.heartbeat_node(self.ident(request), str(name), str(addr), body.get("labels") or {},
-                                      str(body.get("hostname") or name))
+                                      str(body.get("hostname") or name), _interval(body.get("interval")))
         return web.json_response({"addr": addr})
 
     async def nodes(self, request):
@@ -260,3 +260,12 @@ async def start(svc: AuthService) -> web.AppRunner:
     await site.start()
     log.info("auth API listening on https://%s:%d (cluster %s)", host, port, svc.cluster_name)
     return runner
+
+
+def _interval(value) -> float | None:
+    """A heartbeat interval a member reports, when it is a sane number of seconds."""
+    try:
+        interval = float(value)
+    except (TypeError, ValueError):
+        return None
+    return interval if 0 < interval <= 3600 else None

@@ -432,12 +432,14 @@ class AuthService:
                 "user": {"name": name, "roles": user["spec"]["roles"], "logins": logins, "traits": traits}}
 
     # ----------------------------------------------------------------- nodes
-    async def heartbeat_node(self, ident: Identity, name: str, addr: str, labels: dict, hostname: str) -> None:
+    async def heartbeat_node(self, ident: Identity, name: str, addr: str, labels: dict, hostname: str,
+                             interval: float | None = None) -> None:
         if ident.kind != "node" and not ident.is_admin:
             raise AccessDenied("only nodes can send node heartbeats")
         if ident.kind == "node" and ident.name != name:
             raise AccessDenied(f"node {ident.name!r} cannot heartbeat as {name!r}")
-        ttl = self.cfg.heartbeat_interval * 4
+        # Gone after four missed heartbeats, counted in the node's own interval when it says.
+        ttl = (interval or self.cfg.heartbeat_interval) * 4
         resource = {"kind": "node", "version": "v2",
                     "metadata": {"name": name, "labels": {str(k): str(v) for k, v in labels.items()}},
                     "spec": {"addr": addr, "hostname": hostname, "cluster_name": self.cluster_name},

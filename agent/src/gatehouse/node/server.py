@@ -140,7 +140,7 @@ class NodeService:
     async def _send_heartbeat(self) -> None:
         await self.client.call("POST", "/v1/nodes/heartbeat", {
             "name": self.name, "addr": self.advertise_addr(), "labels": self.labels,
-            "hostname": socket.gethostname()})
+            "hostname": socket.gethostname(), "interval": self.cfg.heartbeat_interval})
 
     async def _heartbeat_loop(self) -> None:
         while True:
