@@ -136,6 +136,14 @@ async def test_not_found_errors(db):
         assert info.value.status == 404
 
 
+async def test_exists_follows_presence_and_expiry(db):
+    assert not await db.exists("users/alice")
+    await db.create("users/alice", {"v": 1})
+    assert await db.exists("users/alice")
+    await db.put("nodes/gone", {"v": 1}, expires=time.time() - 1)
+    assert not await db.exists("nodes/gone")
+
+
 async def test_already_exists_error(db):
     await db.create("users/alice", {"v": 1})
     with pytest.raises(AlreadyExists) as info:

@@ -363,18 +363,12 @@ class AuthService:
         _require_admin(ident, "set passwords")
         if len(password) < passwords.MIN_LENGTH:
             raise BadParameter(f"the password is too short; use at least {passwords.MIN_LENGTH} characters")
-        if not await self._user_exists(user):
+        if not await self.backend.exists(f"users/{user}"):
             _not_found("user", user)
         hashed = await asyncio.to_thread(passwords.hash_password, password)
         await self.backend.put(f"passwords/{user}", {"hash": hashed, "updated": now_iso()})
         self.audit.emit("user.password_change", user=ident.name, name=user)
 
-    async def _user_exists(self, user: str) -> bool:
-        try:
-            await self.backend.get(f"users/{user}")
-            return True
-        except NotFound:
-            return False
 
     async def get_user(self, name: str) -> dict:
         return (await self.backend.get(f"users/{name}")).value

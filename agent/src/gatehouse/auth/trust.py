@@ -220,11 +220,7 @@ class TrustManager:
     # ================================================================ leaf side
     async def trusts(self, root: str) -> bool:
         """Whether this cluster is a leaf of a root called ROOT."""
-        try:
-            await self.backend.get(f"trusted_clusters/{root}")
-            return True
-        except NotFound:
-            return False
+        return await self.backend.exists(f"trusted_clusters/{root}")
 
     async def put_trusted_cluster(self, ident, res: dict, force: bool) -> bool:
         name = res["metadata"]["name"]

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable, Optional
 
-from ..errors import BadParameter, GatehouseError, LimitExceeded
+from ..errors import BadParameter, GatehouseError, LimitExceeded, NotFound
 
 # Highest code point: `key >= prefix AND key < prefix + KEY_MAX` selects exactly the
 # keys that start with `prefix` (keys may not contain this character).
@@ -169,6 +169,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def get(self, key: str) -> Item:
         """The item, or NotFound if it is absent or expired."""
+
+    async def exists(self, key: str) -> bool:
+        """Whether the item is present (and not expired)."""
+        try:
+            await self.get(key)
+            return True
+        except NotFound:
+            return False
 
     @abc.abstractmethod
     async def get_range(self, prefix: str) -> list:
