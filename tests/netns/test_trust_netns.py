@@ -10,7 +10,8 @@ Topology on bridge ghtrust0 (198.18.2.0/24):
 
 The leaf trusts the root through the load balancer and ends up with a reverse tunnel
 to each root proxy; users who land on either proxy reach node1; the root cannot open
-any connection to leaf1; the tunnels survive a root restart.
+any connection to leaf1; the tunnels survive a root restart; disable/enable and removal
+on both sides followed by a re-join work across the hosts.
 """
 
 from __future__ import annotations
@@ -150,6 +151,52 @@ def test_root_restart_tunnels_recover(site, tmp_path):
     assert r.returncode == 0, r.stderr
     r = site.run_gate(home, "ssh", f"--cluster={LEAF}", "visitor@node1", "true")
     assert r.returncode == 0, r.stderr
+
+
+def _tc(token: str | None = None, enabled: bool = True) -> dict:
+    spec = {"enabled": enabled, "web_proxy_addr": f"{NET}.12:3080",
+            "role_map": [{"remote": "access", "local": ["access"]}]}
+    if token:
+        spec["token"] = token
+    return {"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT}, "spec": spec}
+
+
+def _ssh_rc(site: TrustSite, home: str) -> int:
+    return site.run_gate(home, "ssh", f"--cluster={LEAF}", "visitor@node1", "true").returncode
+
+
+def test_disable_and_enable_across_hosts(site, tmp_path):
+    home = str(tmp_path / "gate")
+    assert site.gate_login(home, f"{NET}.12:3080", "alice", PASSWORD).returncode == 0
+    assert _ssh_rc(site, home) == 0
+    site.create("leaf1", "tc-off.yaml", [_tc(enabled=False)], "--force")
+    wait_until(lambda: (site.rc() or {}).get("status", {}).get("connection") == "offline", 20, "leaf offline")
+    # The certificate alice already holds stops working at once, whichever path it takes.
+    r = site.run_gate(home, "ssh", f"--cluster={LEAF}", "visitor@node1", "true")
+    assert r.returncode != 0 and ("offline" in r.stderr or "not found" in r.stderr), r.stderr
+    site.create("leaf1", "tc-on.yaml", [_tc(enabled=True)], "--force")   # no token needed
+    wait_until(lambda: site.leaf_tunnels() == 2, 45, "both tunnels after enable")
+    wait_until(lambda: _ssh_rc(site, home) == 0, 20, "ssh after enable")
+
+
+def test_remove_on_both_sides_and_rejoin(site, tmp_path):
+    site.ok("leaf1", "rm", f"tc/{ROOT}")
+    site.ok("root1", "rm", f"rc/{LEAF}")
+    wait_until(lambda: site.rc() is None, 10, "the remote cluster gone at the root")
+    assert json.loads(site.ok("leaf1", "get", "tc", "--format", "json")) == []
+    home = str(tmp_path / "gate")
+    assert site.gate_login(home, f"{NET}.12:3080", "alice", PASSWORD).returncode == 0
+    assert LEAF not in site.run_gate(home, "clusters").stdout
+    assert _ssh_rc(site, home) != 0
+    token = json.loads(site.ok("root1", "tokens", "add", "--type=trusted_cluster", "--ttl=15m",
+                               "--format", "json"))["token"]
+    site.create("leaf1", "tc-again.yaml", [_tc(token)])
+    wait_until(lambda: site.leaf_tunnels() == 2, 45, "both tunnels after re-joining")
+    # alice's profile was written while the leaf was gone, so it does not know the leaf's host CA yet.
+    r = site.run_gate(home, "ssh", f"--cluster={LEAF}", "visitor@node1", "true")
+    assert r.returncode != 0 and "log in again to refresh the trusted CAs" in r.stderr, r.stderr
+    assert site.gate_login(home, f"{NET}.12:3080", "alice", PASSWORD).returncode == 0
+    wait_until(lambda: _ssh_rc(site, home) == 0, 20, "ssh after re-joining")
 
 
 def test_leaf_offline_after_it_stops(site):
