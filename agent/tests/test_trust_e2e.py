@@ -148,6 +148,13 @@ def test_leaf_joins_and_tunnel_comes_online(trust):
     assert trust.root.audit("tunnel.connect") and trust.leaf.audit("tunnel.connect")
     with open(os.path.join(trust.leaf.data_dir, "log", "audit.jsonl"), encoding="utf-8") as fh:
         assert token not in fh.read(), "the token must never reach the audit log"
+    # At DEBUG (these clusters run with log.severity DEBUG, as --debug gives) the leaf's log
+    # shows the handshake and tunnel steps, and never the token.
+    log = trust.leaf.log_text()
+    for step in ("trust: sending the handshake for", "trust: handshake with root.test succeeded",
+                 "tunnel: dialling root root.test", "tunnel: connected to root root.test proxy"):
+        assert step in log, step
+    assert token not in log and token not in trust.root.log_text(), "the token must never reach a log"
 
 
 def test_last_heartbeat_is_monotonic(trust):
