@@ -47,6 +47,34 @@ def run_module(module: str, *args, input=None, env=None, timeout=CMD_TIMEOUT) ->
                           timeout=timeout, **kwargs)
 
 
+def ok(r: subprocess.CompletedProcess) -> str:
+    """The command succeeded: its stdout."""
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    return r.stdout
+
+
+def fails(r: subprocess.CompletedProcess, fragment: str, code: int | None = None) -> str:
+    """The command failed (with CODE, if given) and said FRAGMENT: its stderr and stdout."""
+    out = (r.stderr or "") + (r.stdout or "")
+    assert r.returncode != 0, f"expected failure, got exit 0\nstdout: {r.stdout!r}"
+    if code is not None:
+        assert r.returncode == code, f"exit {r.returncode} != {code}: {out!r}"
+    assert fragment in out, f"{fragment!r} not in output: {out!r}"
+    return out
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "condition"):
+    """Poll CHECK until it returns a true value (returned); AssertionError after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
 def write_yaml(path: str, text: str) -> str:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -61,7 +89,9 @@ class Daemon:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait_port: int | None = None, wait: bool = True) -> "Daemon":
+    def start(self, wait: bool = True) -> "Daemon":
+        # Readiness is a new "gatehouse is running" line after this point (the log survives restarts).
+        self._ready_lines = self.log_text().count("gatehouse is running")
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", self.config_path],
                                      stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=base_env())
@@ -79,9 +109,8 @@ class Daemon:
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        start_len = len(self.log_text().split("gatehouse is running")) - 1
         while time.monotonic() < deadline:
-            if len(self.log_text().split("gatehouse is running")) - 1 > start_len:
+            if self.log_text().count("gatehouse is running") > self._ready_lines:
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gatehouse exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")

@@ -21,24 +21,10 @@ import time
 
 import pytest
 
-from conftest import Cluster, Daemon, free_port, write_yaml
+from conftest import Cluster, Daemon, fails, free_port, ok, write_yaml
 
 ALICE_PW = "alice-password-1"
 CLUSTER = "root.test"
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return r.stdout
-
-
-def fails(r: subprocess.CompletedProcess, fragment: str, code: int | None = None) -> str:
-    out = (r.stderr or "") + (r.stdout or "")
-    assert r.returncode != 0, f"expected failure, got exit 0\nstdout: {r.stdout!r}"
-    if code is not None:
-        assert r.returncode == code, f"exit {r.returncode} != {code}: {out!r}"
-    assert fragment in out, f"{fragment!r} not in output: {out!r}"
-    return out
 
 
 def ca_fingerprints(status_text: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import write_yaml
+from conftest import fails, ok, write_yaml
 
 from gatehouse.sshclient import proxy_subsystem
 
@@ -31,18 +31,6 @@ spec:
     logins: [visitor]
     node_labels: {'*': '*'}
 """
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return r.stdout
-
-
-def fails(r: subprocess.CompletedProcess, fragment: str) -> str:
-    out = (r.stderr or "") + (r.stdout or "")
-    assert r.returncode != 0, f"expected failure, got exit 0\nstdout: {r.stdout!r}"
-    assert fragment in out, f"{fragment!r} not in output: {out!r}"
-    return out
 
 
 def test_proxy_subsystem_names_node_port_and_cluster():

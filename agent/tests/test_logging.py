@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import (START_TIMEOUT, Cluster, Daemon, base_env, ensure_unix_user, free_port, run_module,
+from conftest import (START_TIMEOUT, Cluster, Daemon, base_env, ensure_unix_user, free_port, ok, run_module,
                       write_yaml)
 
 PASSWORD = "Log-Test-pw-7f3a9c21"
@@ -28,11 +28,6 @@ TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNI
 def _root():
     if os.geteuid() != 0:
         pytest.skip("these tests start a node service, which needs root")
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return r.stdout
 
 
 def start(cluster: Cluster, *flags: str) -> subprocess.Popen:

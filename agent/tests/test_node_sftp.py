@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import Cluster, write_yaml
+from conftest import Cluster, fails, ok, write_yaml
 
 from gatehouse.node.session import find_sftp_server
 
@@ -36,18 +36,6 @@ spec:
     logins: [visitor]
     node_labels: {env: prod}
 """
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return r.stdout
-
-
-def fails(r: subprocess.CompletedProcess, fragment: str) -> str:
-    out = (r.stderr or "") + (r.stdout or "")
-    assert r.returncode != 0, f"expected failure, got exit 0\nstdout: {r.stdout!r}"
-    assert fragment in out, f"{fragment!r} not in output: {out!r}"
-    return out
 
 
 def ssh_config(c: Cluster, gate_home: str) -> str:

@@ -21,31 +21,16 @@ import warnings
 import pytest
 import requests
 
-from conftest import Cluster, ensure_unix_user, free_port, write_yaml
+from conftest import Cluster, ensure_unix_user, free_port, ok, wait_until, write_yaml
 
 ROOT, LEAF = "root.test", "leaf.test"
 PASSWORD = "correct horse battery"
 
 
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout={r.stdout}\nstderr={r.stderr}"
-    return r.stdout
-
-
-def fails(r: subprocess.CompletedProcess) -> str:
+def error_of(r: subprocess.CompletedProcess) -> str:
+    """The command failed: its stderr (compared whole by some tests)."""
     assert r.returncode != 0, f"expected failure, got:\n{r.stdout}"
     return r.stderr.strip()
-
-
-def wait_until(check, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def tc_yaml(token: str, web: str, *, enabled: bool = True, role_map=None, name: str = ROOT) -> str:
@@ -206,9 +191,9 @@ def test_proxy_subsystem_route_through_the_tunnel(trust):
 
 def test_root_routes_only_to_registered_leaf_nodes(trust):
     ok(trust.root.login("alice", PASSWORD))
-    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@127.0.0.1", "true"))
+    err = error_of(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@127.0.0.1", "true"))
     assert f'node "127.0.0.1" is not registered in cluster "{LEAF}"' in err
-    err = fails(trust.root.run_gate("ssh", "--cluster=nosuch.test", "visitor@leafnode", "true"))
+    err = error_of(trust.root.run_gate("ssh", "--cluster=nosuch.test", "visitor@leafnode", "true"))
     # Via the subsystem route the proxy sees the cluster name; via direct-tcpip it sees node.cluster.
     assert 'cluster "nosuch.test" is not found' in err or 'node "leafnode.nosuch.test" is not registered' in err
 
@@ -217,7 +202,7 @@ def test_unmapped_root_role_is_denied_with_reason(trust):
     home = os.path.join(trust.tmp, "gate-bob")
     ok(trust.root.run_gate("login", f"--proxy={trust.root.web_addr}", "--user=bob", "--insecure",
                            "--password-stdin", input=PASSWORD + "\n", gate_home=home))
-    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=home))
+    err = error_of(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=home))
     assert "no role" in err and "auditor" in err, err
 
 
@@ -233,13 +218,13 @@ def test_role_map_update_with_force(trust):
     ok(trust.create_tc(trust.leaf, tc_yaml(token, trust.root.web_addr), "--force"))
     wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true",
                                            gate_home=home).returncode != 0, 10, "bob unmapped")
-    err = fails(trust.create_tc(trust.leaf, tc_yaml(token, trust.root.web_addr)))
+    err = error_of(trust.create_tc(trust.leaf, tc_yaml(token, trust.root.web_addr)))
     assert "already exists" in err and "-f" in err
 
 
 def test_role_map_validation_on_create(trust):
     bad = tc_yaml("x" * 20, trust.root.web_addr, role_map=[{"remote": "access", "local": ["nosuchrole"]}])
-    err = fails(trust.create_tc(trust.leaf, bad, "--force"))
+    err = error_of(trust.create_tc(trust.leaf, bad, "--force"))
     assert "nosuchrole" in err and "does not exist" in err, err
 
 
@@ -249,7 +234,7 @@ def test_leaf_users_cannot_reach_root(trust):
                            "--password-stdin", input=PASSWORD + "\n", gate_home=home))
     clusters = ok(trust.leaf.run_gate("clusters", gate_home=home))
     assert ROOT not in clusters
-    err = fails(trust.leaf.run_gate("ssh", f"--cluster={ROOT}", "visitor@rootnode", "true", gate_home=home))
+    err = error_of(trust.leaf.run_gate("ssh", f"--cluster={ROOT}", "visitor@rootnode", "true", gate_home=home))
     assert f'cluster "{ROOT}" is not found' in err
     # The leaf user's certificate used directly at the root proxy: its CA is not trusted there.
     profile = os.path.join(home, "profiles", "127.0.0.1")
@@ -274,9 +259,9 @@ def test_disable_and_enable(trust):
         subprocess.run(direct, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)), 1.5,
         "root cert refused after disable")
     assert "does not trust" in r.stderr, r.stderr
-    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true"))
+    err = error_of(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true"))
     assert "offline" in err or "not found" in err, err
-    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", "--login=visitor",
+    err = error_of(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", "--login=visitor",
                                        "--node=leafnode"))
     assert err == (f'ERROR: cluster "{LEAF}" is offline: no reverse tunnel from it reaches a root proxy, so the leaf '
                    f"cannot be asked; check 'gatectl get rc/{LEAF}' here and the leaf's trusted_cluster"), err
@@ -296,7 +281,6 @@ def test_root_restart_tunnel_recovers(trust):
     ok(trust.root.login("alice", PASSWORD))
     wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
                15, "ssh after root restart")
-
 
 
 def test_leaf_follows_root_tunnel_listener_to_a_new_port(trust):
@@ -331,13 +315,13 @@ def test_update_rc_labels_and_cluster_visibility(trust):
     ok(trust.root.run_gate("login", f"--proxy={trust.root.web_addr}", "--user=dave", "--insecure",
                            "--password-stdin", input=PASSWORD + "\n", gate_home=home))
     assert LEAF not in ok(trust.root.run_gate("clusters", gate_home=home))
-    err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=home))
+    err = error_of(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=home))
     assert f'cluster "{LEAF}" is not found' in err
     ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=demo"))
     assert LEAF in ok(trust.root.run_gate("clusters", gate_home=home))
-    err = fails(trust.leaf.run_gatectl("update", f"rc/{ROOT}", "--set-labels=env=x"))
+    err = error_of(trust.leaf.run_gatectl("update", f"rc/{ROOT}", "--set-labels=env=x"))
     assert f'remote_cluster "{ROOT}" not found' in err  # a leaf cannot label itself on the root
-    err = fails(trust.root.run_gatectl("update", "rc/nosuch", "--set-labels=env=x"))
+    err = error_of(trust.root.run_gatectl("update", "rc/nosuch", "--set-labels=env=x"))
     assert 'remote_cluster "nosuch" not found' in err
 
 
@@ -370,15 +354,15 @@ def test_access_check_on_the_leaf_for_a_root_user(trust):
 def test_access_check_local_user_and_errors(trust):
     out = ok(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=rootnode"))
     assert "Decision      ALLOWED" in out
-    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=nope"))
+    err = error_of(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=nope"))
     assert 'node "nope" is not registered' in err
-    err = fails(trust.leaf.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=rootnode",
+    err = error_of(trust.leaf.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=rootnode",
                                        f"--cluster={ROOT}"))
     assert f'this is cluster "{LEAF}", a leaf of "{ROOT}"; run the check on the auth server of "{ROOT}"' in err
-    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=x",
+    err = error_of(trust.root.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=x",
                                        "--cluster=nosuch.test"))
     assert f'cluster "nosuch.test" is neither this cluster ("{ROOT}") nor one of its leaf clusters' in err
-    err = fails(trust.leaf.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=leafnode"))
+    err = error_of(trust.leaf.run_gatectl("access", "check", "--user=alice", "--login=visitor", "--node=leafnode"))
     assert 'user "alice" not found here' in err and "--from" in err
 
 
@@ -413,13 +397,13 @@ def test_access_check_on_the_root_asks_the_leaf(trust):
     assert r.returncode == 1 and "Decision      DENIED" in r.stdout
     assert f'no role in the role map of trusted cluster "{ROOT}" matches the remote roles [auditor]' in r.stdout
     # Errors the leaf finds come back as they are; --from makes no sense on the root.
-    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", "--login=visitor",
+    err = error_of(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", "--login=visitor",
                                        "--node=nope"))
     assert f'node "nope" is not registered in cluster "{LEAF}"' in err
-    err = fails(trust.root.run_gatectl("access", "check", "--user=nobody", f"--cluster={LEAF}", "--login=visitor",
+    err = error_of(trust.root.run_gatectl("access", "check", "--user=nobody", f"--cluster={LEAF}", "--login=visitor",
                                        "--node=leafnode"))
     assert f'user "nobody" not found on "{ROOT}"' in err
-    err = fails(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", f"--from={ROOT}",
+    err = error_of(trust.root.run_gatectl("access", "check", "--user=alice", f"--cluster={LEAF}", f"--from={ROOT}",
                                        "--login=visitor", "--node=leafnode"))
     assert "--from describes a user of a trusted root while checking on the leaf" in err
 
@@ -459,7 +443,7 @@ def test_root_cert_used_directly_against_the_leaf_is_gated_by_role_mapping(trust
                                    "--password-stdin", input=PASSWORD + "\n", gate_home=home))
         # Through the root: the hidden leaf is not found for dave.
         assert LEAF not in ok(trust.root.run_gate("clusters", gate_home=dave))
-        err = fails(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=dave))
+        err = error_of(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=dave))
         assert f'cluster "{LEAF}" is not found' in err
 
         def direct(home: str) -> subprocess.CompletedProcess:
@@ -501,16 +485,16 @@ def test_rolemap_test_command(trust):
 # ---------------------------------------------------------------- handshake errors
 def test_bad_and_expired_tokens(trust):
     leaf2 = trust.extra_leaf("leaf2.test")
-    err = fails(trust.create_tc(leaf2, tc_yaml("not-a-real-token-000", trust.root.web_addr)))
+    err = error_of(trust.create_tc(leaf2, tc_yaml("not-a-real-token-000", trust.root.web_addr)))
     assert "the root cluster refused trust" in err and "invalid or has expired" in err, err
     out = ok(trust.root.run_gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=1s", "--format", "json"))
     time.sleep(1.5)
-    err = fails(trust.create_tc(leaf2, tc_yaml(json.loads(out)["token"], trust.root.web_addr)))
+    err = error_of(trust.create_tc(leaf2, tc_yaml(json.loads(out)["token"], trust.root.web_addr)))
     assert "invalid or has expired" in err
     node_token = json.loads(ok(trust.root.run_gatectl("tokens", "add", "--type=node", "--format", "json")))["token"]
-    err = fails(trust.create_tc(leaf2, tc_yaml(node_token, trust.root.web_addr)))
+    err = error_of(trust.create_tc(leaf2, tc_yaml(node_token, trust.root.web_addr)))
     assert "not trusted_cluster" in err, err
-    assert fails(leaf2.run_gatectl("get", f"tc/{ROOT}"))  # nothing half-written on the leaf
+    assert error_of(leaf2.run_gatectl("get", f"tc/{ROOT}"))  # nothing half-written on the leaf
     assert trust.rc("leaf2.test") is None                  # nor on the root
     assert [e for e in trust.root.audit("trusted_cluster.validate") if not e["success"]]
 
@@ -538,23 +522,23 @@ def test_static_token_never_expires(trust):
 
 def test_self_signed_root_certificate_needs_insecure(trust):
     strict = trust.extra_leaf("strict.test", insecure=False)
-    err = fails(trust.create_tc(strict, tc_yaml(trust.token(), trust.root.web_addr)))
+    err = error_of(trust.create_tc(strict, tc_yaml(trust.token(), trust.root.web_addr)))
     assert "the trusted cluster uses misconfigured HTTP/TLS certificate" in err and "self-signed" in err, err
 
 
 def test_name_clash_and_already_registered(trust):
     clash = trust.extra_leaf(LEAF)  # another cluster that calls itself leaf.test, with its own CAs
-    err = fails(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr)))
+    err = error_of(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr)))
     assert f'a cluster named "{LEAF}" is already registered with the root' in err, err
-    err = fails(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr, name=LEAF)))
+    err = error_of(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr, name=LEAF)))
     assert "has this cluster's own name" in err
-    err = fails(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr, name="wrong.test")))
+    err = error_of(trust.create_tc(clash, tc_yaml(trust.token(), trust.root.web_addr, name="wrong.test")))
     assert f'the root cluster is called "{ROOT}"' in err, err
 
 
 def test_unreachable_root(trust):
     leaf4 = trust.extra_leaf("leaf4.test")
-    err = fails(trust.create_tc(leaf4, tc_yaml("x" * 20, "127.0.0.1:1")))
+    err = error_of(trust.create_tc(leaf4, tc_yaml("x" * 20, "127.0.0.1:1")))
     assert "cannot reach the root cluster at 127.0.0.1:1" in err, err
 
 

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.module_utils.urls import Request, make_context
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, diff, same
 
 DEFAULT_DATA_DIR = "/var/lib/gatehouse"
 DEFAULT_TIMEOUT = 30
@@ -266,8 +267,11 @@ class GatehouseClient:
 
     def delete_resource(self, kind, name):
         """Delete a resource; False when it was already gone."""
+        return self._delete_if_present("/v1/resources/%s/%s" % (quote(kind, safe=""), quote(name, safe="")))
+
+    def _delete_if_present(self, path):
         try:
-            self.delete("/v1/resources/%s/%s" % (quote(kind, safe=""), quote(name, safe="")))
+            self.delete(path)
         except GatehouseAPIError as exc:
             if exc.status == 404:
                 return False
@@ -284,13 +288,8 @@ class GatehouseClient:
         return self.post("/v1/tokens", body)
 
     def delete_token(self, name):
-        try:
-            self.delete("/v1/tokens/%s" % quote(name, safe=""))
-        except GatehouseAPIError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        """Revoke a join token; False when it was already gone."""
+        return self._delete_if_present("/v1/tokens/%s" % quote(name, safe=""))
 
     def set_remote_cluster_labels(self, name, labels):
         return self.put("/v1/remote_clusters/%s/labels" % quote(name, safe=""), {"labels": labels})["resource"]
@@ -355,3 +354,54 @@ def fail_api(module, exc, **result):
     if getattr(exc, "code", None):
         extra["error_code"] = exc.code
     module.fail_json(msg=to_native(exc), **extra)
+
+
+def run_module(run, argument_spec, **kwargs):
+    """Every module's main(): build the module and its client, run ``run(module, client)``, and turn an
+    API error into the task's failure with the agent's sentence."""
+    module = gatehouse_module(argument_spec, **kwargs)
+    client = GatehouseClient.from_module(module)
+    try:
+        run(module, client)
+    except GatehouseAPIError as exc:
+        fail_api(module, exc)
+
+
+def exit_absent(module, client, kind, name, current, result):
+    """state=absent: delete KIND/NAME when it exists (unless in check mode), with its diff, and exit."""
+    if current is not None:
+        result.update(changed=True, diff=diff(current, None, "%s/%s" % (kind, name)))
+        if not module.check_mode:
+            client.delete_resource(kind, name)
+    module.exit_json(**result)
+
+
+def ensure_resource(module, client, kind, build):
+    """The whole run of a module that manages one KIND resource by name (role, user).
+
+    state=absent deletes it; state=present builds the desired resource with BUILD(params)
+    (a ResourceError fails the task before the agent is asked), and creates or replaces
+    it only when its metadata or spec differ, keeping the stored resource version.
+    """
+    params = module.params
+    name = params["name"]
+    result = {"changed": False, kind: {}}
+    desired = None
+    if params["state"] == "present":
+        try:
+            desired = build(params)
+        except ResourceError as exc:
+            module.fail_json(msg="%s %s: %s" % (kind, name, exc))
+    current = client.get_resource(kind, name)
+    if params["state"] == "absent":
+        exit_absent(module, client, kind, name, current, result)
+    if current is not None and same(desired, current):
+        result[kind] = current
+        module.exit_json(**result)
+    if current is not None:
+        desired["version"] = current.get("version") or desired["version"]
+    result.update(changed=True, diff=diff(current, desired, "%s/%s" % (kind, name)))
+    result[kind] = desired
+    if not module.check_mode:
+        result[kind] = client.put_resource(desired, force=current is not None)[0]
+    module.exit_json(**result)

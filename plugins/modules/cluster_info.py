@@ -118,8 +118,7 @@ trusted_clusters:
       status: {connection: online, tunnels: 1, tunnel_addr: 'root.example.com:3024'}
 '''
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import (
-    GatehouseAPIError, GatehouseClient, fail_api, gatehouse_module)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import without_secrets
 
 
@@ -136,12 +135,7 @@ def run(module, client):
 
 
 def main():
-    module = gatehouse_module({}, supports_check_mode=True)
-    client = GatehouseClient.from_module(module)
-    try:
-        run(module, client)
-    except GatehouseAPIError as exc:
-        fail_api(module, exc)
+    run_module(run, {}, supports_check_mode=True)
 
 
 if __name__ == "__main__":

@@ -144,8 +144,7 @@ join_token:
 import hashlib
 import time
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import (
-    GatehouseAPIError, GatehouseClient, fail_api, gatehouse_module)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
     ResourceError, canonical, diff, parse_duration, parse_ttl, seconds_until, static_labels, token_types)
 
@@ -244,13 +243,7 @@ def run(module, client):
 
 
 def main():
-    module = gatehouse_module(ARGUMENT_SPEC, supports_check_mode=True,
-                              required_one_of=[("name", "token")])
-    client = GatehouseClient.from_module(module)
-    try:
-        run(module, client)
-    except GatehouseAPIError as exc:
-        fail_api(module, exc)
+    run_module(run, ARGUMENT_SPEC, supports_check_mode=True, required_one_of=[("name", "token")])
 
 
 if __name__ == "__main__":

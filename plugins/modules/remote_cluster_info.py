@@ -70,8 +70,7 @@ remote_clusters:
       status: {connection: online, last_heartbeat: '2024-05-01T12:00:03.120000Z'}
 '''
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import (
-    GatehouseAPIError, GatehouseClient, fail_api, gatehouse_module)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
 
 
 def run(module, client):
@@ -85,12 +84,7 @@ def run(module, client):
 
 
 def main():
-    module = gatehouse_module(dict(name=dict(type="str")), supports_check_mode=True)
-    client = GatehouseClient.from_module(module)
-    try:
-        run(module, client)
-    except GatehouseAPIError as exc:
-        fail_api(module, exc)
+    run_module(run, dict(name=dict(type="str")), supports_check_mode=True)
 
 
 if __name__ == "__main__":

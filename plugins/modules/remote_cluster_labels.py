@@ -99,8 +99,7 @@ remote_cluster:
 
 import time
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import (
-    GatehouseAPIError, GatehouseClient, fail_api, gatehouse_module)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, static_labels
 
 ARGUMENT_SPEC = dict(
@@ -168,12 +167,7 @@ def run(module, client):
 
 
 def main():
-    module = gatehouse_module(ARGUMENT_SPEC, supports_check_mode=True)
-    client = GatehouseClient.from_module(module)
-    try:
-        run(module, client)
-    except GatehouseAPIError as exc:
-        fail_api(module, exc)
+    run_module(run, ARGUMENT_SPEC, supports_check_mode=True)
 
 
 if __name__ == "__main__":

@@ -189,10 +189,8 @@ role:
                 permit_port_forwarding: true, permit_agent_forwarding: true, permit_x11_forwarding: false}
 '''
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import (
-    GatehouseAPIError, GatehouseClient, fail_api, gatehouse_module)
-from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
-    ResourceError, diff, role_resource, same)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import ensure_resource, run_module
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import role_resource
 
 CONDITION_OPTIONS = dict(
     logins=dict(type="list", elements="str"),
@@ -229,45 +227,11 @@ def desired_role(params):
 
 
 def run(module, client):
-    params = module.params
-    name = params["name"]
-    header = "role/%s" % name
-    result = dict(changed=False, role={})
-    desired = None
-    if params["state"] == "present":
-        try:
-            desired = desired_role(params)
-        except ResourceError as exc:
-            module.fail_json(msg="role %s: %s" % (name, exc))
-    current = client.get_resource("role", name)
-
-    if params["state"] == "absent":
-        if current is None:
-            module.exit_json(**result)
-        result.update(changed=True, diff=diff(current, None, header))
-        if not module.check_mode:
-            client.delete_resource("role", name)
-        module.exit_json(**result)
-
-    if current is not None and same(desired, current):
-        result["role"] = current
-        module.exit_json(**result)
-    if current is not None:
-        desired["version"] = current.get("version") or desired["version"]
-    result.update(changed=True, role=desired, diff=diff(current, desired, header))
-    if not module.check_mode:
-        stored, dummy = client.put_resource(desired, force=current is not None)
-        result["role"] = stored
-    module.exit_json(**result)
+    ensure_resource(module, client, "role", desired_role)
 
 
 def main():
-    module = gatehouse_module(ARGUMENT_SPEC, supports_check_mode=True)
-    client = GatehouseClient.from_module(module)
-    try:
-        run(module, client)
-    except GatehouseAPIError as exc:
-        fail_api(module, exc)
+    run_module(run, ARGUMENT_SPEC, supports_check_mode=True)
 
 
 if __name__ == "__main__":

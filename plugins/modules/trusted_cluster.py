@@ -150,8 +150,7 @@ trusted_cluster:
 
 import time
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import (
-    GatehouseAPIError, GatehouseClient, fail_api, gatehouse_module)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import exit_absent, run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
     ResourceError, diff, role_map, same, without_secrets)
 
@@ -228,11 +227,7 @@ def run(module, client):
     current = client.get_resource("trusted_cluster", name)
 
     if params["state"] == "absent":
-        if current is not None:
-            result.update(changed=True, diff=diff(current, None, header))
-            if not module.check_mode:
-                client.delete_resource("trusted_cluster", name)
-        module.exit_json(**result)
+        exit_absent(module, client, "trusted_cluster", name, current, result)
 
     spec = desired_spec(params, current)
     desired = resource(name, spec)
@@ -268,12 +263,7 @@ def run(module, client):
 
 
 def main():
-    module = gatehouse_module(ARGUMENT_SPEC, supports_check_mode=True)
-    client = GatehouseClient.from_module(module)
-    try:
-        run(module, client)
-    except GatehouseAPIError as exc:
-        fail_api(module, exc)
+    run_module(run, ARGUMENT_SPEC, supports_check_mode=True)
 
 
 if __name__ == "__main__":

@@ -90,10 +90,8 @@ user:
     spec: {roles: [access], traits: {logins: [alice, ubuntu]}}
 '''
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import (
-    GatehouseAPIError, GatehouseClient, fail_api, gatehouse_module)
-from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
-    ResourceError, diff, same, user_resource)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import ensure_resource, run_module
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import user_resource
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -104,45 +102,17 @@ ARGUMENT_SPEC = dict(
 )
 
 
+def desired_user(params):
+    """The normalised user for the module's parameters (ResourceError on bad input)."""
+    return user_resource(params["name"], params.get("roles"), traits=params.get("traits"), logins=params.get("logins"))
+
+
 def run(module, client):
-    params = module.params
-    name = params["name"]
-    header = "user/%s" % name
-    result = dict(changed=False, user={})
-    desired = None
-    if params["state"] == "present":
-        try:
-            desired = user_resource(name, params.get("roles"), traits=params.get("traits"),
-                                    logins=params.get("logins"))
-        except ResourceError as exc:
-            module.fail_json(msg="user %s: %s" % (name, exc))
-    current = client.get_resource("user", name)
-
-    if params["state"] == "absent":
-        if current is not None:
-            result.update(changed=True, diff=diff(current, None, header))
-            if not module.check_mode:
-                client.delete_resource("user", name)
-        module.exit_json(**result)
-
-    if current is not None and same(desired, current):
-        result["user"] = current
-        module.exit_json(**result)
-    result.update(changed=True, user=desired, diff=diff(current, desired, header))
-    if not module.check_mode:
-        stored, dummy = client.put_resource(desired, force=current is not None)
-        result["user"] = stored
-    module.exit_json(**result)
+    ensure_resource(module, client, "user", desired_user)
 
 
 def main():
-    module = gatehouse_module(ARGUMENT_SPEC, supports_check_mode=True,
-                              required_if=[("state", "present", ("roles",))])
-    client = GatehouseClient.from_module(module)
-    try:
-        run(module, client)
-    except GatehouseAPIError as exc:
-        fail_api(module, exc)
+    run_module(run, ARGUMENT_SPEC, supports_check_mode=True, required_if=[("state", "present", ("roles",))])
 
 
 if __name__ == "__main__":

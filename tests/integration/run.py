@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,35 +33,24 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(os.path.dirname(HERE))
-AGENT_SRC = os.path.join(CHECKOUT, "agent", "src")
 TARGETS_DIR = os.path.join(HERE, "targets")
-START_TIMEOUT = 30.0
 PLAYBOOK_TIMEOUT = 300
 SYSTEM_PYTHON = "/usr/bin/python3"  # an interpreter the unprivileged user can run (the venv may be under /root)
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def agent_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = AGENT_SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("GATEHOUSE_CONFIG", None)
-    return env
+# The agent's own test harness starts and stops the daemons (agent/tests/conftest.py).
+sys.path.insert(0, os.path.join(CHECKOUT, "agent", "tests"))
+from conftest import SRC as AGENT_SRC, Daemon, base_env, free_port  # noqa: E402
 
 
 def gatectl(data_dir: str, *args: str, stdin: str | None = None) -> str:
     proc = subprocess.run([sys.executable, "-m", "gatehouse.cli.gatectl", "-d", data_dir, *args],
-                          input=stdin, capture_output=True, text=True, env=agent_env(), timeout=60, check=False)
+                          input=stdin, capture_output=True, text=True, env=base_env(), timeout=60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"gatectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
 
 
-class Agent:
+class Agent(Daemon):
     """One real `gatehouse start -c CFG` process."""
 
     def __init__(self, tmp: str, name: str, *, proxy: bool = True, insecure: bool = False):
@@ -85,39 +73,7 @@ class Agent:
         self.config = os.path.join(self.dir, "gatehouse.yaml")
         with open(self.config, "w", encoding="utf-8") as fh:
             fh.write(cfg)
-        self.log = os.path.join(self.dir, "gatehouse.log")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", self.config],
-                                         stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=agent_env())
-
-    def log_text(self) -> str:
-        try:
-            with open(self.log, encoding="utf-8", errors="replace") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return ""
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "gatehouse is running" not in self.log_text():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start in {START_TIMEOUT}s:\n{self.log_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        super().__init__(self.config, os.path.join(self.dir, "gatehouse.log"))
 
     def vars(self) -> dict:
         return {"name": self.name, "data_dir": self.data_dir, "auth_addr": self.auth_addr,
@@ -262,8 +218,8 @@ def main(argv=None) -> int:
     results: list[tuple[str, bool, float]] = []
     try:
         started = time.monotonic()
-        for agent in agents.values():
-            agent.start()
+        for agent in agents.values():   # all start at once, then each is waited for
+            agent.start(wait=False)
         for agent in agents.values():
             agent.wait_ready()
         join(agents["root"], agents["leaf2"])

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Self
@@ -27,17 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = str(REPO / "agent" / "src")
 CFG = "/etc/gatehouse/gatehouse.yaml"
 
-
-def wait_until(check, timeout: float, what: str):
-    """Poll CHECK until it returns a true value (returned); AssertionError after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+# One polling helper for every end-to-end test: the agent tests' (re-exported for the modules here).
+sys.path.insert(0, str(REPO / "agent" / "tests"))
+from conftest import wait_until  # noqa: E402,F401
 
 
 class Site:

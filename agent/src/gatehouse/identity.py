@@ -46,6 +46,16 @@ class IdentityFiles:
         for name, content in files.items():
             pki.write_secret(self.path(name), content)
 
+    def ssh_key(self):
+        """This member's SSH private key for asyncssh (imported here, on demand, to keep CLIs quick)."""
+        import asyncssh
+        return asyncssh.import_private_key(self.read("ssh_key"))
+
+    def ssh_host_keypair(self) -> tuple:
+        """The SSH key with its host certificate, as asyncssh's server_host_keys entries take them."""
+        import asyncssh
+        return self.ssh_key(), asyncssh.import_certificate(self.read("ssh_key-cert.pub"))
+
     def client_context(self) -> ssl.SSLContext:
         return client_context(self.path("identity.crt"), self.path("identity.key"), self.read("ca.crt"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 
 from ..errors import BadParameter, GatehouseError
@@ -51,6 +52,5 @@ def run(parser, argv) -> int:
         return 130
     except BrokenPipeError:
         # The reader went away (`gatectl get nodes | head`): stop quietly, like other Unix tools.
-        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

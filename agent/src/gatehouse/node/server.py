@@ -115,11 +115,9 @@ class NodeService:
 
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
-        host_key = asyncssh.import_private_key(self.ident.read("ssh_key"))
-        host_cert = asyncssh.import_certificate(self.ident.read("ssh_key-cert.pub"))
         self.server = await asyncssh.create_server(
             lambda: _NodeConnection(self), host or None, port,
-            server_host_keys=[(host_key, host_cert)], encoding=None,
+            server_host_keys=[self.ident.ssh_host_keypair()], encoding=None,
             encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
             max_pktsize=SESSION_MAX_PKTSIZE,
             allow_scp=False, agent_forwarding=False, x11_forwarding=False,

@@ -224,10 +224,8 @@ class ProxySSH:
 
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.proxy.listen_addr, PROXY_SSH_PORT)
-        host_key = asyncssh.import_private_key(self.ident.read("ssh_key"))
-        host_cert = asyncssh.import_certificate(self.ident.read("ssh_key-cert.pub"))
         self.server = await asyncssh.create_server(
-            lambda: _ProxyConnection(self), host or None, port, server_host_keys=[(host_key, host_cert)],
+            lambda: _ProxyConnection(self), host or None, port, server_host_keys=[self.ident.ssh_host_keypair()],
             encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
             allow_scp=False, agent_forwarding=False, x11_forwarding=False, keepalive_interval=30,
             login_timeout=30, reuse_address=True)

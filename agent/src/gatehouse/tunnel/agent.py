@@ -296,8 +296,7 @@ class TunnelAgentPool:
         self.interval = cfg.proxy.tunnel_heartbeat_interval
         self.router = Router(cache)
         self.authorizer = Authorizer(cache)
-        key = asyncssh.import_private_key(ident.read("ssh_key"))
-        self.host_keypair = (key, asyncssh.import_certificate(ident.read("ssh_key-cert.pub")))
+        self.host_keypair = ident.ssh_host_keypair()
         self.links: dict[str, RootLink] = {}
         self._lock = asyncio.Lock()
 

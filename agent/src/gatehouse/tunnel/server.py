@@ -151,7 +151,7 @@ class TunnelServer:
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
-        key = asyncssh.import_private_key(self.ident.read("ssh_key"))
+        key = self.ident.ssh_key()
         answer = await self.client.call("POST", "/v1/tunnels/cert",
                                         {"ssh_public_key": key.export_public_key().decode().strip()})
         keypair = (key, asyncssh.import_certificate(answer["ssh_cert"]))
