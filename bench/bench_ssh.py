@@ -208,7 +208,7 @@ def gate_params() -> dict:
         from gatehouse import sshparams
         return {"cipher": sshparams.ENCRYPTION_ALGS[0],
                 "session_max_pktsize": getattr(sshparams, "SESSION_MAX_PKTSIZE", None),
-                "proxy_max_pktsize": getattr(sshparams, "PROXY_MAX_PKTSIZE", None)}
+                "carrier_max_pktsize": getattr(sshparams, "CARRIER_MAX_PKTSIZE", None)}
     except Exception:   # noqa: BLE001 - informational only
         return {"cipher": "unknown"}
     finally:

@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 
+from . import sshtuning
 from .errors import AccessDenied, ConnectionProblem, GatehouseError, NotFound
-from .sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS, PROXY_MAX_PKTSIZE, SESSION_MAX_PKTSIZE
+from .sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS, SESSION_MAX_PKTSIZE
 
 
 _OPEN = object()  # _SubsystemPipe.closed while the channel is open
@@ -73,6 +74,7 @@ def import_asyncssh():
         if gc_was_enabled:
             gc.freeze()
             gc.enable()
+    sshtuning.install()
     return asyncssh
 
 
@@ -222,7 +224,7 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
                   client_factory=_client_factory(banners), config=None, ignore_encrypted=True)
     proxy_host, proxy_port = profile.ssh_addr
     try:
-        proxy = await asyncssh.connect(proxy_host, proxy_port, username=login, max_pktsize=PROXY_MAX_PKTSIZE,
+        proxy = await asyncssh.connect(proxy_host, proxy_port, username=login, max_pktsize=CARRIER_MAX_PKTSIZE,
                                        **common)
     except asyncssh.PermissionDenied:
         raise AccessDenied(_banner(banners) or f"the proxy refused your certificate for login \"{login}\"; run "
@@ -368,34 +370,8 @@ def _grow_pipes() -> None:
             pass
 
 
-def _keep_heap() -> None:
-    """Stop glibc from handing memory back to the kernel after every large buffer.
-
-    Each SSH packet of bulk data allocates and frees a few buffers of 128 KiB or
-    more. With glibc's defaults those come from fresh mmap()s or make the heap
-    grow and shrink (brk) every time, and the kernel zeroes the pages again on
-    each fault: measured, more than a second of system CPU per GiB in this
-    client. Serving them from a heap that is not trimmed (the same settings as
-    the MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ environment variables)
-    costs at most the peak heap size of this short-lived process. Other C
-    libraries are left alone.
-    """
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return
-    except (ValueError, OSError):
-        return
-    import ctypes
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 * 1024 * 1024)   # glibc's maximum on 64-bit
-    mallopt(m_trim_threshold, 256 * 1024 * 1024)
-
-
 def run_ssh(profile, login, node, cluster, command, port=3022, force_tty=False, no_tty=False) -> int:
     _grow_pipes()
-    _keep_heap()
+    # A short-lived process: keep every buffer it frees (bounded by its peak heap).
+    sshtuning.keep_heap(mmap_threshold=32 * 1024 * 1024, trim_threshold=256 * 1024 * 1024)
     return asyncio.run(_run(profile, login, node, cluster, command, port, force_tty, no_tty))

@@ -18,10 +18,10 @@ COMPRESSION_ALGS = ["none"]
 #: packet limit.
 SESSION_MAX_PKTSIZE = 128 * 1024
 
-#: What `gate ssh` advertises on its connection to the proxy (the outer hop, which carries
-#: the end-to-end session): one whole inner session packet (data plus SSH framing,
-#: padding and MAC) fits in one outer packet on the way back to the client. The proxy
-#: and tunnel servers keep asyncssh's 32 KiB default for what they receive: larger
-#: packets there cut packets per GiB but cost more CPU per byte in copies (measured with
-#: bench/bench_trust.py, 2026-11-21), so they stay until a quieter measurement says otherwise.
-PROXY_MAX_PKTSIZE = SESSION_MAX_PKTSIZE + 4 * 1024
+#: Channels that carry another SSH connection: `gate ssh`'s connection to the proxy, the
+#: proxy's channels from users, and both ends of the reverse tunnel. One whole inner
+#: session packet (data plus SSH framing, padding and MAC) fits in one packet of the hop
+#: carrying it, so a packet is never split on its way from client to node and back.
+#: (Larger packets on these hops paid off only once asyncssh's receive buffer stopped
+#: copying itself per packet; see gatehouse.sshtuning.)
+CARRIER_MAX_PKTSIZE = SESSION_MAX_PKTSIZE + 4 * 1024

@@ -26,7 +26,7 @@ from ..access import explain_ssh, node_not_registered
 from ..errors import AccessDenied, GatehouseError, NotFound
 from ..node.authorize import Authorizer
 from ..proxy.ssh import Router
-from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from ..sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS
 from ..sshserver import CertificateOnlyServer
 from . import ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN
 
@@ -135,6 +135,7 @@ class RootLink:
                 host, port, server_factory=lambda: _LeafSide(self),
                 server_host_keys=[self.pool.host_keypair], process_factory=lambda p: self._serve(p, ready),
                 config=None, encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
+                max_pktsize=CARRIER_MAX_PKTSIZE,
                 keepalive_interval=self.pool.interval, keepalive_count_max=MISSED_HEARTBEATS,
                 login_timeout=15, connect_timeout=10, allow_scp=False, agent_forwarding=False,
                 x11_forwarding=False)

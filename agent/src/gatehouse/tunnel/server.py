@@ -18,7 +18,7 @@ import asyncssh
 
 from ..config import TUNNEL_PORT, Config, split_hostport
 from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
-from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS
+from ..sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS
 from . import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN,
                TUNNEL_PRINCIPAL)
 
@@ -160,7 +160,7 @@ class TunnelServer:
             host or None, port, client_factory=lambda: _RootSide(self), acceptor=self._accepted,
             client_keys=[keypair], username=TUNNEL_LOGIN, known_hosts=([], [], []),
             host_key_alias=TUNNEL_PRINCIPAL, config=None, agent_path=None, encoding=None,
-            encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
+            encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS, max_pktsize=CARRIER_MAX_PKTSIZE,
             keepalive_interval=self.interval, keepalive_count_max=MISSED_HEARTBEATS,
             login_timeout=15, reuse_address=True)
         self.port = self._acceptor.sockets[0].getsockname()[1]
