@@ -8,6 +8,7 @@ module that uses it gets a fresh cluster, torn down at the end of the module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -225,38 +226,47 @@ class Cluster:
         return self.daemon.log_text()
 
 
-def ensure_unix_user(name: str) -> bool:
-    """Create `name` if missing; True when we created it (so teardown deletes it)."""
+@contextlib.contextmanager
+def unix_user(name: str):
+    """A Unix account for test sessions: created for the block if it is missing, removed after."""
     try:
         pwd.getpwnam(name)
-        return False
+        created = False
     except KeyError:
-        pass
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True,
-                   capture_output=True)
-    return True
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
+        created = True
+    try:
+        yield
+    finally:
+        if created:
+            subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+@pytest.fixture
+def visitor_login():
+    """The Unix login `visitor` exists for the test."""
+    with unix_user("visitor"):
+        yield "visitor"
 
 
 @pytest.fixture(scope="module")
 def cluster():
     if os.geteuid() != 0:
         pytest.skip("end-to-end tests need root (sessions switch to the visitor login)")
-    created_user = ensure_unix_user("visitor")
     tmp = tempfile.mkdtemp(prefix="gatehouse-e2e-")
     # All test logins come from 127.0.0.1 and share one per-address bucket; the default
     # (5/min) would throttle the suite. test_login_rate_limit runs its own cluster at 5/min.
     c = Cluster(tmp, extra_auth=", login_rate: 600")
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-        if os.environ.get("GATEHOUSE_E2E_KEEP"):
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if created_user:
-            subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
+    with unix_user("visitor"):
+        try:
+            c.start()
+            yield c
+        finally:
+            c.stop()
+            if os.environ.get("GATEHOUSE_E2E_KEEP"):
+                print(f"kept {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture

@@ -404,6 +404,59 @@ def test_tokens_and_node_join(cluster, alice):
     assert "join token is invalid or has expired" in node4.log_text()
 
 
+def test_gate_ssh_fetches_host_cas_it_lacks(cluster, alice):
+    """A profile missing a host CA (the cluster rotated it, or a leaf joined after login) heals itself."""
+    known_hosts = os.path.join(cluster.profile_dir(), "known_hosts")
+    with open(known_hosts, encoding="utf-8") as fh:
+        complete = fh.read()
+    try:
+        with open(known_hosts, "w", encoding="utf-8") as fh:
+            fh.write("# emptied by the test\n")
+        assert ok(cluster.run_gate("ssh", "visitor@node1", "echo healed")) == "healed\n"
+        with open(known_hosts, encoding="utf-8") as fh:
+            assert fh.read() == complete
+    finally:
+        with open(known_hosts, "w", encoding="utf-8") as fh:
+            fh.write(complete)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/sshd"), reason="needs OpenSSH's sshd")
+def test_impostor_at_a_node_address_is_refused(cluster, alice):
+    """A registered node's address answered by another cluster's SSH server: refused, after one refresh."""
+    tok = json.loads(ok(cluster.run_gatectl("tokens", "add", "--type=node", "--ttl=5m", "--format", "json")))
+    cfg = _node_config(cluster, "impostor", tok["token"], os.path.join(cluster.tmp, "data-impostor"))
+    node = Daemon(cfg, os.path.join(cluster.tmp, "impostor.log"))
+    cluster.extra.append(node)
+    node.start()
+    cluster.wait_node("impostor")
+    node.stop()   # its registration stays until it expires; its port is free again
+    port = re.search(r"listen_addr: '127\.0\.0\.1:(\d+)'", open(cfg, encoding="utf-8").read()).group(1)
+    # Its host certificate names the node, signed by a CA that is not this cluster's.
+    key, other_ca = os.path.join(cluster.tmp, "impostor_host_key"), os.path.join(cluster.tmp, "other_host_ca")
+    for path in (key, other_ca):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", other_ca, "-h", "-I", "impostor", "-n", f"impostor.{CLUSTER}",
+                    key + ".pub"], check=True)
+    sshd_cfg = create_file(cluster, "impostor_sshd_config", (
+        f"ListenAddress 127.0.0.1:{port}\nHostKey {key}\nHostCertificate {key}-cert.pub\n"
+        "AuthorizedKeysFile none\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nPidFile none\n"))
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", sshd_cfg], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Server listening" in sshd.stderr.readline()
+        known_hosts = os.path.join(cluster.profile_dir(), "known_hosts")
+        before = open(known_hosts, encoding="utf-8").read()
+        fails(cluster.run_gate("ssh", "visitor@impostor", "true"),
+              f'node "impostor" presented a host key not signed by cluster "{CLUSTER}"')
+        r = cluster.run_gate("ssh", "visitor@impostor", "true")
+        assert "the machine answering at the node's address is not that node" in r.stderr, r.stderr
+        assert open(known_hosts, encoding="utf-8").read() == before  # the refresh found nothing to add
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+
+
 # ---------------------------------------------------------------- 10. untrusted / expired certificates
 def _forged_home(cluster: Cluster, name: str, valid_before: int) -> str:
     from gatehouse import pki

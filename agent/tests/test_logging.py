@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import (START_TIMEOUT, Cluster, Daemon, base_env, ensure_unix_user, free_port, ok, run_module,
+from conftest import (START_TIMEOUT, Cluster, Daemon, base_env, free_port, ok, run_module,
                       write_yaml)
 
 PASSWORD = "Log-Test-pw-7f3a9c21"
@@ -79,9 +79,8 @@ def cluster_with_log(tmp_path, log: str) -> Cluster:
     return c
 
 
-def test_json_log_file_with_debug_flag_holds_no_secrets(tmp_path):
+def test_json_log_file_with_debug_flag_holds_no_secrets(tmp_path, visitor_login):
     """JSON lines to the configured file, DEBUG from --debug, and no token or password in them."""
-    created_visitor = ensure_unix_user("visitor")
     log_file = str(tmp_path / "gatehouse.jsonl")
     c = cluster_with_log(tmp_path, f"{{output: '{log_file}', format: json, severity: WARN}}")
     proc = start(c, "--debug")
@@ -111,8 +110,6 @@ def test_json_log_file_with_debug_flag_holds_no_secrets(tmp_path):
         if node is not None:
             node.stop()
         status = stop(proc)
-        if created_visitor:
-            subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
     assert status == 0
 
     text = read(log_file)

@@ -21,7 +21,7 @@ import warnings
 import pytest
 import requests
 
-from conftest import Cluster, ensure_unix_user, free_port, ok, wait_until, write_yaml
+from conftest import Cluster, free_port, ok, unix_user, wait_until, write_yaml
 
 ROOT, LEAF = "root.test", "leaf.test"
 PASSWORD = "correct horse battery"
@@ -83,26 +83,24 @@ class Trust:
 def trust():
     if os.geteuid() != 0:
         pytest.skip("end-to-end tests need root (sessions switch to the visitor login)")
-    created = ensure_unix_user("visitor")
     tmp = tempfile.mkdtemp(prefix="gatehouse-trust-")
     t = Trust(tmp)
-    try:
-        t.root.start()
-        t.leaf.start()
-        t.root.add_user("alice", "access", "visitor,root", PASSWORD)
-        ok(t.root.run_gatectl("create", write_yaml(os.path.join(tmp, "auditor.yaml"), json.dumps(
-            {"kind": "role", "version": "v5", "metadata": {"name": "auditor"},
-             "spec": {"allow": {"logins": ["visitor"], "node_labels": {"*": "*"},
-                                "cluster_labels": {"*": "*"}}}}))))
-        t.root.add_user("bob", "auditor", "visitor", PASSWORD)
-        t.leaf.add_user("carol", "access", "visitor", PASSWORD)
-        yield t
-    finally:
-        t.stop()
-        if not os.environ.get("GATEHOUSE_E2E_KEEP"):
-            shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
+    with unix_user("visitor"):
+        try:
+            t.root.start()
+            t.leaf.start()
+            t.root.add_user("alice", "access", "visitor,root", PASSWORD)
+            ok(t.root.run_gatectl("create", write_yaml(os.path.join(tmp, "auditor.yaml"), json.dumps(
+                {"kind": "role", "version": "v5", "metadata": {"name": "auditor"},
+                 "spec": {"allow": {"logins": ["visitor"], "node_labels": {"*": "*"},
+                                    "cluster_labels": {"*": "*"}}}}))))
+            t.root.add_user("bob", "auditor", "visitor", PASSWORD)
+            t.leaf.add_user("carol", "access", "visitor", PASSWORD)
+            yield t
+        finally:
+            t.stop()
+            if not os.environ.get("GATEHOUSE_E2E_KEEP"):
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the seed workflow
@@ -317,6 +315,10 @@ def test_update_rc_labels_and_cluster_visibility(trust):
     assert LEAF not in ok(trust.root.run_gate("clusters", gate_home=home))
     err = error_of(trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true", gate_home=home))
     assert f'cluster "{LEAF}" is not found' in err
+    # Nor does dave's profile trust (or name) the hidden leaf's host CA.
+    with open(os.path.join(trust.root.profile_dir(home), "known_hosts"), encoding="utf-8") as fh:
+        known = fh.read()
+    assert f"*.{ROOT}" in known and LEAF not in known
     ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=demo"))
     assert LEAF in ok(trust.root.run_gate("clusters", gate_home=home))
     err = error_of(trust.leaf.run_gatectl("update", f"rc/{ROOT}", "--set-labels=env=x"))
@@ -574,8 +576,16 @@ def test_remove_on_both_sides_and_rejoin(trust):
     assert trust.rc() is None
     ok(trust.leaf.run_gatectl("rm", f"tc/{ROOT}"))
     assert trust.leaf.audit("trusted_cluster.delete") and trust.root.audit("remote_cluster.delete")
+    # alice logs in while the leaf is gone: her profile trusts no host CA of the leaf.
+    ok(trust.root.login("alice", PASSWORD))
+    known_hosts = os.path.join(trust.root.profile_dir(), "known_hosts")
+    with open(known_hosts, encoding="utf-8") as fh:
+        assert LEAF not in fh.read()
     ok(trust.create_tc(trust.leaf, tc_yaml(trust.token(), trust.root.web_addr)))
     trust.wait_status("online", 20)
-    ok(trust.root.login("alice", PASSWORD))
+    # Without logging in again: gate ssh fetches the host CAs once more when the leaf node's key is unknown.
     wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
                10, "ssh after re-join")
+    with open(known_hosts, encoding="utf-8") as fh:
+        assert f"@cert-authority *.{LEAF},[*.{LEAF}]:* " in fh.read()
+    assert oct(os.stat(known_hosts).st_mode & 0o777) == "0o600"

@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = str(REPO / "agent" / "src")
 CFG = "/etc/gatehouse/gatehouse.yaml"
 
-# One polling helper for every end-to-end test: the agent tests' (re-exported for the modules here).
+# One polling helper and one Unix-account helper for every end-to-end test: the agent tests' (re-exported).
 sys.path.insert(0, str(REPO / "agent" / "tests"))
-from conftest import wait_until  # noqa: E402,F401
+from conftest import unix_user, wait_until  # noqa: E402,F401
 
 
 class Site:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sites import Site, wait_until  # noqa: E402
+from sites import Site, unix_user, wait_until  # noqa: E402
 from testnet import requires_netns  # noqa: E402
 
 NET = "198.18.3"
@@ -108,30 +107,16 @@ class AccessSite(Site):
         return [e for e in entries if e.get("event") == event]
 
 
-def _ensure_visitor() -> bool:
-    try:
-        pwd.getpwnam("visitor")
-        return False
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "visitor"], check=True, capture_output=True)
-        return True
-
-
 @pytest.fixture(scope="module")
 def site():
     requires_netns()
-    created = _ensure_visitor()
     hosts = [(name, f"{NET}.{last}", fw)
              for name, last, fw in ((AUTH, 10, False), (PROXY, 11, False), (LEAF_HOST, 20, True), (NODE, 21, False))]
-    try:
-        with AccessSite.running("ghaccess0", "gatehouse-access-netns-", hosts) as s:
-            # The leaf site's inside network: its node may reach the leaf's auth; nothing else may.
-            s.allow_inbound(LEAF_HOST, f"{NET}.21")
-            _bring_up(s)
-            yield s
-    finally:
-        if created:
-            subprocess.run(["userdel", "--remove", "visitor"], capture_output=True)
+    with unix_user("visitor"), AccessSite.running("ghaccess0", "gatehouse-access-netns-", hosts) as s:
+        # The leaf site's inside network: its node may reach the leaf's auth; nothing else may.
+        s.allow_inbound(LEAF_HOST, f"{NET}.21")
+        _bring_up(s)
+        yield s
 
 
 def _bring_up(s: AccessSite) -> None:

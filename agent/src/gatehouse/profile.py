@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import pki
 from .config import split_hostport
-from .errors import AccessDenied, BadParameter
+from .errors import AccessDenied, BadParameter, GatehouseError
 
 
 def gate_home() -> str:
@@ -115,6 +115,27 @@ def known_hosts(login_result: dict, proxy_host: str) -> str:
         key = " ".join(ca["public"].split()[:2])
         lines.append(f"@cert-authority {','.join(patterns)} {key} {cluster}")
     return "\n".join(lines) + "\n"
+
+
+def refresh_known_hosts(profile: Profile) -> bool:
+    """Rewrite known_hosts from the host CAs the proxy lists for this user now; True if it changed.
+
+    A leaf that joined after `gate login` (or a host CA rotated since) is then trusted
+    without logging in again. False when nothing changed or the proxy could not answer.
+    """
+    try:
+        items = profile.api().get("/webapi/hostcas")["items"]
+    except GatehouseError:
+        return False
+    text = known_hosts({"host_cas": items, "cluster_name": profile.cluster}, profile.ssh_addr[0])
+    try:
+        with open(profile.known_hosts_path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    pki.write_secret(profile.known_hosts_path, text)
+    return True
 
 
 def load_profile(name: str | None = None) -> Profile:

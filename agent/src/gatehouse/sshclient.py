@@ -17,6 +17,7 @@ import sys
 
 from . import sshtuning
 from .errors import AccessDenied, ConnectionProblem, GatehouseError, NotFound
+from .profile import refresh_known_hosts
 from .sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS, SESSION_MAX_PKTSIZE
 
 
@@ -224,8 +225,12 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
                   client_factory=_client_factory(banners), config=None, ignore_encrypted=True)
     proxy_host, proxy_port = profile.ssh_addr
     try:
-        proxy = await asyncssh.connect(proxy_host, proxy_port, username=login, max_pktsize=CARRIER_MAX_PKTSIZE,
-                                       **common)
+        proxy = await _trusting_current_host_cas(profile, lambda: asyncssh.connect(
+            proxy_host, proxy_port, username=login, max_pktsize=CARRIER_MAX_PKTSIZE, **common))
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise ConnectionProblem(f"the proxy at {proxy_host}:{proxy_port} presented a host key not signed by cluster "
+                                f"\"{profile.cluster}\" ({exc}); if the cluster was re-created, run 'gate login "
+                                f"--proxy={profile.web_addr}' again") from None
     except asyncssh.PermissionDenied:
         raise AccessDenied(_banner(banners) or f"the proxy refused your certificate for login \"{login}\"; run "
                                                f"'gate status' to see your logins") from None
@@ -233,14 +238,30 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
         raise ConnectionProblem(f"cannot connect to the proxy at {proxy_host}:{proxy_port}: {exc}; check that it "
                                 f"is running") from None
     target = node if node.endswith("." + cluster) else f"{node}.{cluster}"
-    tunnel = _SubsystemTunnel(proxy, proxy_subsystem(node, port, cluster), node, cluster)
+
+    async def to_node():
+        tunnel = _SubsystemTunnel(proxy, proxy_subsystem(node, port, cluster), node, cluster)
+        return await asyncssh.connect(target, port, tunnel=tunnel, username=login,
+                                      max_pktsize=SESSION_MAX_PKTSIZE, **common)
+
     try:
-        conn = await asyncssh.connect(target, port, tunnel=tunnel, username=login, max_pktsize=SESSION_MAX_PKTSIZE,
-                                      **common)
+        conn = await _trusting_current_host_cas(profile, to_node)
     except BaseException as exc:
         proxy.close()
         raise _node_error(exc, banners, login, node, cluster) from None
     return proxy, conn
+
+
+async def _trusting_current_host_cas(profile, connect):
+    """``await connect()``; if the host key is not trusted, fetch the host CAs the proxy lists now
+    and try once more: a leaf may have joined, or a host CA rotated, since `gate login`."""
+    asyncssh = import_asyncssh()
+    try:
+        return await connect()
+    except asyncssh.HostKeyNotVerifiable:
+        if not await asyncio.to_thread(refresh_known_hosts, profile):
+            raise
+        return await connect()
 
 
 def _node_error(exc: BaseException, banners: list[str], login: str, node: str, cluster: str) -> BaseException:
@@ -251,8 +272,9 @@ def _node_error(exc: BaseException, banners: list[str], login: str, node: str, c
     if isinstance(exc, asyncssh.PermissionDenied):
         return AccessDenied(_banner(banners) or f"node \"{node}\" refused your certificate for login \"{login}\"")
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return ConnectionProblem(f"node \"{node}\" presented a host key not signed by cluster \"{cluster}\" ({exc}); "
-                                 f"log in again to refresh the trusted CAs")
+        return ConnectionProblem(f"node \"{node}\" presented a host key not signed by cluster \"{cluster}\" ({exc}) "
+                                 f"even with the host CAs the proxy lists now; if the cluster was re-created, log "
+                                 f"in again, otherwise the machine answering at the node's address is not that node")
     if isinstance(exc, asyncssh.ChannelOpenError):
         return ConnectionProblem(f"the proxy refused to route to node \"{node}\" in cluster \"{cluster}\": "
                                  f"{exc.reason}")

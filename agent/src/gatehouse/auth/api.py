@@ -76,6 +76,7 @@ class AuthAPI:
         r.add_post("/v1/tunnels/cert", self.tunnel_cert)
         r.add_post("/v1/proxies/heartbeat", self.proxy_heartbeat)
         r.add_get("/v1/clusters", self.clusters)
+        r.add_get("/v1/hostcas", self.host_cas)
         r.add_get("/v1/whoami", self.whoami)
         r.add_post("/v1/access/check", self.access_check)
 
@@ -220,6 +221,9 @@ class AuthAPI:
 
     async def clusters(self, request):
         return web.json_response({"items": await self.svc.list_clusters(self.ident(request))})
+
+    async def host_cas(self, request):
+        return web.json_response({"items": await self.svc.host_cas(self.ident(request))})
 
     async def access_check(self, request):
         body = await read_json(request)

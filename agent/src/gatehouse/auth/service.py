@@ -422,7 +422,7 @@ class AuthService:
         self.audit.emit("cert.create", user=name, cert_type="user", principals=logins,
                         roles=user["spec"]["roles"], expires=now_iso(now + ttl), serial=info.serial)
         return {"ssh_cert": ssh_cert, "tls_cert": tls_cert, "ttl": ttl, **await self.ca_bundle(),
-                "host_cas": [c for c in await self.cert_authorities() if c["type"] == "host" and c["active"]],
+                "host_cas": await self._host_cas_visible_to(checker),
                 "user": {"name": name, "roles": user["spec"]["roles"], "logins": logins, "traits": traits}}
 
     # ----------------------------------------------------------------- nodes
@@ -457,6 +457,22 @@ class AuthService:
             checker = await self.checker_for_user(await self.get_user(ident.name))
             leaves = [c for c in leaves if checker.check_cluster(c["name"], c["labels"]).allowed]
         return [own, *leaves]
+
+    async def host_cas(self, ident: Identity) -> list[dict]:
+        """The host CAs a user's `gate` trusts for node host keys (refreshed when a leaf joined after login)."""
+        if ident.kind != "user":
+            raise AccessDenied("host CAs are listed for users; log in with 'gate login'")
+        return await self._host_cas_visible_to(await self.checker_for_user(await self.get_user(ident.name)))
+
+    async def _host_cas_visible_to(self, checker: AccessChecker) -> list[dict]:
+        """Active host CAs of this cluster and of the leaves the checker may see: a leaf hidden by
+        cluster labels is not named, and a leaf's users get no root CA (trust is one-way)."""
+        visible = {self.cluster_name} | {
+            rc["metadata"]["name"] for rc in await self.trust.remote_clusters()
+            if checker.check_cluster(rc["metadata"]["name"], rc["metadata"]["labels"]).allowed}
+        return [{"cluster_name": c["cluster_name"], "public": c["public"], "fingerprint": c["fingerprint"]}
+                for c in await self.cert_authorities()
+                if c["type"] == "host" and c["active"] and c["cluster_name"] in visible]
 
     async def whoami(self, ident: Identity) -> dict:
         """A user's roles, traits and logins as their certificate states them (for proxies acting for them)."""

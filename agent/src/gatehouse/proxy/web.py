@@ -38,6 +38,7 @@ class ProxyWeb:
         r.add_post("/webapi/login", self.login)
         r.add_get("/webapi/nodes", self.nodes)
         r.add_get("/webapi/clusters", self.clusters)
+        r.add_get("/webapi/hostcas", self.host_cas)
         r.add_post("/webapi/trustedclusters/validate", self.validate_trust)
         r.add_get("/webapi/mappings", self.mappings)
         r.add_post("/webapi/leaves/access_check", self.leaf_access_check)
@@ -114,6 +115,9 @@ class ProxyWeb:
 
     async def clusters(self, request):
         return web.json_response(await self._as_user(request, "/v1/clusters"))
+
+    async def host_cas(self, request):
+        return web.json_response(await self._as_user(request, "/v1/hostcas"))
 
     async def leaf_access_check(self, request):
         """For this cluster's auth (`gatectl access check --cluster=LEAF` on the root): ask the leaf to explain.
