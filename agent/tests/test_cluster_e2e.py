@@ -447,10 +447,9 @@ def test_impostor_at_a_node_address_is_refused(cluster, alice):
         assert "Server listening" in sshd.stderr.readline()
         known_hosts = os.path.join(cluster.profile_dir(), "known_hosts")
         before = open(known_hosts, encoding="utf-8").read()
-        fails(cluster.run_gate("ssh", "visitor@impostor", "true"),
-              f'node "impostor" presented a host key not signed by cluster "{CLUSTER}"')
-        r = cluster.run_gate("ssh", "visitor@impostor", "true")
-        assert "the machine answering at the node's address is not that node" in r.stderr, r.stderr
+        err = fails(cluster.run_gate("ssh", "visitor@impostor", "true"),
+                    f'node "impostor" presented a host key not signed by cluster "{CLUSTER}"')
+        assert "the machine answering at the node's address is not that node" in err, err
         assert open(known_hosts, encoding="utf-8").read() == before  # the refresh found nothing to add
     finally:
         sshd.terminate()

@@ -75,7 +75,6 @@ def import_asyncssh():
         if gc_was_enabled:
             gc.freeze()
             gc.enable()
-    sshtuning.install()
     return asyncssh
 
 
@@ -217,6 +216,7 @@ def _client_factory(banners: list[str]):
 
 async def _connect(profile, login: str, node: str, cluster: str, port: int):
     asyncssh = import_asyncssh()
+    sshtuning.install()  # however asyncssh came to be imported; the daemon does this in process.run
     key = asyncssh.import_private_key(open(profile.key_path, encoding="utf-8").read())
     cert = asyncssh.import_certificate(open(profile.cert_path, encoding="utf-8").read())
     banners: list[str] = []

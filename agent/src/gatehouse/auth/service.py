@@ -449,14 +449,15 @@ class AuthService:
 
     async def list_clusters(self, ident: Identity) -> list[dict]:
         """This cluster and the leaves the caller may see (root roles' cluster_labels decide)."""
-        remote = await self.trust.remote_clusters()
+        checker = await self.checker_for_user(await self.get_user(ident.name)) if ident.kind == "user" else None
         own = {"name": self.cluster_name, "type": "root", "status": "online", "labels": {}}
-        leaves = [{"name": rc["metadata"]["name"], "type": "leaf", "status": rc["status"]["connection"],
-                   "labels": rc["metadata"]["labels"]} for rc in remote]
-        if ident.kind == "user":
-            checker = await self.checker_for_user(await self.get_user(ident.name))
-            leaves = [c for c in leaves if checker.check_cluster(c["name"], c["labels"]).allowed]
-        return [own, *leaves]
+        return [own, *({"name": rc["metadata"]["name"], "type": "leaf", "status": rc["status"]["connection"],
+                        "labels": rc["metadata"]["labels"]} for rc in await self._leaves_visible_to(checker))]
+
+    async def _leaves_visible_to(self, checker: AccessChecker | None) -> list[dict]:
+        """The remote clusters (leaves) whose labels the checker's roles may see; all of them without one."""
+        return [rc for rc in await self.trust.remote_clusters()
+                if checker is None or checker.check_cluster(rc["metadata"]["name"], rc["metadata"]["labels"]).allowed]
 
     async def host_cas(self, ident: Identity) -> list[dict]:
         """The host CAs a user's `gate` trusts for node host keys (refreshed when a leaf joined after login)."""
@@ -467,9 +468,7 @@ class AuthService:
     async def _host_cas_visible_to(self, checker: AccessChecker) -> list[dict]:
         """Active host CAs of this cluster and of the leaves the checker may see: a leaf hidden by
         cluster labels is not named, and a leaf's users get no root CA (trust is one-way)."""
-        visible = {self.cluster_name} | {
-            rc["metadata"]["name"] for rc in await self.trust.remote_clusters()
-            if checker.check_cluster(rc["metadata"]["name"], rc["metadata"]["labels"]).allowed}
+        visible = {self.cluster_name} | {rc["metadata"]["name"] for rc in await self._leaves_visible_to(checker)}
         return [{"cluster_name": c["cluster_name"], "public": c["public"], "fingerprint": c["fingerprint"]}
                 for c in await self.cert_authorities()
                 if c["type"] == "host" and c["active"] and c["cluster_name"] in visible]

@@ -227,8 +227,8 @@ class ProxySSH:
         self.server = await asyncssh.create_server(
             lambda: _ProxyConnection(self), host or None, port, server_host_keys=[self.ident.ssh_host_keypair()],
             encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
-            max_pktsize=CARRIER_MAX_PKTSIZE, allow_scp=False, agent_forwarding=False, x11_forwarding=False, keepalive_interval=30,
-            login_timeout=30, reuse_address=True)
+            max_pktsize=CARRIER_MAX_PKTSIZE, allow_scp=False, agent_forwarding=False, x11_forwarding=False,
+            keepalive_interval=30, login_timeout=30, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("SSH proxy listening on %s:%d", host, self.port)
 
