@@ -64,6 +64,16 @@ def fails(r: subprocess.CompletedProcess, fragment: str, code: int | None = None
     return out
 
 
+def raised_message(func, *args, **kwargs) -> str:
+    """FUNC raised BadParameter: its message, which must be one line."""
+    from gatehouse.errors import BadParameter
+    with pytest.raises(BadParameter) as info:
+        func(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
 def wait_until(check, timeout: float = 20.0, what: str = "condition"):
     """Poll CHECK until it returns a true value (returned); AssertionError after TIMEOUT seconds."""
     deadline = time.monotonic() + timeout

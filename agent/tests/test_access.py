@@ -3,7 +3,7 @@
 import pytest
 
 from gatehouse.access import (DEFAULT_MAX_SESSION_TTL, AccessChecker, Decision, checker_for_remote_user,
-                              parse_ttl, remote_user_traits)
+                              remote_user_traits)
 from gatehouse.errors import BadParameter
 
 
@@ -240,21 +240,6 @@ def test_cert_options_defaults_and_restrictions():
     assert AccessChecker([strict], {}).cert_options() == {
         "ttl": 43200, "permit_pty": False, "permit_port_forwarding": False, "permit_agent_forwarding": False,
         "permit_x11_forwarding": False}
-
-
-@pytest.mark.parametrize("value, seconds", [
-    (60, 60), ("60", 60), ("8h", 28800), ("1h30m", 5400), ("90s", 90), ("2m", 120), ("1h0m1s", 3601),
-])
-def test_parse_ttl(value, seconds):
-    assert parse_ttl(value) == seconds
-
-
-@pytest.mark.parametrize("value", [0, -5, True, "", "0s", "soon", "1d", 1.5, None])
-def test_parse_ttl_rejects(value):
-    with pytest.raises(BadParameter) as info:
-        parse_ttl(value, "r")
-    assert str(info.value) == (f'role "r" has max_session_ttl {value!r}, which is not a positive duration; use '
-                               'seconds (43200) or a duration such as "12h" or "1h30m"')
 
 
 def test_traits_view_is_a_sorted_copy():

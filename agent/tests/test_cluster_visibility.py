@@ -148,17 +148,18 @@ def test_visibility_names_the_rule(roles, labels, rule, reason):
 async def _register_leaf(svc, name: str, labels: dict) -> None:
     """A leaf joins with a token carrying labels (the root's handshake code), then the root relabels it."""
     from gatehouse import __version__, pki
-    from gatehouse.auth.service import Identity
+    from gatehouse.auth.authz import Identity
     admin = Identity("admin", "admin", svc.cluster_name)
-    token, _ = await svc.add_token(admin, ["trusted_cluster"], 300, labels={"joined": "by-token"})
+    token, _ = await svc.tokens.add(admin, ["trusted_cluster"], 300, labels={"joined": "by-token"})
     host_ca = pki.new_ssh_key(comment=f"{name} host CA").public_line
-    await svc.trust.validate({"token": token, "cluster_name": name, "host_cas": [host_ca], "version": __version__},
-                             "127.0.0.1")
+    proxy = Identity("proxy", "proxy", svc.cluster_name)
+    await svc.trust.validate(proxy, {"token": token, "cluster_name": name, "host_cas": [host_ca],
+                                     "version": __version__}, "127.0.0.1")
     await svc.trust.set_labels(admin, name, labels)
 
 
 async def test_cluster_listing_follows_the_table(auth):
-    from gatehouse.auth.service import Identity
+    from gatehouse.auth.authz import Identity
     admin = Identity("admin", "admin", auth.cluster_name)
     cases = [c for c in TABLE if c[1]]  # a user needs at least one role
     leaves = {}
@@ -167,10 +168,10 @@ async def test_cluster_listing_follows_the_table(auth):
         await _register_leaf(auth, leaves[case], labels)
     roles = {r["metadata"]["name"]: r for _, rs, _, _ in cases for r in rs}
     for r in roles.values():
-        await auth.put_resource(admin, r, force=True)
+        await auth.resources.put(admin, r, force=True)
     for i, (case, case_roles, _, visible) in enumerate(cases):
         user = f"u{i}"
-        await auth.put_resource(admin, {"kind": "user", "version": "v2", "metadata": {"name": user},
+        await auth.resources.put(admin, {"kind": "user", "version": "v2", "metadata": {"name": user},
                                         "spec": {"roles": [r["metadata"]["name"] for r in case_roles],
                                                  "traits": {"logins": ["visitor"]}}})
         seen = {c["name"] for c in await auth.list_clusters(Identity(user, "user", auth.cluster_name))}
@@ -182,16 +183,17 @@ async def test_cluster_listing_follows_the_table(auth):
 
 
 async def test_token_labels_apply_at_registration(auth):
-    from gatehouse.auth.service import Identity
+    from gatehouse.auth.authz import Identity
     admin = Identity("admin", "admin", auth.cluster_name)
-    token, _ = await auth.add_token(admin, ["trusted_cluster"], 300, labels={"env": "demo"})
+    token, _ = await auth.tokens.add(admin, ["trusted_cluster"], 300, labels={"env": "demo"})
     from gatehouse import __version__, pki
-    await auth.trust.validate({"token": token, "cluster_name": "demo.test", "version": __version__,
+    await auth.trust.validate(Identity("proxy", "proxy", auth.cluster_name),
+                              {"token": token, "cluster_name": "demo.test", "version": __version__,
                                "host_cas": [pki.new_ssh_key().public_line]}, "127.0.0.1")
-    await auth.put_resource(admin, DEMO, force=True)
-    await auth.put_resource(admin, PLAIN, force=True)
+    await auth.resources.put(admin, DEMO, force=True)
+    await auth.resources.put(admin, PLAIN, force=True)
     for name, user_roles, visible in (("d", ["demo"], True), ("p", ["plain"], False)):
-        await auth.put_resource(admin, {"kind": "user", "version": "v2", "metadata": {"name": name},
+        await auth.resources.put(admin, {"kind": "user", "version": "v2", "metadata": {"name": name},
                                         "spec": {"roles": user_roles, "traits": {}}})
         seen = {c["name"] for c in await auth.list_clusters(Identity(name, "user", auth.cluster_name))}
         assert ("demo.test" in seen) is visible

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import fails, ok, write_yaml
 
-from gatehouse.sshclient import proxy_subsystem
+from gatehouse.wire import proxy_subsystem
 
 PW = "route-password-1"
 CLUSTER = "root.test"

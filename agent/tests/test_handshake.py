@@ -7,8 +7,10 @@ import ssl
 import pytest
 
 from gatehouse import __version__
+from gatehouse import rootclient
 from gatehouse.auth import handshake
-from gatehouse.auth.trust import connection_status, effective_tunnel_addr
+from gatehouse.resources import tunnel_dial_addr
+from gatehouse.wire import connection_status
 from gatehouse.errors import BadParameter, TLSProblem, TrustError
 
 CA = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbcdefghijklmnopqrstuvwxyz0123456789ABCDEF leaf host CA"
@@ -69,15 +71,15 @@ class _CertError(ssl.SSLCertVerificationError):
     (20, "unable to get local issuer certificate", "unable to get local issuer certificate"),
 ])
 def test_tls_errors_name_the_cause(code, text, cause):
-    err = handshake.tls_error("root.example:3080", _CertError(code, text))
+    err = rootclient.tls_error("root.example:3080", _CertError(code, text))
     assert isinstance(err, TLSProblem)
     assert str(err).startswith("the trusted cluster uses misconfigured HTTP/TLS certificate: ")
     assert cause in str(err) and "--insecure" in str(err)
 
 
 def test_insecure_context_skips_verification_and_default_verifies():
-    assert handshake.client_ssl_context(False).verify_mode == ssl.CERT_REQUIRED
-    ctx = handshake.client_ssl_context(True)
+    assert rootclient.client_ssl_context(False).verify_mode == ssl.CERT_REQUIRED
+    ctx = rootclient.client_ssl_context(True)
     assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
 
 
@@ -93,9 +95,9 @@ def test_connection_status_uses_three_missed_heartbeats():
     assert connection_status([stale, fresh, closed], now) == ("online", now - 1)  # newest beat wins
 
 
-def test_effective_tunnel_addr():
+def test_tunnel_dial_addr():
     tc = {"spec": {"tunnel_addr": "root:3080", "web_proxy_addr": "root:3080"}, "discovered_tunnel_addr": "root:3024"}
-    assert effective_tunnel_addr(tc) == "root:3024"
+    assert tunnel_dial_addr(tc) == "root:3024"
     tc["spec"]["tunnel_addr"] = "lb:4024"
-    assert effective_tunnel_addr(tc) == "lb:4024"
-    assert effective_tunnel_addr({"spec": {"tunnel_addr": "", "web_proxy_addr": "r:3080"}}) == "r:3080"
+    assert tunnel_dial_addr(tc) == "lb:4024"
+    assert tunnel_dial_addr({"spec": {"tunnel_addr": "", "web_proxy_addr": "r:3080"}}) == "r:3080"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gatehouse.auth.service import Identity
+from gatehouse.auth.authz import Identity
 
 
 async def _expiry(auth, name: str, interval) -> float:

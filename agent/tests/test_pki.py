@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gatehouse import pki
+from gatehouse import pki, wire
 from gatehouse.errors import BadParameter
+from gatehouse.sshserver import CertAuthServer
 
 NOW = int(time.time())
 
@@ -162,8 +163,8 @@ def test_ssh_keygen_rejects_a_tampered_cert(tmp_path, user_ca, alice):
 def test_user_cert_extensions_flags():
     ext = pki.user_cert_extensions(["r"], {}, "c", permit_pty=False, permit_port_forwarding=False,
                                    permit_agent_forwarding=False, permit_x11_forwarding=True, permit_user_rc=True)
-    assert ext == {"permit-X11-forwarding": "", "permit-user-rc": "", pki.EXT_ROLES: '["r"]',
-                   pki.EXT_TRAITS: "{}", pki.EXT_CLUSTER: '"c"'}
+    assert ext == {"permit-X11-forwarding": "", "permit-user-rc": "", wire.EXT_ROLES: '["r"]',
+                   wire.EXT_TRAITS: "{}", wire.EXT_CLUSTER: '"c"'}
     assert set(pki.user_cert_extensions([], {}, "c")) >= {"permit-pty", "permit-port-forwarding",
                                                            "permit-agent-forwarding"}
 
@@ -195,11 +196,11 @@ def test_parse_reads_a_cert_signed_by_ssh_keygen(tmp_path, user_ca):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
     subprocess.run(["ssh-keygen", "-q", "-s", str(ca_file), "-I", "bob", "-n", "bob,web", "-z", "99",
                     "-V", "+1h", "-O", "clear", "-O", "permit-pty",
-                    "-O", f"extension:{pki.EXT_ROLES}=[\"editor\"]", str(key_file) + ".pub"],
+                    "-O", f"extension:{wire.EXT_ROLES}=[\"editor\"]", str(key_file) + ".pub"],
                    check=True, capture_output=True)
     info = pki.parse_ssh_cert((tmp_path / "k-cert.pub").read_text())
     assert (info.key_id, info.principals, info.serial) == ("bob", ["bob", "web"], 99)
-    assert info.extensions == {"permit-pty": "", pki.EXT_ROLES: '["editor"]'}
+    assert info.extensions == {"permit-pty": "", wire.EXT_ROLES: '["editor"]'}
     assert info.roles == ["editor"] and info.traits == {} and info.cluster is None
     assert info.signing_ca_line == " ".join(user_ca.public_line.split()[:2])
 
@@ -257,46 +258,32 @@ def test_asyncssh_imports_and_validates(user_ca, alice):
         asyncssh.import_certificate(_tamper(_user_cert(user_ca, alice), 100))
 
 
-def test_register_asyncssh_extensions_is_idempotent(user_ca, alice):
-    pki.register_asyncssh_extensions()
-    table = dict(asyncssh.public_key.SSHOpenSSHCertificateV01._user_extension_decoders)
-    pki.register_asyncssh_extensions()
-    assert asyncssh.public_key.SSHOpenSSHCertificateV01._user_extension_decoders == table
-    cert = asyncssh.import_certificate(_user_cert(user_ca, alice))
-    assert cert.options[pki.EXT_ROLES] == '["access","dev"]'
-    assert cert.options[pki.EXT_CLUSTER] == '"root.example"'
-
-
 def _same_key(key: asyncssh.SSHKey, line: str) -> bool:
     return key.export_public_key("openssh").decode().split()[:2] == line.split()[:2]
 
 
-class _CertAuthServer(asyncssh.SSHServer):
-    """Accepts only certificates from one user CA, like the node and proxy servers."""
+class _CertAuthServer(CertAuthServer):
+    """The node's and proxy's certificate check (sshserver.CertAuthServer) for one user CA."""
+
+    server_kind = "this test server"
 
     def __init__(self, ca_line: str):
-        self.ca_line = ca_line
+        super().__init__(lambda line: {"cluster_name": "root.example"} if _same_key(asyncssh.import_public_key(line),
+                                                                                    ca_line) else None,
+                         "root.example")
 
-    def begin_auth(self, username):
-        return True
-
-    def public_key_auth_supported(self):
-        return True
-
-    def validate_public_key(self, username, key):
-        return False
-
-    def validate_ca_key(self, username, key):
-        return _same_key(key, self.ca_line)
+    def auth_ok(self, user) -> None:
+        pass
 
 
 async def _report_cert_options(process):
     conn = process.get_extra_info("connection")
+    extensions = conn.get_owner().user.cert.extensions  # as the node reads them (pki.parse_ssh_cert)
     process.stdout.write(json.dumps({
         "user": process.get_extra_info("username"),
-        "roles": conn.get_certificate_option(pki.EXT_ROLES),
-        "traits": conn.get_certificate_option(pki.EXT_TRAITS),
-        "cluster": conn.get_certificate_option(pki.EXT_CLUSTER),
+        "roles": extensions.get(wire.EXT_ROLES),
+        "traits": extensions.get(wire.EXT_TRAITS),
+        "cluster": extensions.get(wire.EXT_CLUSTER),
         "pty": conn.check_certificate_permission("pty"),
         "x11": conn.check_certificate_permission("X11-forwarding"),
         "command": process.command,
@@ -315,7 +302,6 @@ def _client_key(pair, cert_line):
 
 
 async def test_asyncssh_end_to_end_user_cert(user_ca, alice):
-    pki.register_asyncssh_extensions()
     server, port = await _server(user_ca.public_line, [asyncssh.generate_private_key("ssh-ed25519")])
     try:
         async with asyncssh.connect("127.0.0.1", port, username="root", known_hosts=None, agent_path=None,
@@ -386,7 +372,6 @@ def _ssh_cmd(tmp_path, alice, user_cert, host_ca, port, user):
 
 
 async def test_openssh_client_against_asyncssh_server(tmp_path, user_ca, host_ca, alice):
-    pki.register_asyncssh_extensions()
     host, host_cert = _host_identity(host_ca, ["127.0.0.1"])
     server, port = await _server(user_ca.public_line, [(asyncssh.import_private_key(host.private_openssh),
                                                         asyncssh.import_certificate(host_cert))])

@@ -22,15 +22,15 @@ a check is then set lookups plus memoised label matches.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 
+from .durations import parse_ttl
 from .errors import BadParameter
 from .labels import Selector, format_labels, normalize_selector
+from .resources.schema import DEFAULT_MAX_SESSION_TTL
 from .rolemap import InvalidRoleMap, map_roles, no_mapping_message
 from .traits import apply_traits_to_labels, apply_traits_to_list, apply_traits_to_logins
 
-DEFAULT_MAX_SESSION_TTL = 12 * 3600
 DEFAULT_OPTIONS = {
     "max_session_ttl": DEFAULT_MAX_SESSION_TTL,
     "permit_pty": True,
@@ -39,7 +39,6 @@ DEFAULT_OPTIONS = {
     "permit_x11_forwarding": False,
 }
 _PERMITS = ("permit_pty", "permit_port_forwarding", "permit_agent_forwarding", "permit_x11_forwarding")
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
 @dataclass
@@ -54,26 +53,11 @@ class Decision:
         return asdict(self)
 
 
-def parse_ttl(value, role_name: str = "") -> int:
-    """max_session_ttl as seconds: an int, digits, or a duration like "8h", "1h30m", "90s"."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str) and value.isdigit() and int(value) > 0:
-        return int(value)
-    match = _DURATION.fullmatch(value) if isinstance(value, str) and value else None
-    if match and any(match.groups()):
-        hours, minutes, seconds = (int(g or 0) for g in match.groups())
-        if hours * 3600 + minutes * 60 + seconds > 0:
-            return hours * 3600 + minutes * 60 + seconds
-    raise BadParameter(f'role "{role_name}" has max_session_ttl {value!r}, which is not a positive '
-                       f'duration; use seconds (43200) or a duration such as "12h" or "1h30m"')
-
-
 def _options(name: str, options) -> dict:
     options = options or {}
     out = dict(DEFAULT_OPTIONS)
     if "max_session_ttl" in options:
-        out["max_session_ttl"] = parse_ttl(options["max_session_ttl"], name)
+        out["max_session_ttl"] = parse_ttl(options["max_session_ttl"], f'role "{name}" max_session_ttl')
     if "permit_agent_forwarding" not in options and "forward_agent" in options:
         out["permit_agent_forwarding"] = bool(options["forward_agent"])  # older name of the option
     for key in _PERMITS:

@@ -45,14 +45,3 @@ class AuditLog:
 
     def close(self) -> None:
         self._fh.close()
-
-
-def read_events(data_dir: str, event: str | None = None) -> list[dict]:
-    """All audit entries (optionally of one event type), oldest first."""
-    path = os.path.join(data_dir, "log", "audit.jsonl")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            entries = [json.loads(line) for line in fh if line.strip()]
-    except FileNotFoundError:
-        return []
-    return [e for e in entries if event is None or e.get("event") == event]

@@ -10,8 +10,8 @@ import json
 import ssl
 
 from .errors import ConnectionProblem, GatehouseError, TLSProblem, from_dict
+from .wire import FORWARDED_IDENTITY
 
-FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"
 
 
 def _unreachable(url: str, exc: Exception) -> ConnectionProblem:
@@ -79,7 +79,7 @@ class APIClient:
             raise _tls_problem(self.base_url, exc) from None
         except requests.exceptions.RequestException as exc:
             raise _unreachable(self.base_url, exc) from None
-        return _decode(resp.status_code, resp.content)
+        return decode_response(resp.status_code, resp.content)
 
     def get(self, path, **kw):
         return self.call("GET", path, **kw)
@@ -120,7 +120,7 @@ class AsyncAPIClient:
             async with session.request(method, url, json=body, params=params, headers=headers,
                                        server_hostname=self.server_hostname,
                                        timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
-                return _decode(resp.status, await resp.read())
+                return decode_response(resp.status, await resp.read())
         except aiohttp.ClientSSLError as exc:
             raise _tls_problem(self.base_url, exc) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -131,7 +131,8 @@ class AsyncAPIClient:
             await self._session.close()
 
 
-def _decode(status: int, content: bytes) -> dict:
+def decode_response(status: int, content: bytes) -> dict:
+    """A Gatehouse JSON answer as a dict; an error answer raised as the Gatehouse error it names."""
     try:
         payload = json.loads(content or b"{}")
     except ValueError:

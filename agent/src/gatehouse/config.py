@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadParameter
+from .wire import AUTH_PORT, NODE_PORT, PROXY_SSH_PORT, TOKEN_TYPES, TUNNEL_PORT, WEB_PORT
 
 DEFAULT_CONFIG_PATH = "/etc/gatehouse.yaml"
 DEFAULT_DATA_DIR = "/var/lib/gatehouse"
-NODE_PORT, PROXY_SSH_PORT, TUNNEL_PORT, AUTH_PORT, WEB_PORT = 3022, 3023, 3024, 3025, 3080
 
 
 @dataclass
@@ -157,7 +157,7 @@ def _validate(cfg: Config, path: str) -> None:
         validate_name(cfg.auth.cluster_name, "auth_service.cluster_name")
         for tok in cfg.auth.tokens:
             kind, _, secret = str(tok).partition(":")
-            if kind not in ("trusted_cluster", "node", "proxy") or not secret:
+            if kind not in TOKEN_TYPES or not secret:
                 raise BadParameter(f"{path}: static token {kind or tok!r} must look like trusted_cluster:SECRET, node:SECRET or proxy:SECRET")
     elif not cfg.auth_servers:
         raise BadParameter(f"{path}: this process runs no auth service, so gatehouse.auth_servers must list the auth server address (host:3025)")

@@ -12,13 +12,10 @@ from aiohttp import web
 
 from . import pki
 from .errors import BadParameter, GatehouseError
+from .wire import CLUSTER_SERVER_NAME
 
 log = logging.getLogger("gatehouse.http")
 
-#: TLS server name (SNI) with which a cluster member asks a proxy's web port for the proxy's
-#: cluster certificate instead of the public web certificate, so it can verify the proxy
-#: against the cluster CA (``.invalid`` is reserved: no real host is called that).
-CLUSTER_SERVER_NAME = "cluster.gatehouse.invalid"
 
 
 def route_pattern(request: web.Request) -> str:

@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from .errors import BadParameter
+from .wire import EXT_CLUSTER, EXT_ROLES, EXT_TRAITS
 
 
 class _LazyModule:
@@ -52,9 +53,6 @@ KEY_TYPE = "ssh-ed25519"
 CERT_KEY_TYPE = "ssh-ed25519-cert-v01@openssh.com"
 _CERT_TYPES = {"user": 1, "host": 2}
 
-EXT_ROLES = "gatehouse-roles@gatehouse"
-EXT_TRAITS = "gatehouse-traits@gatehouse"
-EXT_CLUSTER = "gatehouse-cluster@gatehouse"
 
 
 @dataclass
@@ -324,23 +322,6 @@ def _ed25519_raw_from_cert(blob: bytes) -> bytes:
 def _b64_line(plain_blob: bytes) -> str:
     return f"{KEY_TYPE} {base64.b64encode(plain_blob).decode()}"
 
-
-def register_asyncssh_extensions() -> None:
-    """Let asyncssh servers read our extensions via ``conn.get_certificate_option(EXT_ROLES)``.
-
-    asyncssh (pinned >=2.14,<3) silently drops extensions it has no decoder for; this adds
-    decoders returning the raw JSON string to its class-level table. Safe to call repeatedly.
-    """
-    from asyncssh.public_key import SSHOpenSSHCertificateV01
-
-    def decode(packet) -> str:
-        return packet.get_string().decode("utf-8")
-
-    for name in (EXT_ROLES, EXT_TRAITS, EXT_CLUSTER):
-        SSHOpenSSHCertificateV01._user_extension_decoders.setdefault(name.encode(), decode)
-
-
-# ------------------------------------------------------------------ files
 
 def write_secret(path: str, data: str | bytes) -> None:
     """Atomically write a file only the owner can read (0600)."""

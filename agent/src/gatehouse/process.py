@@ -9,7 +9,7 @@ import signal
 from . import sshtuning
 from .audit import AuditLog
 from .config import Config, split_hostport
-from .membership import api_client, obtain_identity
+from .member.join import api_client, obtain_identity
 
 log = logging.getLogger("gatehouse")
 
@@ -33,27 +33,32 @@ class GatehouseProcess:
             self.closers += [runner.cleanup, self.auth.close]
         if not (cfg.proxy.enabled or cfg.ssh.enabled):
             return
-        from .cache import ClusterCache
+        from .member.cache import ClusterCache
+        from .member.checkers import CheckerCache
+        from .member.context import MemberContext
         audit = audit or AuditLog(cfg.data_dir)
         roles = [r for r, on in (("proxy", cfg.proxy.enabled), ("node", cfg.ssh.enabled)) if on]
+        issue = self.auth.issue_host_identity if self.auth is not None else None
         idents = {}
         for role in roles:
-            idents[role] = await obtain_identity(cfg, role, cfg.nodename, self._principals(role), self.auth)
+            idents[role] = await obtain_identity(cfg, role, cfg.nodename, self._principals(role), issue)
         client = api_client(idents[roles[0]])
         cache = ClusterCache(client)
         await cache.start()
         if not audit.cluster_name:   # a node or proxy without auth learns its cluster from the cache
             audit.cluster_name = cache.cluster_name
         self.closers += [client.close, cache.stop]
+        ctx = MemberContext(cfg=cfg, ident=idents[roles[0]], client=client, cache=cache,
+                            checkers=CheckerCache(cache), audit=audit)
         if cfg.proxy.enabled:
             from .proxy.ssh import ProxySSH
             from .proxy.web import ProxyWeb
             from .tunnel.agent import TunnelAgentPool
             from .tunnel.server import TunnelServer
-            tunnels = TunnelServer(cfg, idents["proxy"], cache, client, audit)
-            web = ProxyWeb(cfg, idents["proxy"], client, cache, tunnels)
-            ssh = ProxySSH(cfg, idents["proxy"], cache, audit, tunnels)
-            agents = TunnelAgentPool(cfg, idents["proxy"], cache, client, audit)
+            tunnels = TunnelServer(ctx)
+            web = ProxyWeb(ctx, tunnels)
+            ssh = ProxySSH(ctx, tunnels)
+            agents = TunnelAgentPool(ctx)
             await web.start()
             await ssh.start()
             await tunnels.start()
@@ -62,7 +67,7 @@ class GatehouseProcess:
         if cfg.ssh.enabled:
             from .node.server import NodeService
             node_client = api_client(idents["node"])
-            node = NodeService(cfg, idents["node"], cache, node_client, audit)
+            node = NodeService(ctx.for_identity(idents["node"], node_client))
             await node.start()
             self.closers += [node.stop, node_client.close]
 

@@ -18,7 +18,8 @@ import sys
 from . import sshtuning
 from .errors import AccessDenied, ConnectionProblem, GatehouseError, NotFound
 from .profile import refresh_known_hosts
-from .sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS, SESSION_MAX_PKTSIZE
+from .sshparams import CARRIER_MAX_PKTSIZE, SESSION_MAX_PKTSIZE, client_options
+from .wire import proxy_subsystem
 
 
 _OPEN = object()  # _SubsystemPipe.closed while the channel is open
@@ -195,15 +196,6 @@ class _SubsystemTunnel:
         return chan, inner
 
 
-def proxy_subsystem(node: str, port: int, cluster: str) -> str:
-    """`proxy:NODE:PORT@CLUSTER` for the proxy's router; `node1.C` and `node1` are the same node."""
-    if cluster and node.endswith("." + cluster):
-        node = node[: -len(cluster) - 1]
-    if ":" in node:
-        node = f"[{node}]"
-    return f"proxy:{node}:{port}@{cluster}"
-
-
 def _client_factory(banners: list[str]):
     asyncssh = import_asyncssh()
 
@@ -220,13 +212,14 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
     key = asyncssh.import_private_key(open(profile.key_path, encoding="utf-8").read())
     cert = asyncssh.import_certificate(open(profile.cert_path, encoding="utf-8").read())
     banners: list[str] = []
-    common = dict(client_keys=[(key, cert)], known_hosts=profile.known_hosts_path, agent_path=None,
-                  encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS, preferred_auth="publickey",
-                  client_factory=_client_factory(banners), config=None, ignore_encrypted=True)
+    def options(max_pktsize: int) -> dict:
+        return client_options((key, cert), max_pktsize=max_pktsize, known_hosts=profile.known_hosts_path,
+                              client_factory=_client_factory(banners), ignore_encrypted=True)
+
     proxy_host, proxy_port = profile.ssh_addr
     try:
         proxy = await _trusting_current_host_cas(profile, lambda: asyncssh.connect(
-            proxy_host, proxy_port, username=login, max_pktsize=CARRIER_MAX_PKTSIZE, **common))
+            proxy_host, proxy_port, username=login, **options(CARRIER_MAX_PKTSIZE)))
     except asyncssh.HostKeyNotVerifiable as exc:
         raise ConnectionProblem(f"the proxy at {proxy_host}:{proxy_port} presented a host key not signed by cluster "
                                 f"\"{profile.cluster}\" ({exc}); if the cluster was re-created, run 'gate login "
@@ -242,7 +235,7 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
     async def to_node():
         tunnel = _SubsystemTunnel(proxy, proxy_subsystem(node, port, cluster), node, cluster)
         return await asyncssh.connect(target, port, tunnel=tunnel, username=login,
-                                      max_pktsize=SESSION_MAX_PKTSIZE, **common)
+                                      **options(SESSION_MAX_PKTSIZE))
 
     try:
         conn = await _trusting_current_host_cas(profile, to_node)

@@ -1,4 +1,4 @@
-"""SSH algorithm preferences and packet sizes shared by the node, the proxy and `gate ssh`.
+"""SSH algorithm preferences, packet sizes and the asyncssh options every Gatehouse SSH end uses.
 
 AES-GCM first: hardware-accelerated and the fastest cipher asyncssh offers; no
 compression, since SSH payloads here are mostly already-encrypted inner sessions.
@@ -25,3 +25,26 @@ SESSION_MAX_PKTSIZE = 128 * 1024
 #: (Larger packets on these hops paid off only once asyncssh's receive buffer stopped
 #: copying itself per packet; see gatehouse.sshtuning.)
 CARRIER_MAX_PKTSIZE = SESSION_MAX_PKTSIZE + 4 * 1024
+
+
+def server_options(host_keypair, *, max_pktsize: int, keepalive_interval: float = 30, login_timeout: float = 30,
+                   **extra) -> dict:
+    """asyncssh options for a Gatehouse SSH server end (node, proxy, the leaf end of a tunnel).
+
+    Certificate authentication only (the servers' own classes decide), no scp, agent or
+    X11 forwarding, bytes rather than text on every channel.
+    """
+    return dict(server_host_keys=[host_keypair], encoding=None, encryption_algs=ENCRYPTION_ALGS,
+                compression_algs=COMPRESSION_ALGS, max_pktsize=max_pktsize, allow_scp=False,
+                agent_forwarding=False, x11_forwarding=False, keepalive_interval=keepalive_interval,
+                login_timeout=login_timeout, **extra)
+
+
+def client_options(client_keypair, *, max_pktsize: int, known_hosts, **extra) -> dict:
+    """asyncssh options for a Gatehouse SSH client end (`gate ssh`, the root end of a tunnel).
+
+    Only the given certificate is offered: no ssh-agent, no ~/.ssh/config.
+    """
+    return dict(client_keys=[client_keypair], known_hosts=known_hosts, config=None, agent_path=None,
+                encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS, max_pktsize=max_pktsize,
+                preferred_auth="publickey", **extra)

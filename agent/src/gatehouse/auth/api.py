@@ -1,8 +1,9 @@
 """The auth service's HTTPS API (port 3025), mutual TLS with the cluster X.509 CA.
 
 Handlers are thin: they read the caller's identity from the verified client
-certificate, parse JSON and call `AuthService`. Errors travel as
-`{"error": {"code", "message"}}` with the error's HTTP status.
+certificate, parse JSON and call `AuthService`, whose methods decide what that
+identity may do (authz.py). Errors travel as `{"error": {"code", "message"}}` with
+the error's HTTP status.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from aiohttp import web
 
 from .. import __version__, pki
 from ..config import is_ip, join_hostport, split_hostport
+from ..durations import parse_ttl
 from ..errors import AccessDenied, BadParameter
 from ..httputil import error_middleware, make_server_context, peer_subject, read_json
-from .service import AuthService, Identity
+from ..wire import AUTH_PORT, FORWARDED_IDENTITY, NODE_PORT, WEB_PORT
+from .authz import Identity
+from .service import AuthService
 
 log = logging.getLogger("gatehouse.auth.api")
-
-FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"
 
 
 def identity_from_request(request: web.Request, cluster_name: str) -> Identity | None:
@@ -94,33 +96,34 @@ class AuthAPI:
         return web.json_response(await self.svc.status(self.ident(request)))
 
     async def get_resources(self, request):
-        items = await self.svc.get_resources(self.ident(request), request.match_info["kind"],
+        items = await self.svc.resources.get(self.ident(request), request.match_info["kind"],
                                              request.match_info.get("name"))
         return web.json_response({"items": items})
 
     async def put_resource(self, request):
+        """Create or (force) replace a resource; `?dry_run=true` only says what would be stored and changed."""
         body = await read_json(request)
-        res, created = await self.svc.put_resource(self.ident(request), _need(body, "resource")[0],
-                                                   force=bool(body.get("force")))
-        return web.json_response({"resource": res, "created": created})
+        dry_run = request.query.get("dry_run", "").lower() in ("1", "true", "yes")
+        answer = await self.svc.resources.put(self.ident(request), _need(body, "resource")[0],
+                                              force=bool(body.get("force")), dry_run=dry_run)
+        return web.json_response(answer)
 
     async def delete_resource(self, request):
-        await self.svc.delete_resource(self.ident(request), request.match_info["kind"], request.match_info["name"])
+        await self.svc.resources.delete(self.ident(request), request.match_info["kind"], request.match_info["name"])
         return web.json_response({})
 
     async def add_token(self, request):
-        from ..resources import parse_ttl
         body = await read_json(request)
-        value, res = await self.svc.add_token(self.ident(request), body.get("roles") or body.get("type"),
-                                              parse_ttl(body.get("ttl", "30m")), body.get("labels") or {},
-                                              name=str(body.get("name") or ""), value=str(body.get("token") or ""))
+        value, res = await self.svc.tokens.add(self.ident(request), body.get("roles") or body.get("type"),
+                                               parse_ttl(body.get("ttl", "30m")), body.get("labels") or {},
+                                               name=str(body.get("name") or ""), value=str(body.get("token") or ""))
         return web.json_response({"token": value, "resource": res})
 
     async def list_tokens(self, request):
-        return web.json_response({"items": await self.svc.list_tokens(self.ident(request))})
+        return web.json_response({"items": await self.svc.tokens.list(self.ident(request))})
 
     async def delete_token(self, request):
-        name = await self.svc.delete_token(self.ident(request), request.match_info["name"])
+        name = await self.svc.tokens.delete(self.ident(request), request.match_info["name"])
         return web.json_response({"name": name})
 
     async def set_password(self, request):
@@ -130,11 +133,9 @@ class AuthAPI:
 
     async def login(self, request):
         ident = self.ident(request)
-        if ident.kind != "proxy":
-            raise AccessDenied("password logins go through the proxy: use 'gate login --proxy=HOST:3080'")
         body = await read_json(request)
         user, password, ssh_pub, tls_pub = _need(body, "user", "password", "ssh_public_key", "tls_public_key")
-        result = await self.svc.login(str(user), str(password), ssh_pub, tls_pub, int(body.get("ttl") or 0),
+        result = await self.svc.login(ident, str(user), str(password), ssh_pub, tls_pub, int(body.get("ttl") or 0),
                                       str(body.get("client_addr") or request.remote))
         return web.json_response(result)
 
@@ -151,7 +152,7 @@ class AuthAPI:
     async def heartbeat(self, request):
         body = await read_json(request)
         name, addr = _need(body, "name", "addr")
-        host, port = split_hostport(str(addr), 3022)
+        host, port = split_hostport(str(addr), NODE_PORT)
         if host in ("0.0.0.0", "::", ""):
             addr = f"{request.remote}:{port}"  # advertise the address auth saw the node connect from
         await self.svc.heartbeat_node(self.ident(request), str(name), str(addr), body.get("labels") or {},
@@ -174,16 +175,12 @@ class AuthAPI:
     # -- trust ----------------------------------------------------------------
     async def validate_trust(self, request):
         ident = self.ident(request)
-        if ident.kind != "proxy":
-            raise AccessDenied("trust handshakes arrive through the root proxy's /webapi/trustedclusters/validate")
         body = await read_json(request)
         client_addr = str(body.pop("client_addr", "") or request.remote)
-        return web.json_response(await self.svc.trust.validate(body, client_addr))
+        return web.json_response(await self.svc.trust.validate(ident, body, client_addr))
 
     async def set_cluster_labels(self, request):
         ident = self.ident(request)
-        if not ident.is_admin:
-            raise AccessDenied("only the root's admin can set a remote cluster's labels")
         body = await read_json(request)
         rc = await self.svc.trust.set_labels(ident, request.match_info["name"], body.get("labels") or {})
         return web.json_response({"resource": rc})
@@ -211,7 +208,7 @@ class AuthAPI:
         body = await read_json(request)
         web_addr = ""
         if body.get("web_listen_addr"):
-            host, port = split_hostport(str(body["web_listen_addr"]), 3080)
+            host, port = split_hostport(str(body["web_listen_addr"]), WEB_PORT)
             if host in ("0.0.0.0", "::", ""):
                 host = request.remote or ""  # the proxy listens everywhere: use the address it calls from
             web_addr = join_hostport(host, port) if host else ""
@@ -244,7 +241,7 @@ async def server_tls_context(svc: AuthService, host: str) -> ssl.SSLContext:
     key_pem, pub_pem = pki.new_tls_key()
     names = {"localhost", socket.gethostname(), "auth", f"auth.{svc.cluster_name}"}
     ips = {"127.0.0.1", "::1"}
-    pub_host = split_hostport(svc.cfg.auth.public_addr, 3025)[0] if svc.cfg.auth.public_addr else ""
+    pub_host = split_hostport(svc.cfg.auth.public_addr, AUTH_PORT)[0] if svc.cfg.auth.public_addr else ""
     for h in (host, pub_host):
         if h and h not in ("0.0.0.0", "::"):
             (ips if is_ip(h) else names).add(h)
@@ -256,7 +253,7 @@ async def server_tls_context(svc: AuthService, host: str) -> ssl.SSLContext:
 
 async def start(svc: AuthService) -> web.AppRunner:
     api = AuthAPI(svc)
-    host, port = split_hostport(svc.cfg.auth.listen_addr, 3025)
+    host, port = split_hostport(svc.cfg.auth.listen_addr, AUTH_PORT)
     runner = web.AppRunner(api.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or None, port, ssl_context=await server_tls_context(svc, host),

@@ -8,46 +8,29 @@ checks what that identity may do.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import time
-from dataclasses import dataclass
 
 from .. import __version__, pki, resources
 from ..access import AccessChecker, explain_ssh, node_not_registered
 from ..audit import AuditLog
-from ..clock import now_iso
 from ..backend import open_backend
-from ..config import AUTH_PORT, Config, is_ip, public_addr
+from ..clock import now_iso
+from ..config import Config, is_ip, public_addr
 from ..errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from ..ratelimit import RateLimiter
-from . import passwords
+from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, NOLOGIN_PRINCIPAL, TUNNEL_PRINCIPAL
+from . import keys, passwords
+from .authz import Identity, require_admin, require_kind, require_node_itself
+from .relay import LeafRelay
+from .resource_store import not_found
+from .tokens import TokenStore
 
 log = logging.getLogger("gatehouse.auth")
 
-TOKEN_TYPES = ("trusted_cluster", "node", "proxy")
 USER_CERT_MAX_TTL = 30 * 3600
 HOST_CERT_TTL = 365 * 24 * 3600
-SNAPSHOT_PREFIXES = ["cas/", "roles/", "users/", "trusted_clusters/", "remote_clusters/", "nodes/"]
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who is calling: taken from a verified X.509 client certificate."""
-    name: str
-    kind: str            # admin | user | node | proxy
-    cluster: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.kind == "admin"
-
-
-def token_hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class AuthService:
@@ -58,10 +41,13 @@ class AuthService:
         self.audit = audit
         self.login_limiter = RateLimiter(cfg.auth.login_rate)
         self.validate_limiter = RateLimiter(cfg.auth.validate_rate)
-        self.static_tokens = self._parse_static_tokens(cfg.auth.tokens)
+        self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
+        self.relay = LeafRelay(backend, cfg.data_dir)
         self._ca_cache: dict[str, dict] = {}
+        from .resource_store import ResourceStore
         from .trust import TrustManager
         self.trust = TrustManager(self)
+        self.resources = ResourceStore(self)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -78,14 +64,12 @@ class AuthService:
 
     async def _init_cluster(self) -> None:
         for ca_type in ("user", "host", "tls"):
-            key = f"cas/{self.cluster_name}/{ca_type}"
-            try:
-                await self.backend.get(key)
-            except NotFound:
+            key = keys.ca(self.cluster_name, ca_type)
+            if not await self.backend.exists(key):
                 await self.backend.create(key, self._new_ca(ca_type))
                 log.info("created %s certificate authority for cluster %s", ca_type, self.cluster_name)
         try:
-            await self.backend.create("roles/access", _default_access_role())
+            await self.backend.create(keys.role("access"), _default_access_role())
         except AlreadyExists:
             pass
         await self._write_admin_identity()
@@ -115,13 +99,13 @@ class AuthService:
     # ----------------------------------------------------------------- CAs
     async def local_ca(self, ca_type: str) -> dict:
         if ca_type not in self._ca_cache:
-            self._ca_cache[ca_type] = (await self.backend.get(f"cas/{self.cluster_name}/{ca_type}")).value
+            self._ca_cache[ca_type] = (await self.backend.get(keys.ca(self.cluster_name, ca_type))).value
         return self._ca_cache[ca_type]
 
     async def cert_authorities(self) -> list[dict]:
         """Public parts of every CA this cluster knows (its own and trusted clusters')."""
         out = []
-        for item in await self.backend.get_range("cas/"):
+        for item in await self.backend.get_range(keys.CAS_PREFIX):
             v = item.value
             out.append({"cluster_name": v["cluster_name"], "type": v["type"], "public": v["public"],
                         "active": v.get("active", True), "local": v.get("local", False),
@@ -143,7 +127,6 @@ class AuthService:
         now = int(time.time())
         names = [name, f"{name}.{self.cluster_name}", *principals]
         if kind == "proxy":
-            from ..tunnel import TUNNEL_PRINCIPAL
             names.append(TUNNEL_PRINCIPAL)  # leaves' tunnel servers present this name to root proxies
         ssh_cert = pki.sign_ssh_cert(host_ca["private"], ssh_public, cert_type="host", key_id=f"{kind}:{name}",
                                      principals=list(dict.fromkeys(p for p in names if p)),
@@ -161,78 +144,6 @@ class AuthService:
                 "host_ca": (await self.local_ca("host"))["public"],
                 "user_ca": (await self.local_ca("user"))["public"]}
 
-    # ----------------------------------------------------------------- tokens
-    @staticmethod
-    def _parse_static_tokens(entries) -> list[tuple[str, str]]:
-        out = []
-        for entry in entries:
-            kind, _, secret = str(entry).partition(":")
-            out.append((kind, token_hash(secret)))
-        return out
-
-    async def add_token(self, ident: Identity, roles: list[str], ttl: int, labels: dict | None = None,
-                        name: str = "", value: str = "") -> tuple[str, dict]:
-        _require_admin(ident, "create join tokens")
-        roles = _token_roles(roles)
-        if ttl <= 0:
-            raise BadParameter("token TTL must be positive, e.g. --ttl=15m")
-        value = value or secrets.token_hex(16)
-        if len(value) < 16:
-            raise BadParameter("a join token must be at least 16 characters long; omit it to get a random one")
-        digest = token_hash(value)
-        name = name or digest[:16]
-        resources.validate_name(name, "token name")
-        for item in await self.backend.get_range("tokens/"):
-            if hmac.compare_digest(item.value["hash"], digest) and item.value["name"] != name:
-                raise AlreadyExists("that token value is already in use; pick another value or omit it")
-        expires = time.time() + ttl
-        record = {"name": name, "hash": digest, "roles": roles, "labels": dict(labels or {}),
-                  "expires": now_iso(expires), "created": now_iso()}
-        await self.backend.put(f"tokens/{name}", record, expires=expires)
-        self.audit.emit("token.create", user=ident.name, token_name=name, roles=roles, expires=record["expires"])
-        return value, _token_resource(record)
-
-    async def list_tokens(self, ident: Identity) -> list[dict]:
-        _require_admin(ident, "list join tokens")
-        return [_token_resource(i.value) for i in await self.backend.get_range("tokens/")]
-
-    async def delete_token(self, ident: Identity, name_or_value: str) -> str:
-        _require_admin(ident, "delete join tokens")
-        record = await self._find_token(name_or_value, by_name=True)
-        if record is None:
-            raise NotFound("token not found; list tokens with 'gatectl tokens ls'")
-        await self.backend.delete(f"tokens/{record['name']}")
-        self.audit.emit("token.delete", user=ident.name, token_name=record["name"])
-        return record["name"]
-
-    async def _find_token(self, value: str, by_name: bool = False) -> dict | None:
-        digest = token_hash(value)
-        found = None
-        for item in await self.backend.get_range("tokens/"):
-            # Compare every stored hash in constant time; no early exit on a match.
-            if hmac.compare_digest(item.value["hash"], digest) or (by_name and item.value["name"] == value):
-                found = item.value
-        return found
-
-    async def check_token(self, value: str, role: str) -> dict:
-        """Return the token record that admits `role`, or raise a clear AccessDenied."""
-        digest = token_hash(value or "")
-        static_match = False
-        for kind, stored in self.static_tokens:
-            if hmac.compare_digest(stored, digest) and kind == role:
-                static_match = True
-        if static_match:
-            return {"name": "static", "roles": [role], "labels": {}, "expires": ""}
-        record = await self._find_token(value or "")
-        if record is None:
-            where = " on the root" if role == "trusted_cluster" else ""
-            raise AccessDenied(f"the {role} join token is invalid or has expired; create a new one{where} with "
-                               f"'gatectl tokens add --type={role}'")
-        if role not in record["roles"]:
-            raise AccessDenied(f"the join token is for {', '.join(record['roles'])}, not {role}; create one with "
-                               f"'gatectl tokens add --type={role}'")
-        return record
-
     async def join(self, token: str, role: str, name: str, ssh_public: str, tls_public: str,
                    principals: list[str], client_addr: str) -> dict:
         """A node or proxy process exchanges a join token for its identity."""
@@ -240,7 +151,7 @@ class AuthService:
             raise BadParameter(f"cannot join as {role!r}; use node or proxy")
         self.validate_limiter.check(f"join:{client_addr}", "join")
         try:
-            record = await self.check_token(token, role)
+            record = await self.tokens.check(token, role)
         except AccessDenied as exc:
             self.audit.emit("join", success=False, role=role, name=name, addr=client_addr, error=str(exc))
             raise
@@ -249,144 +160,35 @@ class AuthService:
         self.audit.emit("join", role=role, name=name, addr=client_addr, token_name=record["name"])
         return ident
 
-    # ----------------------------------------------------------------- resources
-    async def get_resources(self, ident: Identity, kind: str, name: str | None = None) -> list[dict]:
-        kind = resources.canonical_kind(kind)
-        if kind == "token":
-            items = await self.list_tokens(ident)
-            return [t for t in items if name is None or t["metadata"]["name"] == name] or _not_found(kind, name)
-        if kind == "cert_authority":
-            _require_admin(ident, "read certificate authorities")
-            cas = [_ca_resource(c) for c in await self.cert_authorities()]
-            return [c for c in cas if name is None or c["metadata"]["name"] == name] or _not_found(kind, name)
-        if kind in ("remote_cluster", "trusted_cluster"):
-            _require_admin(ident, f"read {kind} resources")
-            if kind == "remote_cluster":
-                return await self.trust.remote_clusters(name)
-            return await self.trust.trusted_clusters(name)
-        if kind == "node":
-            nodes = await self.list_nodes(ident)
-            return [n for n in nodes if name is None or n["metadata"]["name"] == name] or _not_found(kind, name)
-        _require_admin(ident, f"read {kind} resources")
-        prefix = _prefix(kind)
-        if name is not None:
-            try:
-                return [(await self.backend.get(prefix + name)).value]
-            except NotFound:
-                _not_found(kind, name)
-        return [i.value for i in await self.backend.get_range(prefix)]
-
-    async def put_resource(self, ident: Identity, resource: dict, force: bool = False) -> tuple[dict, bool]:
-        """Create (or with force, replace) a user or role. Returns (resource, created)."""
-        _require_admin(ident, "create resources")
-        res = resources.validate(resource)
-        kind, name = res["kind"], res["metadata"]["name"]
-        handler = getattr(self, f"_put_{kind}", None)
-        if handler is None:
-            raise BadParameter(f"{kind} resources cannot be created with 'gatectl create'; see 'gatectl --help'")
-        created = await handler(ident, res, force)
-        if kind not in _SELF_AUDITED:
-            self.audit.emit(f"{kind}.{'create' if created else 'update'}", user=ident.name, name=name)
-        return resources.redact(res), created
-
-    async def _put_simple(self, res: dict, force: bool) -> bool:
-        key = _prefix(res["kind"]) + res["metadata"]["name"]
-        if force:
-            try:
-                await self.backend.get(key)
-                await self.backend.put(key, res)
-                return False
-            except NotFound:
-                await self.backend.put(key, res)
-                return True
-        try:
-            await self.backend.create(key, res)
-        except AlreadyExists:
-            raise AlreadyExists(f'{res["kind"]} "{res["metadata"]["name"]}" already exists; use '
-                                f"'gatectl create -f' to overwrite it") from None
-        return True
-
-    async def _put_role(self, ident, res, force) -> bool:
-        return await self._put_simple(res, force)
-
-    async def _put_trusted_cluster(self, ident, res, force) -> bool:
-        return await self.trust.put_trusted_cluster(ident, res, force)
-
-    async def _delete_trusted_cluster(self, ident, name) -> None:
-        await self.trust.delete_trusted_cluster(ident, name)
-
-    async def _delete_remote_cluster(self, ident, name) -> None:
-        await self.trust.delete_remote_cluster(ident, name)
-
-    async def _put_user(self, ident, res, force) -> bool:
-        await self._require_roles_exist(res["spec"]["roles"])
-        return await self._put_simple(res, force)
-
-    async def _require_roles_exist(self, names: list[str]) -> None:
-        existing = {i.key.split("/", 1)[1] for i in await self.backend.get_range("roles/")}
-        missing = [n for n in names if n not in existing]
-        if missing:
-            raise BadParameter(f"role {', '.join(repr(m) for m in missing)} does not exist; create it first with "
-                               f"'gatectl create role.yaml'")
-
-    async def delete_resource(self, ident: Identity, kind: str, name: str) -> None:
-        _require_admin(ident, "delete resources")
-        kind = resources.canonical_kind(kind)
-        if kind == "token":
-            await self.delete_token(ident, name)
-            return
-        handler = getattr(self, f"_delete_{kind}", None)
-        if handler is not None:
-            await handler(ident, name)
-        else:
-            if kind not in ("user", "role"):
-                raise BadParameter(f"{kind} resources cannot be removed with 'gatectl rm'")
-            if kind == "role":
-                users = [i.value["metadata"]["name"] for i in await self.backend.get_range("users/")
-                         if name in i.value["spec"]["roles"]]
-                if users:
-                    raise BadParameter(f'role "{name}" is still assigned to {", ".join(users)}; remove it from them first')
-            try:
-                await self.backend.delete(_prefix(kind) + name)
-            except NotFound:
-                _not_found(kind, name)
-            if kind == "user":
-                try:
-                    await self.backend.delete(f"passwords/{name}")
-                except NotFound:
-                    pass
-        if kind not in _SELF_AUDITED:
-            self.audit.emit(f"{kind}.delete", user=ident.name, name=name)
-
     # ----------------------------------------------------------------- users and login
     async def set_password(self, ident: Identity, user: str, password: str) -> None:
-        _require_admin(ident, "set passwords")
+        require_admin(ident, "set passwords")
         if len(password) < passwords.MIN_LENGTH:
             raise BadParameter(f"the password is too short; use at least {passwords.MIN_LENGTH} characters")
-        if not await self.backend.exists(f"users/{user}"):
-            _not_found("user", user)
+        if not await self.backend.exists(keys.user(user)):
+            not_found("user", user)
         hashed = await asyncio.to_thread(passwords.hash_password, password)
-        await self.backend.put(f"passwords/{user}", {"hash": hashed, "updated": now_iso()})
+        await self.backend.put(keys.password(user), {"hash": hashed, "updated": now_iso()})
         self.audit.emit("user.password_change", user=ident.name, name=user)
 
-
     async def get_user(self, name: str) -> dict:
-        return (await self.backend.get(f"users/{name}")).value
+        return (await self.backend.get(keys.user(name))).value
 
     async def roles_by_name(self) -> dict[str, dict]:
-        return {i.value["metadata"]["name"]: i.value for i in await self.backend.get_range("roles/")}
+        return {i.value["metadata"]["name"]: i.value for i in await self.backend.get_range(keys.ROLES_PREFIX)}
 
     async def checker_for_user(self, user: dict) -> AccessChecker:
         roles = await self.roles_by_name()
         return AccessChecker([roles[r] for r in user["spec"]["roles"] if r in roles], user["spec"]["traits"])
 
-    async def login(self, user: str, password: str, ssh_public: str, tls_public: str, ttl: int,
+    async def login(self, ident: Identity, user: str, password: str, ssh_public: str, tls_public: str, ttl: int,
                     client_addr: str) -> dict:
         """Check a password and issue the user's SSH and X.509 certificates."""
+        require_kind(ident, ("proxy",), "password logins go through the proxy: use 'gate login --proxy=HOST:3080'")
         self.login_limiter.check(f"user:{user}", "login")
         self.login_limiter.check(f"addr:{client_addr}", "login")
         try:
-            stored = (await self.backend.get(f"passwords/{user}")).value["hash"]
+            stored = (await self.backend.get(keys.password(user))).value["hash"]
         except NotFound:
             stored = None
         ok = await asyncio.to_thread(passwords.verify_password, password, stored)
@@ -413,7 +215,7 @@ class AuthService:
             permit_agent_forwarding=opts["permit_agent_forwarding"],
             permit_x11_forwarding=opts["permit_x11_forwarding"])
         # An empty principal list would mean "any login" to OpenSSH; never issue that.
-        principals = logins or ["-gatehouse-nologin-"]
+        principals = logins or [NOLOGIN_PRINCIPAL]
         ssh_cert = pki.sign_ssh_cert(ca["private"], ssh_public, cert_type="user", key_id=name,
                                      principals=principals, valid_after=now - 60, valid_before=now + ttl,
                                      extensions=extensions)
@@ -428,20 +230,17 @@ class AuthService:
     # ----------------------------------------------------------------- nodes
     async def heartbeat_node(self, ident: Identity, name: str, addr: str, labels: dict, hostname: str,
                              interval: float | None = None) -> None:
-        if ident.kind != "node" and not ident.is_admin:
-            raise AccessDenied("only nodes can send node heartbeats")
-        if ident.kind == "node" and ident.name != name:
-            raise AccessDenied(f"node {ident.name!r} cannot heartbeat as {name!r}")
+        require_node_itself(ident, name)
         # Gone after four missed heartbeats, counted in the node's own interval when it says.
         ttl = (interval or self.cfg.heartbeat_interval) * 4
         resource = {"kind": "node", "version": "v2",
                     "metadata": {"name": name, "labels": {str(k): str(v) for k, v in labels.items()}},
                     "spec": {"addr": addr, "hostname": hostname, "cluster_name": self.cluster_name},
                     "status": {"last_heartbeat": now_iso()}}
-        await self.backend.put(f"nodes/{name}", resource, expires=time.time() + ttl)
+        await self.backend.put(keys.node(name), resource, expires=time.time() + ttl)
 
     async def list_nodes(self, ident: Identity) -> list[dict]:
-        nodes = [i.value for i in await self.backend.get_range("nodes/")]
+        nodes = [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)]
         if ident.kind in ("admin", "proxy", "node"):
             return nodes
         checker = await self.checker_for_user(await self.get_user(ident.name))
@@ -461,8 +260,7 @@ class AuthService:
 
     async def host_cas(self, ident: Identity) -> list[dict]:
         """The host CAs a user's `gate` trusts for node host keys (refreshed when a leaf joined after login)."""
-        if ident.kind != "user":
-            raise AccessDenied("host CAs are listed for users; log in with 'gate login'")
+        require_kind(ident, ("user",), "host CAs are listed for users; log in with 'gate login'")
         return await self._host_cas_visible_to(await self.checker_for_user(await self.get_user(ident.name)))
 
     async def _host_cas_visible_to(self, checker: AccessChecker) -> list[dict]:
@@ -496,17 +294,17 @@ class AuthService:
         (`cluster`), this root checks its own cluster labels and then asks the leaf
         through a root proxy's reverse tunnel, where the same code decides.
         """
-        _require_admin(ident, "check access")
+        require_admin(ident, "check access")
         if cluster and cluster != self.cluster_name:
             return await self._access_check_leaf(cluster, user, login, node, from_cluster)
         try:
-            node_res = (await self.backend.get(f"nodes/{node}")).value
+            node_res = (await self.backend.get(keys.node(node))).value
         except NotFound:
             raise NotFound(node_not_registered(self.cluster_name, node)) from None
         local_roles = await self.roles_by_name()
         if from_cluster and from_cluster != self.cluster_name:
             try:
-                ca = (await self.backend.get(f"cas/{from_cluster}/user")).value
+                ca = (await self.backend.get(keys.ca(from_cluster, "user"))).value
             except NotFound:
                 raise NotFound(f'this cluster does not trust a cluster named "{from_cluster}"; list trusted '
                                f"clusters with 'gatectl get tc'") from None
@@ -524,7 +322,7 @@ class AuthService:
     async def _access_check_leaf(self, leaf: str, user: str, login: str, node: str, from_cluster: str) -> dict:
         """On the root, for a root user and a leaf node: cluster labels here, then the leaf's own explanation."""
         try:
-            rc = (await self.backend.get(f"remote_clusters/{leaf}")).value
+            rc = (await self.backend.get(keys.remote_cluster(leaf))).value
         except NotFound:
             if await self.trust.trusts(leaf):
                 raise BadParameter(f'this is cluster "{self.cluster_name}", a leaf of "{leaf}"; run the check on the '
@@ -551,23 +349,22 @@ class AuthService:
                     "from_cluster": self.cluster_name, "remote_roles": claims["roles"], "mapped_roles": [],
                     "logins": [], "allowed": False, "reason": visible.reason,
                     "rule": visible.rule or "allow.cluster_labels", **root_view}
-        answer = await self.trust.ask_leaf(leaf, "/webapi/leaves/access_check",
+        answer = await self.relay.ask_leaf(leaf, LEAF_ACCESS_CHECK_PATH,
                                            {"cluster": leaf, "user": user, "login": login, "node": node, **claims})
         return {**answer, **root_view}
 
     # ----------------------------------------------------------------- snapshots for nodes and proxies
     async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0) -> dict:
-        if ident.kind not in ("node", "proxy", "admin"):
-            raise AccessDenied("only cluster members can read the access snapshot")
+        require_kind(ident, ("node", "proxy", "admin"), "only cluster members can read the access snapshot")
         revision = await self.backend.revision()
         if since and revision <= since and timeout > 0:
-            revision = await self.backend.wait_for_change(since, min(timeout, 55.0), SNAPSHOT_PREFIXES)
+            revision = await self.backend.wait_for_change(since, min(timeout, 55.0), keys.SNAPSHOT_PREFIXES)
         cas = await self.cert_authorities()
         return {"revision": revision, "cluster_name": self.cluster_name,
                 "cas": cas, "roles": list((await self.roles_by_name()).values()),
-                "nodes": [i.value for i in await self.backend.get_range("nodes/")],
-                "remote_clusters": [i.value for i in await self.backend.get_range("remote_clusters/")],
-                "trusted_clusters": [i.value for i in await self.backend.get_range("trusted_clusters/")]}
+                "nodes": [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)],
+                "remote_clusters": [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)],
+                "trusted_clusters": [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)]}
 
     # ----------------------------------------------------------------- status
     async def status(self, ident: Identity) -> dict:
@@ -576,56 +373,11 @@ class AuthService:
                 "auth_addr": public_addr(self.cfg.auth.public_addr, self.cfg.auth.listen_addr, AUTH_PORT),
                 "cas": [{"type": c["type"], "cluster_name": c["cluster_name"], "fingerprint": c["fingerprint"],
                          "active": c["active"]} for c in cas],
-                "counts": {kind: len(await self.backend.get_range(_prefix(kind)))
+                "counts": {kind: len(await self.backend.get_range(keys.kind_prefix(kind)))
                            for kind in ("user", "role", "node", "token", "remote_cluster", "trusted_cluster")}}
 
 
 # --------------------------------------------------------------------- helpers
-_SELF_AUDITED = ("trusted_cluster", "remote_cluster")  # trust.py emits richer events itself
-_PREFIXES = {"user": "users/", "role": "roles/", "token": "tokens/", "node": "nodes/",
-             "trusted_cluster": "trusted_clusters/", "remote_cluster": "remote_clusters/"}
-
-
-def _prefix(kind: str) -> str:
-    return _PREFIXES[kind]
-
-
-def _not_found(kind: str, name: str | None):
-    if name is None:
-        return []
-    hint = {"token": "'gatectl tokens ls'", "node": "'gate ls'"}.get(kind, f"'gatectl get {kind}'")
-    raise NotFound(f'{kind} "{name}" not found; list what exists with {hint}')
-
-
-def _require_admin(ident: Identity, what: str) -> None:
-    if not ident.is_admin:
-        raise AccessDenied(f"{ident.kind} {ident.name!r} is not allowed to {what}; use the admin identity "
-                           f"on the auth server")
-
-
-def _token_roles(roles) -> list[str]:
-    roles = [roles] if isinstance(roles, str) else list(roles or [])
-    roles = [r.strip() for part in roles for r in str(part).split(",") if r.strip()]
-    bad = [r for r in roles if r not in TOKEN_TYPES]
-    if not roles or bad:
-        raise BadParameter(f"token type {', '.join(bad) or '(none)'} is not valid; use --type with "
-                           f"{', '.join(TOKEN_TYPES)}")
-    return roles
-
-
-def _token_resource(record: dict) -> dict:
-    return {"kind": "token", "version": "v2",
-            "metadata": {"name": record["name"], "expires": record["expires"]},
-            "spec": {"roles": record["roles"], "labels": record["labels"]}}
-
-
-def _ca_resource(ca: dict) -> dict:
-    return {"kind": "cert_authority", "version": "v2",
-            "metadata": {"name": f'{ca["cluster_name"]}/{ca["type"]}'},
-            "spec": {"type": ca["type"], "cluster_name": ca["cluster_name"], "active": ca["active"],
-                     "active_keys": [ca["public"]], "fingerprint": ca["fingerprint"], "role_map": ca["role_map"]}}
-
-
 def _fingerprint(ca: dict) -> str:
     return pki.tls_fingerprint(ca["public"]) if ca["type"] == "tls" else pki.ssh_fingerprint(ca["public"])
 

@@ -9,44 +9,30 @@ Leaf side: creating a `trusted_cluster` runs the handshake and stores the root's
 and user CAs (the user CA carries the role map) plus the resource, without its token;
 `enabled` flips the CAs' `active` flag, so root certificates stop working at once.
 
-Storage keys: `cas/<cluster>/<type>`, `remote_clusters/<leaf>`,
-`tunnels/<leaf>/<root proxy>` (root: last heartbeat per proxy),
-`tunnel_agents/<root>/<leaf proxy>` (leaf: which root proxies it has tunnels to),
-`proxies/<name>` (root proxies, announced to leaves so they dial every one, with the
-address of their web port through which `ask_leaf` reaches a leaf).
+Storage keys are in `keys.py`: the CAs, `remote_clusters/<leaf>`, per-proxy tunnel
+records on both sides, and `proxies/<name>` (root proxies, announced to leaves so they
+dial every one, with the address of their web port through which `relay.py` reaches
+a leaf).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
 import time
 
 from .. import __version__, pki, resources
 from ..backend.base import Op
-from ..client import AsyncAPIClient
 from ..clock import now_iso
-from ..errors import (AccessDenied, AlreadyExists, BadParameter, ConnectionProblem, GatehouseError, NotFound,
-                      TrustError)
-from ..httputil import CLUSTER_SERVER_NAME
-from ..identity import IdentityFiles
+from ..errors import AlreadyExists, BadParameter, ConnectionProblem, GatehouseError, NotFound, TrustError
 from ..rolemap import validate_role_map
-from ..tunnel import MISSED_HEARTBEATS
-from . import handshake
+from ..rootclient import RootWebClient
+from ..wire import MISSED_HEARTBEATS, TUNNEL_LOGIN, VALIDATE_PATH, connection_status, is_live
+from . import handshake, keys
+from .authz import Identity, require_kind
 
 log = logging.getLogger("gatehouse.trust")
 
 TUNNEL_CERT_TTL = 7 * 24 * 3600
-
-
-def connection_status(records: list[dict], now: float | None = None) -> tuple[str, float]:
-    """(online|offline, last heartbeat epoch) from per-proxy tunnel records."""
-    now = time.time() if now is None else now
-    last = max((r.get("last_heartbeat", 0.0) for r in records), default=0.0)
-    online = any(r.get("connected") and now - r.get("last_heartbeat", 0.0) <= MISSED_HEARTBEATS * r.get("interval", 5.0)
-                 for r in records)
-    return ("online" if online else "offline"), last
 
 
 class TrustManager:
@@ -60,14 +46,15 @@ class TrustManager:
         return self.svc.cluster_name
 
     # ================================================================ root side
-    async def validate(self, body: dict, client_addr: str) -> dict:
+    async def validate(self, ident: Identity, body: dict, client_addr: str) -> dict:
         """Answer a leaf's handshake; every refusal is audited with its reason."""
+        require_kind(ident, ("proxy",), f"trust handshakes arrive through the root proxy's {VALIDATE_PATH}")
         self.svc.validate_limiter.check(f"validate:{client_addr}", "trust validation")
         leaf = str(body.get("cluster_name") or "")
         try:
             leaf, host_ca = handshake.check_request(body, self.cluster_name)
             resources.validate_name(leaf, "leaf cluster name")
-            token = await self.svc.check_token(str(body.get("token") or ""), "trusted_cluster")
+            token = await self.svc.tokens.check(str(body.get("token") or ""), "trusted_cluster")
             try:
                 pki.ssh_fingerprint(host_ca)
             except GatehouseError:
@@ -84,7 +71,7 @@ class TrustManager:
                 "host_ca": host["public"], "user_ca": user["public"]}
 
     async def _register_leaf(self, leaf: str, host_ca: str, labels: dict) -> None:
-        key = f"cas/{leaf}/host"
+        key = keys.ca(leaf, "host")
         try:
             existing = (await self.backend.get(key)).value
         except NotFound:
@@ -95,13 +82,13 @@ class TrustManager:
             raise AlreadyExists(f'a cluster named "{leaf}" is already registered with the root; remove it there '
                                 f"with 'gatectl rm rc/{leaf}' or rename the leaf")
         ca = {"cluster_name": leaf, "type": "host", "public": host_ca, "active": True, "local": False}
+        # Status is not stored: remote_clusters() computes it from the tunnel records when asked.
         rc = {"kind": "remote_cluster", "version": "v3",
-              "metadata": {"name": leaf, "labels": {str(k): str(v) for k, v in labels.items()}},
-              "status": {"connection": "offline", "last_heartbeat": ""}, "created": now_iso()}
-        await self.backend.atomic([Op("create", key, ca), Op("create", f"remote_clusters/{leaf}", rc)])
+              "metadata": {"name": leaf, "labels": {str(k): str(v) for k, v in labels.items()}}, "created": now_iso()}
+        await self.backend.atomic([Op("create", key, ca), Op("create", keys.remote_cluster(leaf), rc)])
 
     async def remote_clusters(self, name: str | None = None) -> list[dict]:
-        items = [i.value for i in await self.backend.get_range("remote_clusters/")]
+        items = [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
         if name is not None:
             items = [rc for rc in items if rc["metadata"]["name"] == name]
             if not items:
@@ -110,47 +97,46 @@ class TrustManager:
         out = []
         for rc in items:
             leaf = rc["metadata"]["name"]
-            records = [i.value for i in await self.backend.get_range(f"tunnels/{leaf}/")]
+            records = [i.value for i in await self.backend.get_range(keys.tunnels_of(leaf))]
             connection, last = connection_status(records, now)
             out.append({"kind": "remote_cluster", "version": "v3",
                         "metadata": {"name": leaf, "labels": dict(rc["metadata"].get("labels") or {})},
                         "status": {"connection": connection, "last_heartbeat": now_iso(last) if last else ""}})
         return out
 
-    async def set_labels(self, ident, name: str, labels) -> dict:
+    async def set_labels(self, ident: Identity, name: str, labels, dry_run: bool = False) -> dict:
+        require_kind(ident, ("admin",), "only the root's admin can set a remote cluster's labels")
         labels = resources.validate_labels(labels, "remote cluster labels")
-        key = f"remote_clusters/{name}"
+        key = keys.remote_cluster(name)
         try:
             item = await self.backend.get(key)
         except NotFound:
             raise NotFound(f'remote_cluster "{name}" not found; a leaf appears here once it creates its '
                            f"trusted_cluster (list them with 'gatectl get rc')") from None
+        if dry_run:
+            return (await self.remote_clusters(name))[0]
         value = dict(item.value)
         value["metadata"] = {**value["metadata"], "labels": labels}
+        value.pop("status", None)  # written by earlier versions; status is computed when read
         await self.backend.compare_and_swap(key, item.revision, value)
         self.audit.emit("remote_cluster.update", user=ident.name, name=name, labels=labels)
         return (await self.remote_clusters(name))[0]
 
     async def delete_remote_cluster(self, ident, name: str) -> None:
-        try:
-            await self.backend.get(f"remote_clusters/{name}")
-        except NotFound:
-            raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'') from None
-        await self.backend.atomic([Op("delete", f"remote_clusters/{name}")] +
-                                  [Op("delete", i.key) for i in await self.backend.get_range(f"cas/{name}/")])
-        await self.backend.delete_range(f"tunnels/{name}/")
+        if not await self.backend.exists(keys.remote_cluster(name)):
+            raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'')
+        await self.backend.atomic([Op("delete", keys.remote_cluster(name))] +
+                                  [Op("delete", i.key) for i in await self.backend.get_range(keys.cas_of(name))])
+        await self.backend.delete_range(keys.tunnels_of(name))
         self.audit.emit("remote_cluster.delete", user=ident.name, name=name)
         log.info("trust: remote cluster %s removed; its tunnels will be dropped", name)
 
     async def tunnel_heartbeat(self, ident, leaf: str, connected: bool, interval: float) -> None:
         """A root proxy reports its tunnel to `leaf` (on connect, every heartbeat, on disconnect)."""
-        if ident.kind != "proxy":
-            raise AccessDenied("only proxies report tunnel heartbeats")
-        try:
-            await self.backend.get(f"remote_clusters/{leaf}")
-        except NotFound:
-            raise NotFound(f'remote_cluster "{leaf}" is not registered; the tunnel will be closed') from None
-        key = f"tunnels/{leaf}/{ident.name}"
+        require_kind(ident, ("proxy",), "only proxies report tunnel heartbeats")
+        if not await self.backend.exists(keys.remote_cluster(leaf)):
+            raise NotFound(f'remote_cluster "{leaf}" is not registered; the tunnel will be closed')
+        key = keys.tunnel(leaf, ident.name)
         previous = None
         try:
             previous = (await self.backend.get(key)).value
@@ -164,52 +150,15 @@ class TrustManager:
 
     async def proxy_heartbeat(self, ident, interval: float, web_addr: str = "") -> list[str]:
         """A root proxy is alive; `web_addr` is where this auth service reaches its web port (see ask_leaf)."""
-        if ident.kind != "proxy":
-            raise AccessDenied("only proxies send proxy heartbeats")
-        await self.backend.put(f"proxies/{ident.name}", {"name": ident.name, "last_heartbeat": now_iso(),
-                                                         "web_addr": web_addr},
+        require_kind(ident, ("proxy",), "only proxies send proxy heartbeats")
+        await self.backend.put(keys.proxy(ident.name), {"name": ident.name, "last_heartbeat": now_iso(),
+                                                        "web_addr": web_addr},
                                expires=time.time() + MISSED_HEARTBEATS * interval)
-        return sorted(i.value["name"] for i in await self.backend.get_range("proxies/"))
-
-    async def ask_leaf(self, leaf: str, path: str, body: dict) -> dict:
-        """Ask leaf LEAF something through a root proxy that holds a live reverse tunnel from it.
-
-        The auth service holds no tunnel itself: it POSTs to the web port of a root
-        proxy whose tunnel to the leaf is live (`tunnels/<leaf>/<proxy>`), at the address
-        that proxy heartbeats from. It asks for the proxy's cluster certificate by the
-        TLS server name CLUSTER_SERVER_NAME, so both ends are checked against this
-        cluster's CA, and presents the local admin identity. A proxy that cannot be
-        reached or has just lost its tunnel is skipped for the next one.
-        """
-        now = time.time()
-        live = {i.value.get("proxy") for i in await self.backend.get_range(f"tunnels/{leaf}/")
-                if connection_status([i.value], now)[0] == "online"}
-        proxies = [i.value for i in await self.backend.get_range("proxies/")
-                   if i.value.get("name") in live and i.value.get("web_addr")]
-        if not proxies:
-            raise ConnectionProblem(f'cluster "{leaf}" is offline: no reverse tunnel from it reaches a root proxy, '
-                                    f"so the leaf cannot be asked; check 'gatectl get rc/{leaf}' here and the "
-                                    f"leaf's trusted_cluster")
-        random.shuffle(proxies)
-        context = IdentityFiles(os.path.join(self.svc.cfg.data_dir, "admin")).client_context()
-        error: GatehouseError | None = None
-        for proxy in proxies:
-            client = AsyncAPIClient(f"https://{proxy['web_addr']}", context, timeout=30,
-                                    server_hostname=CLUSTER_SERVER_NAME)
-            try:
-                return await client.call("POST", path, body)
-            except ConnectionProblem as exc:
-                log.info("trust: cannot ask leaf %s through root proxy %s: %s", leaf, proxy["name"], exc)
-                error = exc
-            finally:
-                await client.close()
-        raise error
+        return sorted(i.value["name"] for i in await self.backend.get_range(keys.PROXIES_PREFIX))
 
     async def issue_tunnel_cert(self, ident, ssh_public: str) -> str:
         """A user-type certificate a root proxy presents to leaves: login TUNNEL_LOGIN only, no roles."""
-        from ..tunnel import TUNNEL_LOGIN
-        if ident.kind != "proxy":
-            raise AccessDenied("only proxies get tunnel certificates")
+        require_kind(ident, ("proxy",), "only proxies get tunnel certificates")
         ca = await self.svc.local_ca("user")
         now = int(time.time())
         return pki.sign_ssh_cert(ca["private"], ssh_public, cert_type="user", key_id=f"proxy:{ident.name}",
@@ -220,13 +169,15 @@ class TrustManager:
     # ================================================================ leaf side
     async def trusts(self, root: str) -> bool:
         """Whether this cluster is a leaf of a root called ROOT."""
-        return await self.backend.exists(f"trusted_clusters/{root}")
+        return await self.backend.exists(keys.trusted_cluster(root))
 
-    async def put_trusted_cluster(self, ident, res: dict, force: bool) -> bool:
+    async def put_trusted_cluster(self, ident, res: dict, force: bool, dry_run: bool = False) -> bool:
+        """Create (handshake with the root) or, with force, update the trust; True when created.
+        A dry run makes every check that needs no network and changes nothing."""
         name = res["metadata"]["name"]
         spec = res["spec"]
         await self._check_role_map(spec["role_map"])
-        key = f"trusted_clusters/{name}"
+        key = keys.trusted_cluster(name)
         try:
             current = await self.backend.get(key)
         except NotFound:
@@ -235,7 +186,8 @@ class TrustManager:
             if not force:
                 raise AlreadyExists(f'trusted_cluster "{name}" already exists; use \'gatectl create -f\' to update '
                                     f"it (enabled, role_map, addresses)")
-            await self._update(ident, current, res)
+            if not dry_run:
+                await self._update(ident, current, res)
             return False
         if not spec.get("token"):
             raise BadParameter("spec.token is missing; the first handshake needs a trusted_cluster join token from "
@@ -243,9 +195,11 @@ class TrustManager:
         if name == self.cluster_name:
             raise TrustError(f'the trusted_cluster "{name}" has this cluster\'s own name; name it after the root '
                              f"cluster")
-        for other in await self.backend.get_range("trusted_clusters/"):
+        for other in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX):
             raise TrustError(f'this cluster already trusts "{other.value["metadata"]["name"]}"; a leaf trusts one '
                              f"root — remove that trusted_cluster first")
+        if dry_run:
+            return True
         answer = await self._handshake(name, spec)
         await self._store_root(res, answer)
         self.audit.emit("trusted_cluster.create", user=ident.name, name=name, web_proxy_addr=spec["web_proxy_addr"],
@@ -254,7 +208,7 @@ class TrustManager:
         return True
 
     async def _check_role_map(self, role_map: list) -> None:
-        existing = {i.key.split("/", 1)[1] for i in await self.backend.get_range("roles/")}
+        existing = {keys.name_of(i.key) for i in await self.backend.get_range(keys.ROLES_PREFIX)}
         validate_role_map(role_map, existing)
 
     async def _handshake(self, name: str, spec: dict) -> dict:
@@ -262,7 +216,7 @@ class TrustManager:
         payload = {"token": spec["token"], "cluster_name": self.cluster_name, "expected_root": name,
                    "host_cas": [host_ca], "version": __version__}
         try:
-            answer = await handshake.send_validate(spec["web_proxy_addr"], payload, self.svc.cfg.insecure)
+            answer = await RootWebClient(spec["web_proxy_addr"], self.svc.cfg.insecure).validate(payload)
         except ConnectionProblem:
             raise
         except GatehouseError as exc:
@@ -286,9 +240,9 @@ class TrustManager:
         stored["discovered_tunnel_addr"] = str(answer.get("tunnel_addr") or "")
         base = {"cluster_name": name, "active": spec["enabled"], "local": False}
         await self.backend.atomic([
-            Op("create", f"trusted_clusters/{name}", stored),
-            Op("put", f"cas/{name}/host", {**base, "type": "host", "public": answer["host_ca"]}),
-            Op("put", f"cas/{name}/user", {**base, "type": "user", "public": answer["user_ca"],
+            Op("create", keys.trusted_cluster(name), stored),
+            Op("put", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
+            Op("put", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
                                            "role_map": spec["role_map"]}),
         ])
 
@@ -300,7 +254,7 @@ class TrustManager:
         ops = [Op("cas", current.key, updated, revision=current.revision)]
         for ca_type in ("host", "user"):
             try:
-                item = await self.backend.get(f"cas/{name}/{ca_type}")
+                item = await self.backend.get(keys.ca(name, ca_type))
             except NotFound:
                 raise TrustError(f'the certificate authorities of "{name}" are missing; remove the trusted_cluster '
                                  f"and create it again with a new token") from None
@@ -317,7 +271,7 @@ class TrustManager:
             self.audit.emit("trusted_cluster.update", user=ident.name, name=name, role_map=spec["role_map"])
 
     async def trusted_clusters(self, name: str | None = None) -> list[dict]:
-        items = [i.value for i in await self.backend.get_range("trusted_clusters/")]
+        items = [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)]
         if name is not None:
             items = [tc for tc in items if tc["metadata"]["name"] == name]
             if not items:
@@ -326,9 +280,8 @@ class TrustManager:
         now = time.time()
         for tc in items:
             root = tc["metadata"]["name"]
-            agents = [i.value for i in await self.backend.get_range(f"tunnel_agents/{root}/")]
-            live = [a for a in agents if a.get("proxies")
-                    and now - a.get("updated", 0) <= MISSED_HEARTBEATS * a.get("interval", 5.0)]
+            agents = [i.value for i in await self.backend.get_range(keys.tunnel_agents_of(root))]
+            live = [a for a in agents if a.get("proxies") and is_live(a.get("updated", 0), a.get("interval", 5.0), now)]
             online = bool(live)
             proxies = sorted({p for a in agents for p in a.get("proxies", [])})
             # Where the live tunnels go (the root may have moved since the handshake).
@@ -336,44 +289,27 @@ class TrustManager:
             view = {k: v for k, v in tc.items() if k != "discovered_tunnel_addr"}
             view["status"] = {"connection": "online" if online and tc["spec"]["enabled"] else "offline",
                               "tunnels": len(proxies) if online else 0,
-                              "tunnel_addr": dialled[0] if len(dialled) == 1 else effective_tunnel_addr(tc)}
+                              "tunnel_addr": dialled[0] if len(dialled) == 1 else resources.tunnel_dial_addr(tc)}
             out.append(view)
         return out
 
     async def delete_trusted_cluster(self, ident, name: str) -> None:
-        try:
-            await self.backend.get(f"trusted_clusters/{name}")
-        except NotFound:
-            raise NotFound(f'trusted_cluster "{name}" not found; list them with \'gatectl get tc\'') from None
-        await self.backend.atomic([Op("delete", f"trusted_clusters/{name}")] +
-                                  [Op("delete", i.key) for i in await self.backend.get_range(f"cas/{name}/")])
-        await self.backend.delete_range(f"tunnel_agents/{name}/")
+        if not await self.backend.exists(keys.trusted_cluster(name)):
+            raise NotFound(f'trusted_cluster "{name}" not found; list them with \'gatectl get tc\'')
+        await self.backend.atomic([Op("delete", keys.trusted_cluster(name))] +
+                                  [Op("delete", i.key) for i in await self.backend.get_range(keys.cas_of(name))])
+        await self.backend.delete_range(keys.tunnel_agents_of(name))
         self.audit.emit("trusted_cluster.delete", user=ident.name, name=name)
         log.info("trust: removed trust with root cluster %s", name)
 
     async def tunnel_agent_status(self, ident, root: str, proxies: list[str], interval: float,
                                   tunnel_addr: str = "") -> None:
         """A leaf proxy reports which root proxies it holds tunnels to, and the address it dials."""
-        if ident.kind != "proxy":
-            raise AccessDenied("only proxies report tunnel status")
-        await self.backend.put(f"tunnel_agents/{root}/{ident.name}",
+        require_kind(ident, ("proxy",), "only proxies report tunnel status")
+        await self.backend.put(keys.tunnel_agent(root, ident.name),
                                {"proxies": sorted(proxies), "interval": float(interval), "updated": time.time(),
                                 "tunnel_addr": tunnel_addr},
                                expires=time.time() + 10 * interval + 60)
-
-
-def tunnel_addr_is_discovered(tc: dict) -> bool:
-    """spec.tunnel_addr was left at web_proxy_addr: the root tells where its tunnel listener is."""
-    spec = tc["spec"]
-    return not spec["tunnel_addr"] or spec["tunnel_addr"] == spec["web_proxy_addr"]
-
-
-def effective_tunnel_addr(tc: dict) -> str:
-    """spec.tunnel_addr, unless it was left at web_proxy_addr: then what the root advertised."""
-    spec = tc["spec"]
-    if not tunnel_addr_is_discovered(tc):
-        return spec["tunnel_addr"]
-    return tc.get("discovered_tunnel_addr") or spec["web_proxy_addr"]
 
 
 def _without_token(res: dict) -> dict:

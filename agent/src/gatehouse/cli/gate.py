@@ -36,7 +36,7 @@ def cmd_login(args) -> int:
     password = read_secret(f"Enter password for Gatehouse user {user}: ", args.password_stdin)
     ssh_key = pki.new_ssh_key(comment=f"gate:{user}")
     tls_key, tls_pub = pki.new_tls_key()
-    from ..resources import parse_ttl
+    from ..durations import parse_ttl
     result = api.post("/webapi/login", {"user": user, "password": password, "ssh_public_key": ssh_key.public_line,
                                          "tls_public_key": tls_pub, "ttl": parse_ttl(args.ttl) if args.ttl else 0})
     profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure)
@@ -54,7 +54,7 @@ def cmd_logout(args) -> int:
 def _print_status(profile) -> None:
     info = profile.cert_info()
     left = int(info.valid_before - time.time())
-    from ..resources import format_duration
+    from ..durations import format_duration
     valid = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.valid_before))
     valid += f" [valid for {format_duration(left)}]" if left > 0 else " [EXPIRED]"
     logins = [p for p in info.principals if not p.startswith("-")]

@@ -44,7 +44,7 @@ def _expiry_text(expires: str) -> str:
         return "never"
     from ..clock import parse_iso
     left = max(0, int(parse_iso(expires) - time.time()))
-    from ..resources import format_duration
+    from ..durations import format_duration
     return f"{expires[:19].replace('T', ' ')} UTC ({format_duration(left) if left else 'expired'})"
 
 

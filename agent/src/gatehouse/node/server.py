@@ -1,7 +1,7 @@
 """The SSH node service (port 3022).
 
 Accepts only user certificates from trusted, active user CAs, decides access from
-the cached roles (see authorize.py), runs sessions as the requested Unix login
+the cached roles (member/checkers.py), runs sessions as the requested Unix login
 (session.py), and heartbeats its name, address and labels to auth so it shows up
 in `gate ls`.
 """
@@ -14,18 +14,15 @@ import socket
 
 import asyncssh
 
-from ..audit import AuditLog
-from ..cache import ClusterCache
-from ..config import Config, split_hostport, NODE_PORT
+from ..config import split_hostport
 from ..errors import GatehouseError
-from ..identity import IdentityFiles
-from ..sshparams import COMPRESSION_ALGS, ENCRYPTION_ALGS, SESSION_MAX_PKTSIZE
+from ..member.context import MemberContext
+from ..sshparams import SESSION_MAX_PKTSIZE, server_options
 from ..sshserver import CertAuthServer, CertUser
+from ..wire import NODE_PORT
 from . import session
-from .authorize import Authorizer
 
 log = logging.getLogger("gatehouse.node")
-
 
 
 class _NodeConnection(CertAuthServer):
@@ -61,15 +58,13 @@ class _NodeConnection(CertAuthServer):
 
 
 class NodeService:
-    def __init__(self, cfg: Config, ident: IdentityFiles, cache: ClusterCache, client, audit: AuditLog):
-        self.cfg = cfg
-        self.ident = ident
-        self.cache = cache
-        self.client = client
-        self.audit = audit
-        self.name = cfg.nodename
-        self.labels = {str(k): str(v) for k, v in cfg.ssh.labels.items()}
-        self.authorizer = Authorizer(cache)
+    def __init__(self, ctx: MemberContext):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.cache = ctx.cache
+        self.audit = ctx.audit
+        self.name = ctx.name
+        self.labels = {str(k): str(v) for k, v in ctx.cfg.ssh.labels.items()}
         self.server = None
         self._heartbeat: asyncio.Task | None = None
         #: Running sessions (their tasks) and the SSH connection each belongs to.
@@ -77,7 +72,7 @@ class NodeService:
 
     def decide(self, user: CertUser):
         cert = user.cert
-        decision = self.authorizer.check(user.cluster, cert.roles, cert.traits, cert.principals, user.ca,
+        decision = self.ctx.checkers.check(user.cluster, cert.roles, cert.traits, cert.principals, user.ca,
                                          user.login, self.name, self.labels)
         fields = dict(user=user.name, login=user.login, node=self.name, user_cluster=user.cluster,
                       roles=cert.roles, addr=user.peer, reason=decision.reason)
@@ -116,12 +111,8 @@ class NodeService:
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
         self.server = await asyncssh.create_server(
-            lambda: _NodeConnection(self), host or None, port,
-            server_host_keys=[self.ident.ssh_host_keypair()], encoding=None,
-            encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
-            max_pktsize=SESSION_MAX_PKTSIZE,
-            allow_scp=False, agent_forwarding=False, x11_forwarding=False,
-            keepalive_interval=30, login_timeout=30, reuse_address=True)
+            lambda: _NodeConnection(self), host or None, port, reuse_address=True,
+            **server_options(self.ctx.ident.ssh_host_keypair(), max_pktsize=SESSION_MAX_PKTSIZE))
         if port == 0:
             port = self.server.sockets[0].getsockname()[1]
         self.port = port
@@ -136,7 +127,7 @@ class NodeService:
         return f"{host or '0.0.0.0'}:{self.port}"
 
     async def _send_heartbeat(self) -> None:
-        await self.client.call("POST", "/v1/nodes/heartbeat", {
+        await self.ctx.client.call("POST", "/v1/nodes/heartbeat", {
             "name": self.name, "addr": self.advertise_addr(), "labels": self.labels,
             "hostname": socket.gethostname(), "interval": self.cfg.heartbeat_interval})
 

@@ -12,47 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
 import asyncssh
 
-from ..config import PROXY_SSH_PORT, Config, split_hostport
-from ..errors import GatehouseError, NotFound
-from ..sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS
-from ..node.authorize import Authorizer
+from ..config import split_hostport
+from ..errors import GatehouseError
+from ..member.context import MemberContext
+from ..member.routing import cluster_not_found, resolve_node, split_cluster, visible_leaf
+from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
 from ..sshserver import CertAuthServer, CertUser
+from ..wire import PROXY_SSH_PORT, parse_proxy_subsystem
 
 log = logging.getLogger("gatehouse.proxy.ssh")
-
-_SUBSYSTEM = re.compile(r"^proxy:(?P<host>[^:@\s]+|\[[^\]]+\]):(?P<port>\d{1,5})(?:@(?P<cluster>[^@\s]+))?$")
-
-
-class Router:
-    """Resolve a requested destination to a registered node of this cluster."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    def split_cluster(self, host: str, cluster: str | None) -> tuple[str, str]:
-        """`node.leaf` → (node, leaf) for this cluster and every registered leaf; else this cluster."""
-        local = self.cache.cluster_name
-        if cluster:
-            return host, cluster
-        snap = self.cache.snapshot
-        names = [local] + [c["metadata"]["name"] for c in snap.get("remote_clusters", []) + snap.get("trusted_clusters", [])]
-        for name in sorted(names, key=len, reverse=True):
-            if host.endswith("." + name):
-                return host[: -len(name) - 1], name
-        return host, local
-
-    def resolve_local(self, host: str, port: int) -> tuple[str, int, dict]:
-        for node in self.cache.nodes():
-            meta, spec = node["metadata"], node["spec"]
-            node_host, node_port = split_hostport(spec["addr"], 3022)
-            if host in (meta["name"], spec.get("hostname")) or (host == node_host and port == node_port):
-                return node_host, node_port, node
-        raise NotFound(f'node "{host}" is not registered in cluster "{self.cache.cluster_name}"; '
-                       f"list nodes with 'gate ls'")
 
 
 class TargetProtocol(asyncio.Protocol):
@@ -104,11 +75,8 @@ class _SubsystemSession(asyncssh.SSHServerSession):
         return False
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        match = _SUBSYSTEM.match(subsystem)
-        if not match:
-            return False
-        self.spec = (match["host"].strip("[]"), int(match["port"]), match["cluster"])
-        return True
+        self.spec = parse_proxy_subsystem(subsystem)
+        return self.spec is not None
 
     def session_started(self):
         self.chan.pause_reading()
@@ -189,46 +157,38 @@ class _ProxyConnection(CertAuthServer):
 
 
 class ProxySSH:
-    def __init__(self, cfg: Config, ident, cache, audit, tunnels=None):
-        self.cfg = cfg
-        self.ident = ident
-        self.cache = cache
-        self.audit = audit
+    def __init__(self, ctx: MemberContext, tunnels=None):
+        self.ctx = ctx
+        self.cache = ctx.cache
+        self.audit = ctx.audit
         self.tunnels = tunnels
-        self.router = Router(cache)
-        self.authorizer = Authorizer(cache)
         self.server = None
         self.port = 0
 
     def route(self, user: CertUser, host: str, port: int, cluster: str | None):
         """(host, port, tunnel): a local node's address (tunnel None), or a leaf node's name and its tunnel."""
-        host, cluster = self.router.split_cluster(host, cluster)
+        host, cluster = split_cluster(self.cache, host, cluster)
         if cluster != self.cache.cluster_name:
             return host, port, self._leaf_tunnel(user, cluster)
-        node_host, node_port, node = self.router.resolve_local(host, port)
+        node_host, node_port, node = resolve_node(self.cache, host, port)
         log.debug("proxy: routing %s to node %s (%s:%d)", user.name, node["metadata"]["name"], node_host, node_port)
         return node_host, node_port, None
 
     def _leaf_tunnel(self, user: CertUser, cluster: str):
-        rc = next((r for r in self.cache.snapshot.get("remote_clusters", []) if r["metadata"]["name"] == cluster), None)
-        if rc is None or self.tunnels is None or user.cluster != self.cache.cluster_name:
-            raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
-        checker, _, _ = self.authorizer.checker(user.cluster, user.cert.roles, user.cert.traits,
-                                                list(user.cert.principals), user.ca)
-        decision = checker.check_cluster(cluster, rc["metadata"].get("labels") or {})
+        if self.tunnels is None:
+            raise cluster_not_found(cluster)
+        _, decision = visible_leaf(self.cache, self.ctx.checkers, user, cluster)
         if not decision.allowed:
             self.audit.emit("session.denied", success=False, user=user.name, cluster=cluster, reason=decision.reason)
-            raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+            raise cluster_not_found(cluster)
         log.debug("proxy: routing %s to leaf cluster %s", user.name, cluster)
         return self.tunnels.tunnel_for(cluster)
 
     async def start(self) -> None:
-        host, port = split_hostport(self.cfg.proxy.listen_addr, PROXY_SSH_PORT)
+        host, port = split_hostport(self.ctx.cfg.proxy.listen_addr, PROXY_SSH_PORT)
         self.server = await asyncssh.create_server(
-            lambda: _ProxyConnection(self), host or None, port, server_host_keys=[self.ident.ssh_host_keypair()],
-            encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
-            max_pktsize=CARRIER_MAX_PKTSIZE, allow_scp=False, agent_forwarding=False, x11_forwarding=False,
-            keepalive_interval=30, login_timeout=30, reuse_address=True)
+            lambda: _ProxyConnection(self), host or None, port, reuse_address=True,
+            **server_options(self.ctx.ident.ssh_host_keypair(), max_pktsize=CARRIER_MAX_PKTSIZE))
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("SSH proxy listening on %s:%d", host, self.port)
 

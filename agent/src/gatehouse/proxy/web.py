@@ -16,32 +16,35 @@ from aiohttp import web
 
 from .. import __version__, pki
 from ..httputil import error_middleware, make_server_context, peer_subject, read_json, serve_cluster_identity
-from ..client import FORWARDED_IDENTITY
-from ..config import PROXY_SSH_PORT, TUNNEL_PORT, WEB_PORT, Config, is_ip, public_addr, split_hostport
+from ..config import is_ip, public_addr, split_hostport
 from ..errors import AccessDenied, BadParameter, NotFound
+from ..member.context import MemberContext
+from ..member.routing import cluster_not_found
+from ..wire import (FORWARDED_IDENTITY, LEAF_ACCESS_CHECK_PATH, PING_PATH, PROXY_SSH_PORT, TUNNEL_PORT,
+                    VALIDATE_PATH, WEB_PORT)
 
 log = logging.getLogger("gatehouse.proxy.web")
 
 
 class ProxyWeb:
-    def __init__(self, cfg: Config, ident, client, cache, tunnels=None):
-        self.cfg = cfg
+    def __init__(self, ctx: MemberContext, tunnels=None):
+        self.cfg = ctx.cfg
+        self.ident = ctx.ident
+        self.client = ctx.client
+        self.cache = ctx.cache
         self.tunnels = tunnels
-        self.ident = ident
-        self.client = client
-        self.cache = cache
         self.runner = None
         self.port = 0
         self.app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024)
         r = self.app.router
-        r.add_get("/webapi/ping", self.ping)
+        r.add_get(PING_PATH, self.ping)
         r.add_post("/webapi/login", self.login)
         r.add_get("/webapi/nodes", self.nodes)
         r.add_get("/webapi/clusters", self.clusters)
         r.add_get("/webapi/hostcas", self.host_cas)
-        r.add_post("/webapi/trustedclusters/validate", self.validate_trust)
+        r.add_post(VALIDATE_PATH, self.validate_trust)
         r.add_get("/webapi/mappings", self.mappings)
-        r.add_post("/webapi/leaves/access_check", self.leaf_access_check)
+        r.add_post(LEAF_ACCESS_CHECK_PATH, self.leaf_access_check)
 
     def _ssh_addr(self) -> str:
         return self.cfg.proxy.ssh_public_addr or public_addr(
@@ -87,7 +90,7 @@ class ProxyWeb:
             return web.json_response(await self._as_user(request, "/v1/nodes"))
         visible = {c["name"] for c in (await self._as_user(request, "/v1/clusters"))["items"]}
         if cluster not in visible or self.tunnels is None:
-            raise NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+            raise cluster_not_found(cluster)
         answer = await self._ask_leaf(request, cluster)
         if answer.get("denied"):
             raise AccessDenied(f'cluster "{cluster}": {answer["denied"]}')

@@ -19,16 +19,16 @@ import random
 
 import asyncssh
 
-from ..config import TUNNEL_PORT, Config, split_hostport
-from ..auth import handshake
-from ..auth.trust import effective_tunnel_addr, tunnel_addr_is_discovered
 from ..access import explain_ssh, node_not_registered
+from ..config import split_hostport
 from ..errors import AccessDenied, GatehouseError, NotFound
-from ..node.authorize import Authorizer
-from ..proxy.ssh import Router
-from ..sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS
+from ..member.context import MemberContext
+from ..member.routing import resolve_node
+from ..resources import tunnel_addr_is_discovered, tunnel_dial_addr
+from ..rootclient import RootWebClient
+from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
 from ..sshserver import CertificateOnlyServer
-from . import ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN
+from ..wire import ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT
 
 log = logging.getLogger("gatehouse.tunnel.agent")
 
@@ -59,7 +59,7 @@ class _LeafSide(CertificateOnlyServer):
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
         try:
-            host, port, node = self.link.pool.router.resolve_local(dest_host, dest_port)
+            host, port, node = resolve_node(self.link.pool.cache, dest_host, dest_port)
         except GatehouseError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
         log.debug("tunnel: root %s opens a channel to node %s (%s:%d)", self.link.root, node["metadata"]["name"],
@@ -73,13 +73,13 @@ class _LeafSide(CertificateOnlyServer):
 class RootLink:
     """All tunnels from this leaf proxy to one root cluster."""
 
-    def __init__(self, pool: "TunnelAgentPool", root: str, tunnel_addr: str, discover_from: str | None = None):
+    def __init__(self, pool: "TunnelAgentPool", root: str, tunnel_addr: str, discover_from: RootWebClient | None = None):
         self.pool = pool
         self.root = root
         self.configured_addr = tunnel_addr
         #: Where to dial now: the configured address, or what the root advertises today.
         self.addr = tunnel_addr
-        #: The root's web address to ask for its tunnel address when it was not set explicitly.
+        #: The root's web API, asked for its tunnel address when that was not set explicitly.
         self.discover_from = discover_from
         self.links: dict[str, asyncssh.SSHServerConnection] = {}
         self.announced: set[str] = set()
@@ -132,13 +132,10 @@ class RootLink:
         log.debug("tunnel: dialling root %s at %s", self.root, self.addr)
         try:
             conn = await asyncssh.connect_reverse(
-                host, port, server_factory=lambda: _LeafSide(self),
-                server_host_keys=[self.pool.host_keypair], process_factory=lambda p: self._serve(p, ready),
-                config=None, encoding=None, encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS,
-                max_pktsize=CARRIER_MAX_PKTSIZE,
-                keepalive_interval=self.pool.interval, keepalive_count_max=MISSED_HEARTBEATS,
-                login_timeout=15, connect_timeout=10, allow_scp=False, agent_forwarding=False,
-                x11_forwarding=False)
+                host, port, server_factory=lambda: _LeafSide(self), process_factory=lambda p: self._serve(p, ready),
+                config=None, connect_timeout=10, keepalive_count_max=MISSED_HEARTBEATS,
+                **server_options(self.pool.host_keypair, max_pktsize=CARRIER_MAX_PKTSIZE,
+                                 keepalive_interval=self.pool.interval, login_timeout=15))
         except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
             log.info("tunnel: cannot connect to root %s at %s: %s; retrying", self.root, self.addr, exc or
                      exc.__class__.__name__)
@@ -163,7 +160,7 @@ class RootLink:
         """The root may have moved its tunnel listener since the handshake: ask its web proxy where it is now."""
         if not self.discover_from:
             return
-        addr = await handshake.fetch_tunnel_addr(self.discover_from, self.pool.cfg.insecure)
+        addr = await self.discover_from.tunnel_addr()
         if addr and addr != self.addr:
             log.info("tunnel: root %s now advertises its tunnel address %s (was %s)", self.root, addr, self.addr)
             self.addr = addr
@@ -229,11 +226,6 @@ class RootLink:
         finally:
             sender.cancel()
 
-    def _root_user_ca(self) -> dict | None:
-        """The root's user CA as this leaf holds it (with the role map), while trust is enabled."""
-        return next((c for c in self.pool.cache.snapshot.get("cas", []) if c["cluster_name"] == self.root
-                     and c["type"] == "user" and c["active"]), None)
-
     @staticmethod
     async def _read_request(process) -> dict:
         request = json.loads((await asyncio.wait_for(process.stdin.read(), 10)) or b"{}")
@@ -244,10 +236,10 @@ class RootLink:
     async def _list_nodes(self, process) -> None:
         request = await self._read_request(process)
         cache = self.pool.cache
-        ca = self._root_user_ca()
+        ca = cache.active_root_user_ca(self.root)
         result: dict = {"items": [], "mapped_roles": []}
         if ca is not None:
-            checker, mapped, denial = self.pool.authorizer.checker(
+            checker, mapped, denial = self.pool.checkers.checker(
                 self.root, list(request.get("roles") or []), dict(request.get("traits") or {}),
                 list(request.get("logins") or []), ca)
             result["mapped_roles"] = mapped
@@ -271,12 +263,12 @@ class RootLink:
 
     def _explain(self, request: dict) -> dict:
         cache = self.pool.cache
-        ca = self._root_user_ca()
+        ca = cache.active_root_user_ca(self.root)
         if ca is None:
             raise AccessDenied(f'cluster "{cache.cluster_name}" does not trust "{self.root}" now (disabled or '
                                f"removed); see 'gatectl get tc' on the leaf")
         name = str(request.get("node") or "")
-        node = next((n for n in cache.nodes() if n["metadata"]["name"] == name), None)
+        node = cache.node(name)
         if node is None:
             raise NotFound(node_not_registered(cache.cluster_name, name))
         return explain_ssh(cache.cluster_name, cache.roles(), node, str(request.get("login") or ""),
@@ -288,46 +280,39 @@ class RootLink:
 class TunnelAgentPool:
     """Keeps one RootLink per enabled trusted cluster, following the cluster cache."""
 
-    def __init__(self, cfg: Config, ident, cache, client, audit):
-        self.cfg = cfg
-        self.cache = cache
-        self.client = client
-        self.audit = audit
-        self.name = cfg.nodename
-        self.interval = cfg.proxy.tunnel_heartbeat_interval
-        self.router = Router(cache)
-        self.authorizer = Authorizer(cache)
-        self.host_keypair = ident.ssh_host_keypair()
+    def __init__(self, ctx: MemberContext):
+        self.cfg = ctx.cfg
+        self.cache = ctx.cache
+        self.checkers = ctx.checkers
+        self.client = ctx.client
+        self.audit = ctx.audit
+        self.name = ctx.name
+        self.interval = ctx.cfg.proxy.tunnel_heartbeat_interval
+        self.host_keypair = ctx.ident.ssh_host_keypair()
         self.links: dict[str, RootLink] = {}
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         self.cache.on_change(self._reconcile)
-        await self._reconcile(self.cache.snapshot)
+        await self._reconcile()
 
     async def stop(self) -> None:
         for link in list(self.links.values()):
             await link.stop()
         self.links.clear()
 
-    async def _reconcile(self, snap: dict) -> None:
+    async def _reconcile(self) -> None:
         async with self._lock:
-            wanted = {}
-            active_roots = {c["cluster_name"] for c in snap.get("cas", []) if c["type"] == "user"
-                            and c["active"] and not c.get("local")}
-            for tc in snap.get("trusted_clusters", []):
-                name = tc["metadata"]["name"]
-                if tc["spec"].get("enabled") and name in active_roots:
-                    wanted[name] = tc
+            wanted = {tc["metadata"]["name"]: tc for tc in self.cache.trusted_roots()}
             for name, link in list(self.links.items()):
-                if name not in wanted or effective_tunnel_addr(wanted[name]) != link.configured_addr:
+                if name not in wanted or tunnel_dial_addr(wanted[name]) != link.configured_addr:
                     log.info("tunnel: closing the tunnels to root %s (trust disabled, removed or moved)", name)
                     await link.stop()
                     del self.links[name]
             for name, tc in wanted.items():
                 if name not in self.links:
-                    link = RootLink(self, name, effective_tunnel_addr(tc),
-                                    tc["spec"]["web_proxy_addr"] if tunnel_addr_is_discovered(tc) else None)
+                    web = RootWebClient(tc["spec"]["web_proxy_addr"], self.cfg.insecure)
+                    link = RootLink(self, name, tunnel_dial_addr(tc), web if tunnel_addr_is_discovered(tc) else None)
                     log.info("tunnel: starting tunnels to root %s at %s", name, link.addr)
                     self.links[name] = link
                     link.start()

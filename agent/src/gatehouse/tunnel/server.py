@@ -16,11 +16,12 @@ import time
 
 import asyncssh
 
-from ..config import TUNNEL_PORT, Config, split_hostport
+from ..config import split_hostport
 from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
-from ..sshparams import CARRIER_MAX_PKTSIZE, COMPRESSION_ALGS, ENCRYPTION_ALGS
-from . import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN,
-               TUNNEL_PRINCIPAL)
+from ..member.context import MemberContext
+from ..sshparams import CARRIER_MAX_PKTSIZE, client_options
+from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN,
+                    TUNNEL_PORT, TUNNEL_PRINCIPAL)
 
 log = logging.getLogger("gatehouse.tunnel.server")
 
@@ -38,7 +39,7 @@ class _RootSide(asyncssh.SSHClient):
         self.peer = f"{peer[0]}:{peer[1]}"
 
     def validate_host_ca_key(self, host, addr, port, key) -> bool:
-        leaf = self.server.leaf_for_host_ca(key.export_public_key().decode())
+        leaf = self.server.cache.leaf_of_host_ca(key.export_public_key().decode())
         if not leaf:
             log.info("tunnel: rejected a connection from %s: its host CA belongs to no trusted leaf "
                      "(removed, or never joined)", self.peer)
@@ -133,14 +134,14 @@ class LeafTunnel:
 
 
 class TunnelServer:
-    def __init__(self, cfg: Config, ident, cache, client, audit):
-        self.cfg = cfg
-        self.ident = ident
-        self.cache = cache
-        self.client = client
-        self.audit = audit
-        self.name = cfg.nodename
-        self.interval = cfg.proxy.tunnel_heartbeat_interval
+    def __init__(self, ctx: MemberContext):
+        self.cfg = ctx.cfg
+        self.ident = ctx.ident
+        self.cache = ctx.cache
+        self.client = ctx.client
+        self.audit = ctx.audit
+        self.name = ctx.name
+        self.interval = ctx.cfg.proxy.tunnel_heartbeat_interval
         self.proxies: list[str] = [self.name]
         self.tunnels: dict[str, list[LeafTunnel]] = {}
         self._round_robin = itertools.count()
@@ -158,11 +159,10 @@ class TunnelServer:
         host, port = split_hostport(self.cfg.proxy.tunnel_listen_addr, TUNNEL_PORT)
         self._acceptor = await asyncssh.listen_reverse(
             host or None, port, client_factory=lambda: _RootSide(self), acceptor=self._accepted,
-            client_keys=[keypair], username=TUNNEL_LOGIN, known_hosts=([], [], []),
-            host_key_alias=TUNNEL_PRINCIPAL, config=None, agent_path=None, encoding=None,
-            encryption_algs=ENCRYPTION_ALGS, compression_algs=COMPRESSION_ALGS, max_pktsize=CARRIER_MAX_PKTSIZE,
-            keepalive_interval=self.interval, keepalive_count_max=MISSED_HEARTBEATS,
-            login_timeout=15, reuse_address=True)
+            username=TUNNEL_LOGIN, host_key_alias=TUNNEL_PRINCIPAL, encoding=None,
+            keepalive_interval=self.interval, keepalive_count_max=MISSED_HEARTBEATS, login_timeout=15,
+            reuse_address=True,
+            **client_options(keypair, max_pktsize=CARRIER_MAX_PKTSIZE, known_hosts=([], [], [])))
         self.port = self._acceptor.sockets[0].getsockname()[1]
         self.cache.on_change(self._on_cache_change)
         self._heartbeat_task = asyncio.create_task(self._proxy_heartbeats(), name="proxy-heartbeat")
@@ -197,14 +197,6 @@ class TunnelServer:
             await asyncio.sleep(self.interval)
 
     # -- tunnels ---------------------------------------------------------------
-    def leaf_for_host_ca(self, public_line: str) -> str:
-        ca = self.cache.host_ca(public_line)
-        if ca is None or ca.get("local"):
-            return ""
-        leaf = ca["cluster_name"]
-        known = {rc["metadata"]["name"] for rc in self.cache.snapshot.get("remote_clusters", [])}
-        return leaf if leaf in known else ""
-
     def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
         side: _RootSide = conn.get_owner()
         tunnel = LeafTunnel(self, side.leaf, conn, side.peer)
@@ -234,10 +226,9 @@ class TunnelServer:
         await self.client.call("POST", "/v1/tunnels/heartbeat",
                                {"cluster": leaf, "connected": connected, "interval": interval})
 
-    def _on_cache_change(self, snap: dict) -> None:
+    def _on_cache_change(self) -> None:
         for leaf, tunnels in list(self.tunnels.items()):
-            trusted = any(c["cluster_name"] == leaf and c["type"] == "host" and c["active"] for c in snap["cas"])
-            if not trusted:
+            if not self.cache.leaf_is_trusted(leaf):
                 log.info("tunnel: leaf %s was removed; dropping its %d tunnel(s)", leaf, len(tunnels))
                 for t in list(tunnels):
                     t.close()

@@ -10,25 +10,29 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Awaitable, Callable
 
-from . import pki
-from .client import AsyncAPIClient
-from .config import Config
-from .errors import AccessDenied
-from .identity import IdentityFiles, client_context
+from .. import pki
+from ..client import AsyncAPIClient
+from ..config import Config
+from ..errors import AccessDenied
+from ..identity import IdentityFiles, client_context
 
 log = logging.getLogger("gatehouse.join")
 
 
-async def obtain_identity(cfg: Config, role: str, name: str, principals: list[str], auth_svc=None) -> IdentityFiles:
+async def obtain_identity(cfg: Config, role: str, name: str, principals: list[str],
+                          issue: Callable[..., Awaitable[dict]] | None = None) -> IdentityFiles:
+    """This process's identity for ROLE: issued by ``issue`` (the auth service of this very
+    process), else the one it joined with earlier, else a new one joined with the join token."""
     ident = IdentityFiles(os.path.join(cfg.data_dir, "identity", role))
-    if auth_svc is None and ident.exists() and os.path.exists(ident.path("ssh_key")):
+    if issue is None and ident.exists() and os.path.exists(ident.path("ssh_key")):
         log.debug("using the existing %s identity in %s", role, ident.dir)
         return ident
     ssh_key = pki.new_ssh_key(comment=f"{role}:{name}")
     tls_key, tls_pub = pki.new_tls_key()
-    if auth_svc is not None:
-        result = await auth_svc.issue_host_identity(role, name, ssh_key.public_line, tls_pub, principals)
+    if issue is not None:
+        result = await issue(role, name, ssh_key.public_line, tls_pub, principals)
     else:
         result = await _join(cfg, role, name, ssh_key.public_line, tls_pub, principals)
     ident.save({"identity.key": tls_key, "identity.crt": result["tls_cert"], "ca.crt": result["tls_ca"],

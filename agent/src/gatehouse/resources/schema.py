@@ -1,18 +1,16 @@
-"""Resource kinds: parse, validate, normalise and render.
+"""Resource kinds: what each kind may hold, and its normalised shape.
 
-Operators write resources as YAML (``gatectl create FILE``) or Ansible passes them as
-dicts; both go through :func:`validate`, which returns a normalised deep copy in which
-every key the kind defines is present, lists are lists, label values are lists and
-durations are whole seconds. Normalising twice gives the same result, so two normalised
-resources can be compared key by key (the Ansible modules' diff relies on this).
+Operators write resources as YAML (``gatectl create FILE``, see ``io.py``) or Ansible
+passes them as dicts; both go through :func:`validate`, which returns a normalised
+deep copy in which every key the kind defines is present, lists are lists, label
+values are lists and durations are whole seconds. Normalising twice gives the same
+result, so two normalised resources can be compared key by key (the server-side
+dry run the Ansible modules use relies on this).
 
 Every problem raises :class:`~gatehouse.errors.BadParameter` with one sentence that
 names the resource, the field path and the fix, for example::
 
     role "dev": unknown field "spec.allow.login"; did you mean "logins"?
-
-Validation runs to completion before anything is returned, so a caller holding the
-result of :func:`parse_documents` knows that every resource in the file is good.
 
 Kinds and their normalised shapes:
 
@@ -23,11 +21,11 @@ Kinds and their normalised shapes:
 * ``user`` (v2) — ``spec {roles, traits}``; never a password.
 * ``token`` (v2) — ``metadata {name, expires?}``, ``spec {roles, labels, token?}``.
 * ``trusted_cluster`` (v1, v2; default v2) — ``spec {enabled, token, tunnel_addr,
-  web_proxy_addr, role_map}``.
+  web_proxy_addr, role_map}``; ``tunnel_addr`` defaults to ``web_proxy_addr``,
+  which means "dial where the root says its tunnel listener is" (:func:`tunnel_dial_addr`).
 * ``remote_cluster`` (v3) — ``metadata {name, labels}``, ``status {connection,
-  last_heartbeat}``; only its labels can be changed from a file.
-* ``node`` (v2), ``cert_authority`` (v2) — read-only: shown by ``gatectl get``, never
-  created from a file.
+  last_heartbeat}``; a file can change only its labels.
+* ``node``, ``cert_authority`` — shown by ``gatectl get``, never created from a file.
 """
 
 from __future__ import annotations
@@ -35,23 +33,17 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import difflib
-import json
 import re
 from typing import Any, NoReturn
 
-from .errors import BadParameter
-
-__all__ = [
-    "KINDS", "CREATABLE_KINDS", "READ_ONLY_KINDS", "KIND_ALIASES", "VERSIONS", "DEFAULT_VERSIONS",
-    "TOKEN_TYPES", "DEFAULT_MAX_SESSION_TTL", "canonical_kind", "parse_ref", "validate_name",
-    "parse_documents", "validate", "render", "redact", "parse_duration", "parse_ttl",
-    "format_duration", "parse_labels_arg", "validate_labels",
-]
+from ..durations import describe, parse_duration, parse_ttl
+from ..errors import BadParameter
+from ..wire import TOKEN_TYPES
 
 # --------------------------------------------------------------------------- kinds
 KINDS = ("role", "user", "token", "trusted_cluster", "remote_cluster", "node", "cert_authority")
-CREATABLE_KINDS = ("role", "user", "token", "trusted_cluster")
-READ_ONLY_KINDS = ("node", "cert_authority")  # remote_cluster: read-only except its labels
+#: Kinds the API shows but never takes from a file (remote_cluster takes only its labels).
+READ_ONLY_KINDS = ("node", "cert_authority")
 
 KIND_ALIASES = {
     "roles": "role",
@@ -75,7 +67,6 @@ VERSIONS = {
 DEFAULT_VERSIONS = {"role": "v5", "user": "v2", "token": "v2", "trusted_cluster": "v2",
                     "remote_cluster": "v3", "node": "v2", "cert_authority": "v2"}
 
-TOKEN_TYPES = ("trusted_cluster", "node", "proxy")
 CA_TYPES = ("user", "host", "tls")
 CONNECTION_STATES = ("online", "offline")
 DEFAULT_MAX_SESSION_TTL = 12 * 3600
@@ -116,10 +107,6 @@ _USER_NAME_RULE = "use 1-253 letters, digits, '.', '-', '_' or '@', starting wit
 _LABEL_KEY_RE = re.compile(r"[A-Za-z0-9/._:*-]{1,253}")
 _TRAIT_NAME_RE = re.compile(r"[^\s{}\"',=]{1,253}")
 _RFC3339_RE = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.I)
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
-_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
-_DURATION_HINT = "write it like 1h30m, 15m or 90s"
-
 
 # --------------------------------------------------------------------------- kinds and references
 def canonical_kind(kind: Any) -> str:
@@ -176,7 +163,7 @@ def validate_name(name: Any, what: str = "name", *, kind: str | None = None) -> 
     """
     pattern, rule = (_USER_NAME_RE, _USER_NAME_RULE) if kind == "user" else (_NAME_RE, _NAME_RULE)
     if not isinstance(name, str) or isinstance(name, bool):
-        raise BadParameter(f"{what} must be a string, not {_describe(name)}; {rule}")
+        raise BadParameter(f"{what} must be a string, not {describe(name)}; {rule}")
     if not name:
         raise BadParameter(f"{what} is empty; {rule}")
     if len(name) > 253:
@@ -184,67 +171,6 @@ def validate_name(name: Any, what: str = "name", *, kind: str | None = None) -> 
     if not pattern.fullmatch(name):
         raise BadParameter(f'{what} "{name}" is not valid; {rule}')
     return name
-
-
-# --------------------------------------------------------------------------- durations and labels
-def parse_duration(value: Any, what: str = "") -> int:
-    """``"1h30m"``, ``"15m"``, ``"90s"``, ``"2h"`` or an int of seconds → whole seconds.
-
-    Units are Go's ``h``, ``m`` and ``s``, in any combination (``30h0m0s``); a leading
-    ``-`` makes the duration negative; ``0`` is zero. ``what`` names the setting in
-    error messages (``spec.options.max_session_ttl``, ``--ttl``).
-    """
-    subject = f"{what} " if what else ""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadParameter(f"{what or 'the duration'} must be like 1h30m, 15m or 90s (or a whole number of "
-                           f"seconds), not {_describe(value)}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if value.is_integer():
-            return int(value)
-        raise BadParameter(f"{subject}{value!r} is not a whole number of seconds; {_DURATION_HINT}")
-    text = value.strip()
-    sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text[1:] if text[:1] == "+" else text)
-    if body == "0":
-        return 0
-    if body.isdigit():
-        raise BadParameter(f'{subject}"{value}" has no unit; write it like {body}s, 15m or 1h30m')
-    pos, seconds = 0, 0.0
-    while pos < len(body):
-        match = _DURATION_PART_RE.match(body, pos)
-        if not match:
-            break
-        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not body or pos != len(body):
-        if re.fullmatch(r"\d+d", body):
-            raise BadParameter(f'{subject}"{value}" uses days, which is not a unit here; '
-                               f'write {int(body[:-1]) * 24}h instead')
-        raise BadParameter(f'{subject}"{value}" is not a valid duration; {_DURATION_HINT}')
-    if abs(seconds - round(seconds)) > 1e-6:
-        raise BadParameter(f'{subject}"{value}" is not a whole number of seconds; {_DURATION_HINT}')
-    return sign * int(round(seconds))
-
-
-def parse_ttl(value: Any, what: str = "TTL") -> int:
-    """Like :func:`parse_duration`, but a TTL must be positive."""
-    seconds = parse_duration(value, what)
-    if seconds <= 0:
-        raise BadParameter(f"{what} must be positive, not {format_duration(seconds)}; e.g. 15m or 12h")
-    return seconds
-
-
-def format_duration(seconds: int) -> str:
-    """Whole seconds → compact Go-style text (``5400`` → ``1h30m``, ``0`` → ``0s``)."""
-    seconds = int(seconds)
-    if seconds == 0:
-        return "0s"
-    sign, rest = ("-", -seconds) if seconds < 0 else ("", seconds)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
-    return sign + "".join(parts)
 
 
 def parse_labels_arg(text: Any) -> dict[str, str]:
@@ -258,7 +184,7 @@ def parse_labels_arg(text: Any) -> dict[str, str]:
     if text is None:
         return {}
     if not isinstance(text, str):
-        raise BadParameter(f"labels must be text like env=demo,team=ops, not {_describe(text)}")
+        raise BadParameter(f"labels must be text like env=demo,team=ops, not {describe(text)}")
     out: dict[str, str] = {}
     for raw in text.split(","):
         item = raw.strip()
@@ -324,22 +250,6 @@ class _Ctx:
         raise new from None
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "empty"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f'the string "{value}"'
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
 def _child(path: str, key: str) -> str:
     return f"{path}.{key}" if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'{path}["{key}"]'
 
@@ -369,7 +279,7 @@ def _mapping(ctx: _Ctx, value: Any, path: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        ctx.fail(f"{path} must be a mapping, not {_describe(value)}")
+        ctx.fail(f"{path} must be a mapping, not {describe(value)}")
     return value
 
 
@@ -377,7 +287,7 @@ def _string(ctx: _Ctx, value: Any, path: str, *, default: str = "", strip: bool 
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        ctx.fail(f"{path} must be a string, not {_describe(value)}")
+        ctx.fail(f"{path} must be a string, not {describe(value)}")
     text = str(value)
     return text.strip() if strip else text
 
@@ -395,11 +305,11 @@ def _string_list(ctx: _Ctx, value: Any, path: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)):
-        ctx.fail(f"{path} must be a list of strings, not {_describe(value)}")
+        ctx.fail(f"{path} must be a list of strings, not {describe(value)}")
     out = []
     for i, item in enumerate(value):
         if isinstance(item, bool) or not isinstance(item, (str, int)):
-            ctx.fail(f"{path}[{i}] must be a string, not {_describe(item)}; quote it in YAML")
+            ctx.fail(f"{path}[{i}] must be a string, not {describe(item)}; quote it in YAML")
         text = str(item).strip()
         if not text:
             ctx.fail(f"{path}[{i}] is an empty string; remove it")
@@ -414,7 +324,7 @@ def _bool(ctx: _Ctx, value: Any, path: str, default: bool) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    ctx.fail(f"{path} must be true or false, not {_describe(value)}")
+    ctx.fail(f"{path} must be true or false, not {describe(value)}")
 
 
 def _timestamp(ctx: _Ctx, value: Any, path: str) -> str:
@@ -428,7 +338,7 @@ def _timestamp(ctx: _Ctx, value: Any, path: str) -> str:
         text = value.strftime("%Y-%m-%dT%H:%M:%S")
         return text + (f".{value.microsecond:06d}Z" if value.microsecond else "Z")
     if not isinstance(value, str):
-        ctx.fail(f"{path} must be an RFC 3339 time such as 2024-05-01T12:00:00Z, not {_describe(value)}")
+        ctx.fail(f"{path} must be an RFC 3339 time such as 2024-05-01T12:00:00Z, not {describe(value)}")
     text = value.strip()
     match = _RFC3339_RE.fullmatch(text)
     ok = bool(match)
@@ -478,7 +388,7 @@ def _static_labels(ctx: _Ctx, value: Any, path: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        fail(f"{path} must be a mapping of label names to values, e.g. {{env: prod}}, not {_describe(value)}")
+        fail(f"{path} must be a mapping of label names to values, e.g. {{env: prod}}, not {describe(value)}")
     out = {}
     for key, val in value.items():
         if not isinstance(key, str):
@@ -486,7 +396,7 @@ def _static_labels(ctx: _Ctx, value: Any, path: str) -> dict[str, str]:
         if not _LABEL_KEY_RE.fullmatch(key):
             fail(f'{path} has an invalid label name "{key}"; use letters, digits and . - _ / : characters')
         if isinstance(val, bool) or not isinstance(val, (str, int)):
-            fail(f"{_child(path, key)} must be a string, not {_describe(val)}; quote it in YAML")
+            fail(f"{_child(path, key)} must be a string, not {describe(val)}; quote it in YAML")
         out[key] = str(val)
     return out
 
@@ -496,7 +406,7 @@ def _check_templates(ctx: _Ctx, values, path: str, *, indexed: bool = True) -> N
     for i, value in enumerate(values):
         if not isinstance(value, str) or "{{" not in value:
             continue
-        from . import traits  # lazily: traits is only needed when a template is used
+        from .. import traits  # lazily: traits is only needed when a template is used
 
         try:
             traits.interpolate(value, {})
@@ -510,7 +420,7 @@ def _check_templates(ctx: _Ctx, values, path: str, *, indexed: bool = True) -> N
 
 def _check_logins(ctx: _Ctx, values: list[str], path: str) -> None:
     """Literal logins become certificate principals, so they must be valid Unix logins."""
-    from . import traits
+    from .. import traits
 
     for i, value in enumerate(values):
         if "{{" not in value and not traits.is_valid_login(value):
@@ -520,7 +430,7 @@ def _check_logins(ctx: _Ctx, values: list[str], path: str) -> None:
 
 def _selector(ctx: _Ctx, value: Any, path: str) -> dict[str, list[str]]:
     """A label selector ``{key: value or [values]}`` → ``{key: [values]}``, patterns checked."""
-    from . import labels  # lazily, so importing resources does not need re2
+    from .. import labels  # lazily, so importing resources does not need re2
 
     if not isinstance(value, dict):
         try:
@@ -541,7 +451,7 @@ def _selector(ctx: _Ctx, value: Any, path: str) -> dict[str, list[str]]:
 
 
 def _role_map(ctx: _Ctx, value: Any, path: str) -> list[dict]:
-    from . import rolemap  # lazily: rolemap needs re2
+    from .. import rolemap  # lazily: rolemap needs re2
 
     try:
         return rolemap.validate_role_map(copy.deepcopy(value), existing_local_roles=None)
@@ -550,21 +460,20 @@ def _role_map(ctx: _Ctx, value: Any, path: str) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- validate
-def validate(resource: Any, *, where: str = "", allow_read_only: bool = False) -> dict:
+def validate(resource: Any, *, where: str = "") -> dict:
     """Check one resource and return its normalised deep copy; BadParameter on any problem.
 
     ``where`` says where the resource came from (``resource 2 in trusted.yaml``) and is
-    put into messages. Read-only kinds (node, cert_authority) are refused — they are
-    not created from files — unless ``allow_read_only`` is set (to normalise what the
-    server returned).
+    put into messages. Read-only kinds (node, cert_authority) are refused: they are
+    never created from files.
     """
     ctx = _Ctx(None, None, where)
     if not isinstance(resource, dict):
-        ctx.fail(f"a resource must be a mapping with kind, metadata and spec, not {_describe(resource)}")
+        ctx.fail(f"a resource must be a mapping with kind, metadata and spec, not {describe(resource)}")
     if resource.get("kind") in (None, ""):
         ctx.fail('missing "kind"; add kind: role, user, token or trusted_cluster')
     if not isinstance(resource["kind"], str):
-        ctx.fail(f'"kind" must be a string, not {_describe(resource["kind"])}; use kind: role, user, token or '
+        ctx.fail(f'"kind" must be a string, not {describe(resource["kind"])}; use kind: role, user, token or '
                  f'trusted_cluster')
     try:
         kind = canonical_kind(resource["kind"])
@@ -576,13 +485,13 @@ def validate(resource: Any, *, where: str = "", allow_read_only: bool = False) -
     metadata = resource.get("metadata")
     if not isinstance(metadata, dict) or metadata.get("name") in (None, ""):
         if metadata is not None and not isinstance(metadata, dict):
-            ctx.fail(f"metadata must be a mapping, not {_describe(metadata)}; write metadata: {{name: NAME}}")
+            ctx.fail(f"metadata must be a mapping, not {describe(metadata)}; write metadata: {{name: NAME}}")
         ctx.fail(f'missing "metadata.name"; give the {kind} a name, e.g. metadata: {{name: NAME}}')
     raw_name = metadata["name"]
     ctx.name = str(raw_name) if isinstance(raw_name, (str, int)) and not isinstance(raw_name, bool) else None
-    if kind in READ_ONLY_KINDS and not allow_read_only:
+    if kind in READ_ONLY_KINDS:
         ctx.fail(_READ_ONLY_MESSAGES[kind])
-    top = ["kind", "version", "metadata"] + (["status"] if kind in ("remote_cluster", "node") else [])
+    top = ["kind", "version", "metadata"] + (["status"] if kind == "remote_cluster" else [])
     if kind != "remote_cluster":
         top.insert(3, "spec")
     if kind == "user":
@@ -596,7 +505,7 @@ def validate(resource: Any, *, where: str = "", allow_read_only: bool = False) -
     if version is None:
         version = DEFAULT_VERSIONS[kind]
     elif version not in VERSIONS[kind]:
-        shown = f'"{version}"' if isinstance(version, str) else _describe(version)
+        shown = f'"{version}"' if isinstance(version, str) else describe(version)
         ctx.fail(f"version {shown} is not supported for {kind}; use "
                  + (f"one of {', '.join(VERSIONS[kind])}" if len(VERSIONS[kind]) > 1 else VERSIONS[kind][0]))
     out = {"kind": kind, "version": version}
@@ -690,7 +599,7 @@ def _validate_user(ctx: _Ctx, res: dict, metadata: dict) -> dict:
     traits_in = spec.get("traits")
     if traits_in is not None and not isinstance(traits_in, dict):
         ctx.fail(f"spec.traits must be a mapping of trait names to lists, e.g. {{logins: [ubuntu]}}, "
-                 f"not {_describe(traits_in)}")
+                 f"not {describe(traits_in)}")
     traits = {}
     for key, values in (traits_in or {}).items():
         if not isinstance(key, str) or not _TRAIT_NAME_RE.fullmatch(key):
@@ -759,294 +668,22 @@ def _validate_remote_cluster(ctx: _Ctx, res: dict, metadata: dict) -> dict:
         "last_heartbeat": _timestamp(ctx, status.get("last_heartbeat"), "status.last_heartbeat")}}
 
 
-def _validate_node(ctx: _Ctx, res: dict, metadata: dict) -> dict:
-    meta = _metadata(ctx, metadata, ("labels",))
-    spec = _mapping(ctx, res.get("spec"), "spec")
-    _check_fields(ctx, spec, ("addr", "hostname", "cluster_name"), "spec")
-    status = _mapping(ctx, res.get("status"), "status")
-    _check_fields(ctx, status, ("last_heartbeat",), "status")
-    cluster = _string(ctx, spec.get("cluster_name"), "spec.cluster_name")
-    if cluster:
-        _name(ctx, cluster, "spec.cluster_name")
-    return {"metadata": meta,
-            "spec": {"addr": _string(ctx, spec.get("addr"), "spec.addr"),
-                     "hostname": _string(ctx, spec.get("hostname"), "spec.hostname"),
-                     "cluster_name": cluster},
-            "status": {"last_heartbeat": _timestamp(ctx, status.get("last_heartbeat"), "status.last_heartbeat")}}
-
-
-def _validate_cert_authority(ctx: _Ctx, res: dict, metadata: dict) -> dict:
-    _check_fields(ctx, metadata, ("name",), "metadata", tolerated=("id",))
-    name = _string(ctx, metadata["name"], "metadata.name")
-    cluster_part, _, type_part = name.partition("/")
-    _name(ctx, cluster_part, "metadata.name")
-    if type_part and type_part not in CA_TYPES:
-        ctx.fail(f'metadata.name "{name}" must be CLUSTER or CLUSTER/TYPE with TYPE one of {", ".join(CA_TYPES)}')
-    spec = _mapping(ctx, res.get("spec"), "spec")
-    _check_fields(ctx, spec, ("type", "cluster_name", "active_keys", "role_map", "active", "fingerprint"), "spec")
-    ca_type = _string(ctx, spec.get("type"), "spec.type")
-    if ca_type not in CA_TYPES:
-        ctx.fail(f'spec.type "{ca_type}" is not a CA type; use one of {", ".join(CA_TYPES)}')
-    cluster = _required_string(ctx, spec.get("cluster_name"), "spec.cluster_name",
-                               "name the cluster this authority belongs to")
-    _name(ctx, cluster, "spec.cluster_name")
-    return {"metadata": {"name": name},
-            "spec": {"type": ca_type, "cluster_name": cluster,
-                     "active_keys": _string_list(ctx, spec.get("active_keys"), "spec.active_keys"),
-                     "role_map": _role_map(ctx, spec.get("role_map"), "spec.role_map"),
-                     "active": _bool(ctx, spec.get("active"), "spec.active", True),
-                     "fingerprint": _string(ctx, spec.get("fingerprint"), "spec.fingerprint")}}
-
-
 _VALIDATORS = {"role": _validate_role, "user": _validate_user, "token": _validate_token,
-               "trusted_cluster": _validate_trusted_cluster, "remote_cluster": _validate_remote_cluster,
-               "node": _validate_node, "cert_authority": _validate_cert_authority}
+               "trusted_cluster": _validate_trusted_cluster, "remote_cluster": _validate_remote_cluster}
 
 
-# --------------------------------------------------------------------------- parse
-def _make_loader():
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """Safe YAML that keeps timestamps as text and refuses duplicate keys."""
-
-    Loader.yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-
-    def construct_mapping(loader, node):
-        loader.flatten_mapping(node)
-        seen = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a mapping key must be a plain value, not a list or mapping",
-                    key_node.start_mark) from None
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f'duplicate key "{key}"; give each key once', key_node.start_mark)
-        return loader.construct_mapping(node, deep=True)
-
-    Loader.add_constructor("tag:yaml.org,2002:map", construct_mapping)
-    return Loader
+# --------------------------------------------------------------------------- trusted_cluster addresses
+def tunnel_addr_is_discovered(tc: dict) -> bool:
+    """spec.tunnel_addr was left at web_proxy_addr: the root says where its tunnel listener is."""
+    spec = tc["spec"]
+    return not spec["tunnel_addr"] or spec["tunnel_addr"] == spec["web_proxy_addr"]
 
 
-_LOADER = None
-
-
-def _load_yaml(text: str, source: str) -> list:
-    import yaml
-
-    global _LOADER
-    if _LOADER is None:
-        _LOADER = _make_loader()
-    loader = _LOADER(text)
-    docs = []
-    try:
-        while loader.check_data():
-            docs.append(loader.get_data())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and start is not None and mark is not None and start.line != mark.line:
-            problem += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
-        raise BadParameter(f"invalid YAML in {source}{at}: {problem}") from None
-    finally:
-        loader.dispose()
-    return docs
-
-
-def parse_documents(text: Any, source: str = "<stdin>", *, allow_read_only: bool = False) -> list[dict]:
-    """Every resource in ``text`` (multi-document YAML, a JSON object or a JSON list), validated.
-
-    Empty documents are skipped. Nothing is returned unless every resource is valid, so
-    the caller never applies half a file.
-    """
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadParameter(f"{source} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    if not isinstance(text, str):
-        raise BadParameter(f"{source} must be YAML or JSON text, not {_describe(text)}")
-    stripped = text.lstrip("\ufeff \t\r\n")
-    docs: list = []
-    if stripped[:1] in ("{", "["):
-        try:
-            docs = [json.loads(stripped)]
-        except ValueError as exc:
-            json_error = exc
-            try:
-                docs = _load_yaml(stripped, source)
-            except BadParameter:
-                raise BadParameter(f"invalid JSON in {source} at line {json_error.lineno}, column "
-                                   f"{json_error.colno}: {json_error.msg}") from None
-    else:
-        docs = _load_yaml(text, source)
-    items = []
-    for doc in docs:
-        if doc is None:
-            continue
-        if isinstance(doc, list):
-            items.extend(item for item in doc if item is not None)
-        else:
-            items.append(doc)
-    if not items:
-        raise BadParameter(f"{source} contains no resources; write at least one resource with kind, "
-                           f"metadata and spec")
-    out, seen = [], {}
-    for index, item in enumerate(items, start=1):
-        where = f"resource {index} in {source}"
-        res = validate(item, where=where, allow_read_only=allow_read_only)
-        key = (res["kind"], res["metadata"]["name"])
-        if key in seen:
-            raise BadParameter(f'{where}: {key[0]} "{key[1]}" is already defined by resource {seen[key]}; '
-                               f"keep only one of them")
-        seen[key] = index
-        out.append(res)
-    return out
-
-
-# --------------------------------------------------------------------------- render
-_TOP_ORDER = ("kind", "version", "metadata", "spec", "status")
-_META_ORDER = ("name", "description", "labels", "expires")
-
-
-def redact(resource: dict, *, with_secrets: bool = False) -> dict:
-    """A deep copy in display order, secrets (``spec.token``) removed unless asked for."""
-    res = copy.deepcopy(resource)
-    if not isinstance(res, dict):
-        return res
-    ordered = {k: res[k] for k in _TOP_ORDER if k in res}
-    ordered.update((k, v) for k, v in res.items() if k not in ordered)
-    meta = ordered.get("metadata")
-    if isinstance(meta, dict):
-        ordered["metadata"] = {k: meta[k] for k in _META_ORDER if k in meta}
-        ordered["metadata"].update((k, v) for k, v in meta.items() if k not in ordered["metadata"])
-    spec = ordered.get("spec")
-    if not with_secrets and isinstance(spec, dict):
-        for field in SECRET_FIELDS.get(str(ordered.get("kind")), ()):
-            spec.pop(field, None)
-    return ordered
-
-
-def render(resources, fmt: str = "yaml", *, with_secrets: bool = False) -> str:
-    """Resources as YAML documents (``---`` between), a JSON list, or text tables."""
-    if isinstance(resources, dict):
-        resources = [resources]
-    items = [redact(r, with_secrets=with_secrets) for r in resources or []]
-    if fmt == "json":
-        return json.dumps(items, indent=2, ensure_ascii=False) + "\n"
-    if fmt == "yaml":
-        return "---\n".join(_dump_yaml(item) for item in items)
-    if fmt == "text":
-        return _render_text(items)
-    raise BadParameter(f'unknown output format "{fmt}"; use yaml, json or text')
-
-
-def _dump_yaml(data) -> str:
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        def ignore_aliases(self, data):
-            return True
-
-    def str_presenter(dumper, value):
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    Dumper.add_representer(str, str_presenter)
-    return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
-                     width=4096)
-
-
-def _fmt_labels(labels) -> str:
-    if not isinstance(labels, dict) or not labels:
-        return ""
-    parts = []
-    for key, value in labels.items():
-        if isinstance(value, list):
-            value = value[0] if len(value) == 1 else "[" + ",".join(map(str, value)) + "]"
-        parts.append(f"{key}={value}")
-    return ",".join(parts)
-
-
-def _fmt_list(values) -> str:
-    return ",".join(map(str, values)) if isinstance(values, (list, tuple)) else str(values or "")
-
-
-def _fmt_role_map(role_map) -> str:
-    parts = []
-    for entry in role_map or []:
-        if isinstance(entry, dict):
-            parts.append(f"{entry.get('remote', '')} -> {_fmt_list(entry.get('local', []))}")
-    return "; ".join(parts)
-
-
-def _g(res: dict, *path, default=""):
-    cur: Any = res
-    for key in path:
-        if not isinstance(cur, dict) or key not in cur:
-            return default
-        cur = cur[key]
-    return cur
-
-
-def _ttl_text(value) -> str:
-    return format_duration(value) if isinstance(value, int) and not isinstance(value, bool) else str(value or "")
-
-
-_TEXT_COLUMNS = {
-    "role": (("NAME", lambda r: _g(r, "metadata", "name")),
-             ("LOGINS", lambda r: _fmt_list(_g(r, "spec", "allow", "logins", default=[]))),
-             ("NODE LABELS", lambda r: _fmt_labels(_g(r, "spec", "allow", "node_labels", default={}))),
-             ("CLUSTER LABELS", lambda r: _fmt_labels(_g(r, "spec", "allow", "cluster_labels", default={}))),
-             ("MAX TTL", lambda r: _ttl_text(_g(r, "spec", "options", "max_session_ttl")))),
-    "user": (("NAME", lambda r: _g(r, "metadata", "name")),
-             ("ROLES", lambda r: _fmt_list(_g(r, "spec", "roles", default=[]))),
-             ("LOGINS", lambda r: _fmt_list(_g(r, "spec", "traits", "logins", default=[])))),
-    "token": (("NAME", lambda r: _g(r, "metadata", "name")),
-              ("TYPE", lambda r: _fmt_list(_g(r, "spec", "roles", default=[]))),
-              ("LABELS", lambda r: _fmt_labels(_g(r, "spec", "labels", default={}))),
-              ("EXPIRES", lambda r: _g(r, "metadata", "expires") or "never")),
-    "trusted_cluster": (("NAME", lambda r: _g(r, "metadata", "name")),
-                        ("ENABLED", lambda r: str(_g(r, "spec", "enabled", default=True)).lower()),
-                        ("WEB PROXY", lambda r: _g(r, "spec", "web_proxy_addr")),
-                        ("TUNNEL", lambda r: _g(r, "spec", "tunnel_addr")),
-                        ("ROLE MAP", lambda r: _fmt_role_map(_g(r, "spec", "role_map", default=[])))),
-    "remote_cluster": (("NAME", lambda r: _g(r, "metadata", "name")),
-                       ("STATUS", lambda r: _g(r, "status", "connection")),
-                       ("LAST HEARTBEAT", lambda r: _g(r, "status", "last_heartbeat")),
-                       ("LABELS", lambda r: _fmt_labels(_g(r, "metadata", "labels", default={})))),
-    "node": (("NAME", lambda r: _g(r, "metadata", "name")),
-             ("ADDRESS", lambda r: _g(r, "spec", "addr")),
-             ("LABELS", lambda r: _fmt_labels(_g(r, "metadata", "labels", default={})))),
-    "cert_authority": (("CLUSTER", lambda r: _g(r, "spec", "cluster_name")),
-                       ("TYPE", lambda r: _g(r, "spec", "type")),
-                       ("ACTIVE", lambda r: str(_g(r, "spec", "active", default=True)).lower()),
-                       ("FINGERPRINT", lambda r: _g(r, "spec", "fingerprint"))),
-}
-_GENERIC_COLUMNS = (("KIND", lambda r: str(r.get("kind", ""))), ("NAME", lambda r: _g(r, "metadata", "name")))
-
-
-def _render_text(items: list) -> str:
-    """One aligned table per kind, in the order the kinds first appear."""
-    groups: dict[str, list] = {}
-    for item in items:
-        groups.setdefault(str(item.get("kind", "")) if isinstance(item, dict) else "", []).append(item)
-    tables = []
-    for kind, group in groups.items():
-        columns = _TEXT_COLUMNS.get(kind, _GENERIC_COLUMNS)
-        rows = [[str(get(r)) if isinstance(r, dict) else str(r) for _, get in columns] for r in group]
-        headers = [h for h, _ in columns]
-        widths = [max(len(row[i]) for row in [headers] + rows) for i in range(len(headers))]
-        lines = [headers, ["-" * w for w in widths]] + rows
-        tables.append("\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-                                for line in lines) + "\n")
-    return "\n".join(tables)
+def tunnel_dial_addr(tc: dict) -> str:
+    """Where a leaf dials its root: spec.tunnel_addr, unless it was left at web_proxy_addr; then
+    what the root advertised in the handshake (the stored record's ``discovered_tunnel_addr``),
+    else web_proxy_addr."""
+    spec = tc["spec"]
+    if not tunnel_addr_is_discovered(tc):
+        return spec["tunnel_addr"]
+    return tc.get("discovered_tunnel_addr") or spec["web_proxy_addr"]

@@ -1,4 +1,4 @@
-"""The node's access decision for one certificate, login and node.
+"""Access checkers for the identities a member sees, built once per cache revision.
 
 Local users: the certificate's roles and traits, checked against this cluster's
 roles. Users from a trusted root cluster: their roles are mapped through the role
@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 
 from ..access import AccessChecker, Decision, checker_for_identity
+from .cache import ClusterCache
 
 _MAX_CACHED = 4096
 
 
-class Authorizer:
-    def __init__(self, cache):
+class CheckerCache:
+    def __init__(self, cache: ClusterCache):
         self.cache = cache
         self._checkers: dict[tuple, tuple] = {}
         self._revision = -1
@@ -31,13 +32,10 @@ class Authorizer:
         key = (cluster, tuple(roles), json.dumps(traits, sort_keys=True), tuple(principals))
         hit = self._checkers.get(key)
         if hit is None:
-            hit = self._build(cluster, roles, traits, principals, ca)
+            hit = checker_for_identity(self.cache.cluster_name, cluster, roles, traits, principals, ca,
+                                       self.cache.roles())
             self._checkers[key] = hit
         return hit
-
-    def _build(self, cluster, roles, traits, principals, ca):
-        return checker_for_identity(self.cache.cluster_name, cluster, roles, traits, principals, ca,
-                                    self.cache.roles())
 
     def check(self, cluster: str, roles: list[str], traits: dict, principals: list[str], ca: dict,
               login: str, node_name: str, node_labels: dict) -> Decision:

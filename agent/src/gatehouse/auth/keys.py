@@ -1,0 +1,103 @@
+"""The auth service's storage keyspace: every backend key is built here, and only here.
+
+Keys are `/`-separated (see backend/base.py). One function per kind of record, one
+`*_PREFIX` per range, so no key string is written twice and a rename is one edit.
+
+    cas/<cluster>/<type>          certificate authorities (this cluster's and trusted ones')
+    roles/<name>  users/<name>  passwords/<user>  tokens/<name>
+    nodes/<name>                  registered nodes (expire without heartbeats)
+    trusted_clusters/<root>       leaf side: the roots this cluster trusts
+    remote_clusters/<leaf>        root side: the leaves that trust this cluster
+    tunnels/<leaf>/<root proxy>   root side: a root proxy's tunnel to a leaf
+    tunnel_agents/<root>/<proxy>  leaf side: which root proxies a leaf proxy holds tunnels to
+    proxies/<name>                root proxies (expire without heartbeats)
+"""
+
+from __future__ import annotations
+
+CAS_PREFIX = "cas/"
+ROLES_PREFIX = "roles/"
+USERS_PREFIX = "users/"
+TOKENS_PREFIX = "tokens/"
+NODES_PREFIX = "nodes/"
+TRUSTED_CLUSTERS_PREFIX = "trusted_clusters/"
+REMOTE_CLUSTERS_PREFIX = "remote_clusters/"
+PROXIES_PREFIX = "proxies/"
+
+#: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
+SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PREFIX, REMOTE_CLUSTERS_PREFIX,
+                     NODES_PREFIX]
+
+#: Resource kinds stored one record per name under a prefix.
+_KIND_PREFIXES = {"user": USERS_PREFIX, "role": ROLES_PREFIX, "token": TOKENS_PREFIX, "node": NODES_PREFIX,
+                  "trusted_cluster": TRUSTED_CLUSTERS_PREFIX, "remote_cluster": REMOTE_CLUSTERS_PREFIX}
+
+
+def kind_prefix(kind: str) -> str:
+    return _KIND_PREFIXES[kind]
+
+
+def resource(kind: str, name: str) -> str:
+    return _KIND_PREFIXES[kind] + name
+
+
+def name_of(key: str) -> str:
+    """The name part of a `kind/name` key."""
+    return key.split("/", 1)[1]
+
+
+def ca(cluster: str, ca_type: str) -> str:
+    return f"{CAS_PREFIX}{cluster}/{ca_type}"
+
+
+def cas_of(cluster: str) -> str:
+    """Prefix of every CA of CLUSTER."""
+    return f"{CAS_PREFIX}{cluster}/"
+
+
+def role(name: str) -> str:
+    return ROLES_PREFIX + name
+
+
+def user(name: str) -> str:
+    return USERS_PREFIX + name
+
+
+def password(user_name: str) -> str:
+    return f"passwords/{user_name}"
+
+
+def token(name: str) -> str:
+    return TOKENS_PREFIX + name
+
+
+def node(name: str) -> str:
+    return NODES_PREFIX + name
+
+
+def trusted_cluster(root: str) -> str:
+    return TRUSTED_CLUSTERS_PREFIX + root
+
+
+def remote_cluster(leaf: str) -> str:
+    return REMOTE_CLUSTERS_PREFIX + leaf
+
+
+def tunnel(leaf: str, proxy: str) -> str:
+    return f"{tunnels_of(leaf)}{proxy}"
+
+
+def tunnels_of(leaf: str) -> str:
+    return f"tunnels/{leaf}/"
+
+
+def tunnel_agent(root: str, proxy: str) -> str:
+    return f"{tunnel_agents_of(root)}{proxy}"
+
+
+def tunnel_agents_of(root: str) -> str:
+    return f"tunnel_agents/{root}/"
+
+
+def proxy(name: str) -> str:
+    return PROXIES_PREFIX + name

@@ -1,0 +1,50 @@
+"""Where a requested destination goes: a registered node here, or a leaf cluster the user may reach.
+
+Only registered nodes are reachable, never arbitrary addresses, and a leaf is
+reachable only by users of this cluster whose roles' cluster_labels let them see it
+(a hidden leaf is "not found", exactly like one that does not exist).
+"""
+
+from __future__ import annotations
+
+from ..config import split_hostport
+from ..errors import NotFound
+from ..wire import NODE_PORT
+from .cache import ClusterCache
+from .checkers import CheckerCache
+
+
+def split_cluster(cache: ClusterCache, host: str, cluster: str | None) -> tuple[str, str]:
+    """`node.leaf` → (node, leaf) for this cluster and every registered leaf; else this cluster."""
+    if cluster:
+        return host, cluster
+    for name in sorted(cache.cluster_names(), key=len, reverse=True):
+        if host.endswith("." + name):
+            return host[: -len(name) - 1], name
+    return host, cache.cluster_name
+
+
+def resolve_node(cache: ClusterCache, host: str, port: int) -> tuple[str, int, dict]:
+    """(address, port, node) of the registered node called HOST (or registered at HOST:PORT)."""
+    for node in cache.nodes():
+        meta, spec = node["metadata"], node["spec"]
+        node_host, node_port = split_hostport(spec["addr"], NODE_PORT)
+        if host in (meta["name"], spec.get("hostname")) or (host == node_host and port == node_port):
+            return node_host, node_port, node
+    raise NotFound(f'node "{host}" is not registered in cluster "{cache.cluster_name}"; '
+                   f"list nodes with 'gate ls'")
+
+
+def cluster_not_found(cluster: str) -> NotFound:
+    return NotFound(f'cluster "{cluster}" is not found; list clusters with \'gate clusters\'')
+
+
+def visible_leaf(cache: ClusterCache, checkers: CheckerCache, user, cluster: str):
+    """(remote cluster, decision) for a leaf the user asks for; NotFound when there is no such leaf
+    or the user is not of this cluster. The decision says whether cluster_labels let them see it."""
+    rc = cache.remote_cluster(cluster)
+    if rc is None or user.cluster != cache.cluster_name:
+        raise cluster_not_found(cluster)
+    checker, _, _ = checkers.checker(user.cluster, user.cert.roles, user.cert.traits, list(user.cert.principals),
+                                     user.ca)
+    return rc, checker.check_cluster(cluster, rc["metadata"].get("labels") or {})
