@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps demo demo-down test test-agent test-collection lint test-molecule bench clean
+.PHONY: deps demo demo-down test test-unit test-agent test-collection lint test-molecule bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -23,8 +23,13 @@ test: deps
 	scripts/lint.sh
 	scripts/test-molecule.sh
 
+## The agent's tests alone: unit (pure, about 2 s), integration (real servers in process), e2e (daemons).
 test-agent: deps
 	$(PY) -m pytest -q agent/tests
+
+## The fast loop while editing: the agent's pure tests only.
+test-unit: deps
+	$(PY) -m pytest -q agent/tests/unit
 
 ## The Ansible collection: ansible-test sanity and units, then every module against real agents.
 test-collection: deps

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.module_utils.urls import Request, make_context
-from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, diff, same
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, diff
 
 DEFAULT_DATA_DIR = "/var/lib/gatehouse"
 DEFAULT_TIMEOUT = 30
@@ -265,6 +265,11 @@ class GatehouseClient:
         resp = self.put("/v1/resources", {"resource": resource, "force": bool(force)})
         return resp.get("resource"), bool(resp.get("created"))
 
+    def plan_resource(self, resource, force=False):
+        """The agent's dry run of put_resource: {resource (normalised), current, changed, created}.
+        The agent validates and checks as for the real write, so a bad resource fails here."""
+        return self.put("/v1/resources?dry_run=true", {"resource": resource, "force": bool(force)})
+
     def delete_resource(self, kind, name):
         """Delete a resource; False when it was already gone."""
         return self._delete_if_present("/v1/resources/%s/%s" % (quote(kind, safe=""), quote(name, safe="")))
@@ -379,29 +384,31 @@ def exit_absent(module, client, kind, name, current, result):
 def ensure_resource(module, client, kind, build):
     """The whole run of a module that manages one KIND resource by name (role, user).
 
-    state=absent deletes it; state=present builds the desired resource with BUILD(params)
-    (a ResourceError fails the task before the agent is asked), and creates or replaces
-    it only when its metadata or spec differ, keeping the stored resource version.
+    state=absent deletes it; state=present builds the resource to send with BUILD(params)
+    (a ResourceError fails the task before the agent is asked), asks the agent for a dry
+    run, and creates or replaces it only when the agent says that changes something,
+    keeping the stored resource version.
     """
     params = module.params
     name = params["name"]
     result = {"changed": False, kind: {}}
-    desired = None
+    request = None
     if params["state"] == "present":
         try:
-            desired = build(params)
+            request = build(params)
         except ResourceError as exc:
             module.fail_json(msg="%s %s: %s" % (kind, name, exc))
     current = client.get_resource(kind, name)
     if params["state"] == "absent":
         exit_absent(module, client, kind, name, current, result)
-    if current is not None and same(desired, current):
+    if current is not None and current.get("version"):
+        request["version"] = current["version"]
+    plan = client.plan_resource(request, force=current is not None)
+    if not plan.get("changed"):
         result[kind] = current
         module.exit_json(**result)
-    if current is not None:
-        desired["version"] = current.get("version") or desired["version"]
-    result.update(changed=True, diff=diff(current, desired, "%s/%s" % (kind, name)))
-    result[kind] = desired
+    result.update(changed=True, diff=diff(plan.get("current"), plan["resource"], "%s/%s" % (kind, name)))
+    result[kind] = plan["resource"]
     if not module.check_mode:
-        result[kind] = client.put_resource(desired, force=current is not None)[0]
+        result[kind] = client.put_resource(request, force=current is not None)[0]
     module.exit_json(**result)

@@ -2,14 +2,14 @@
 # Copyright (c) Gatehouse maintainers
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 # SPDX-License-Identifier: Apache-2.0
-"""Build, normalise and compare Gatehouse resources the way the agent stores them.
+"""Build the resources modules send to the agent, and the helpers their options need.
 
-The agent normalises every resource it stores (every key present, label selector
-values as lists, durations in seconds). The modules build the desired resource in
-that same normalised form, so that comparing it with what the agent returns tells
-whether a write is needed. Lists whose order does not change what a resource means
-(logins, roles, label values, role-map entries) are compared as sets by
-:func:`canonical`.
+The agent validates and normalises every resource, and answers a dry run
+(``PUT /v1/resources?dry_run=true``) with the normalised resource, what is stored
+and whether the write would change anything; the modules decide ``changed`` from
+that, so nothing here re-implements the agent's normalisation. What remains is
+module-side: building a request from module options, reading durations and times
+the modules use themselves (join tokens), and shaping Ansible's diff.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,18 +25,6 @@ import time
 integer_types = (int,)
 string_types = (str,)
 
-DEFAULT_MAX_SESSION_TTL = 12 * 3600
-ROLE_VERSION = "v5"
-ROLE_OPTION_DEFAULTS = {
-    "max_session_ttl": DEFAULT_MAX_SESSION_TTL,
-    "permit_pty": True,
-    "permit_port_forwarding": True,
-    "permit_agent_forwarding": True,
-    "permit_x11_forwarding": False,
-    "client_idle_timeout": 0,
-}
-CONDITION_LISTS = ("logins", "kubernetes_groups", "kubernetes_users", "db_users", "db_names")
-CONDITION_SELECTORS = ("node_labels", "cluster_labels")
 TOKEN_TYPES = ("trusted_cluster", "node", "proxy")
 
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
@@ -144,81 +132,34 @@ def static_labels(value, what):
     return out
 
 
-def selector(value, what):
-    """A label selector ``{key: value or [values]}`` → ``{key: [values]}`` (duplicates dropped)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ResourceError("%s must be a mapping of label names to a value or a list of values, "
-                            "e.g. {env: [dev, staging]}" % what)
-    out = {}
-    for key, values in value.items():
-        if not isinstance(key, string_types) or not key:
-            raise ResourceError("%s has a label name %r that is not a non-empty string" % (what, key))
-        entries = values if isinstance(values, (list, tuple)) else [values]
-        texts = []
-        for index, item in enumerate(entries):
-            if isinstance(item, bool) or not isinstance(item, integer_types + string_types):
-                raise ResourceError("%s.%s[%d] must be a string, not %r" % (what, key, index, item))
-            text = str(item)
-            if text not in texts:
-                texts.append(text)
-        out[key] = texts
-    return out
-
-
 # --------------------------------------------------------------------------- kinds
-def role_resource(name, description=None, labels=None, allow=None, deny=None, options=None):
-    """The normalised role the agent would store for these module options."""
-    opts = dict(ROLE_OPTION_DEFAULTS)
-    for key, value in (options or {}).items():
-        if value is None:
-            continue
-        if key == "max_session_ttl":
-            opts[key] = parse_ttl(value, "options.max_session_ttl")
-        elif key == "client_idle_timeout":
-            opts[key] = parse_duration(value, "options.client_idle_timeout")
-            if opts[key] < 0:
-                raise ResourceError("options.client_idle_timeout must not be negative; use 0 to turn it off")
-        elif key in ROLE_OPTION_DEFAULTS:
-            opts[key] = bool(value)
-        else:
-            raise ResourceError("options.%s is not a role option; use one of %s"
-                                % (key, ", ".join(sorted(ROLE_OPTION_DEFAULTS))))
-    spec = {"options": opts}
-    for side, given in (("allow", allow), ("deny", deny)):
-        cond = {}
-        for key in CONDITION_LISTS:
-            cond[key] = string_list((given or {}).get(key), "%s.%s" % (side, key))
-        for key in CONDITION_SELECTORS:
-            cond[key] = selector((given or {}).get(key), "%s.%s" % (side, key))
-        unknown = sorted(k for k in (given or {}) if k not in CONDITION_LISTS + CONDITION_SELECTORS)
-        if unknown:
-            raise ResourceError("%s.%s is not a role condition; use %s"
-                                % (side, unknown[0], ", ".join(CONDITION_LISTS + CONDITION_SELECTORS)))
-        spec[side] = cond
-    return {"kind": "role", "version": ROLE_VERSION,
-            "metadata": {"name": name, "description": (description or "").strip(),
-                         "labels": static_labels(labels, "labels")},
-            "spec": spec}
+def _given(mapping):
+    """The options of a module suboption dict that were set (Ansible fills the rest with None)."""
+    return dict((k, v) for k, v in (mapping or {}).items() if v is not None)
 
 
-def user_resource(name, roles, traits=None, logins=None):
-    """The normalised user (``logins`` is the ``logins`` trait)."""
-    roles = string_list(roles, "roles")
-    if not roles:
-        raise ResourceError("roles is empty; give the user at least one role, e.g. roles: [access]")
+def role_request(name, description=None, labels=None, allow=None, deny=None, options=None):
+    """The role to send for these module options; the agent fills in every default."""
+    metadata = {"name": name}
+    if description is not None:
+        metadata["description"] = description
+    if labels is not None:
+        metadata["labels"] = labels
+    spec = dict((key, _given(value)) for key, value in (("options", options), ("allow", allow), ("deny", deny))
+                if _given(value))
+    return {"kind": "role", "metadata": metadata, "spec": spec}
+
+
+def user_request(name, roles, traits=None, logins=None):
+    """The user to send (``logins`` is the ``logins`` trait)."""
     if traits is not None and not isinstance(traits, dict):
         raise ResourceError("traits must be a mapping of trait names to lists, e.g. {logins: [ubuntu]}")
-    out_traits = {}
-    for key, values in (traits or {}).items():
-        out_traits[str(key)] = string_list(values, "traits.%s" % key)
+    out_traits = dict(traits or {})
     if logins is not None:
         if "logins" in out_traits:
             raise ResourceError("set the logins either with logins or with traits.logins, not both")
-        out_traits["logins"] = string_list(logins, "logins")
-    return {"kind": "user", "version": "v2", "metadata": {"name": name},
-            "spec": {"roles": roles, "traits": out_traits}}
+        out_traits["logins"] = logins
+    return {"kind": "user", "metadata": {"name": name}, "spec": {"roles": roles or [], "traits": out_traits}}
 
 
 def role_map(value, what="role_map"):
@@ -264,7 +205,8 @@ def token_types(value):
 
 # --------------------------------------------------------------------------- compare and diff
 def canonical(value):
-    """A copy in which every list is sorted and de-duplicated, for order-blind comparison."""
+    """A copy in which every list is sorted and de-duplicated, for order-blind comparison of the
+    token settings join_token manages itself (tokens carry a secret, so it cannot ask a dry run)."""
     if isinstance(value, dict):
         return dict((k, canonical(v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
@@ -274,15 +216,6 @@ def canonical(value):
             items[json.dumps(norm, sort_keys=True)] = norm
         return [items[k] for k in sorted(items)]
     return value
-
-
-def comparable(resource, sections=("metadata", "spec")):
-    """The parts of a resource that state what it means (not its version or status)."""
-    return canonical(dict((k, (resource or {}).get(k)) for k in sections))
-
-
-def same(desired, current, sections=("metadata", "spec")):
-    return comparable(desired, sections) == comparable(current, sections)
 
 
 def without_secrets(resource):

@@ -190,7 +190,7 @@ role:
 '''
 
 from ansible_collections.gatehouse.clusters.plugins.module_utils.api import ensure_resource, run_module
-from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import role_resource
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import role_request
 
 CONDITION_OPTIONS = dict(
     logins=dict(type="list", elements="str"),
@@ -221,9 +221,9 @@ ARGUMENT_SPEC = dict(
 
 
 def desired_role(params):
-    """The normalised role for the module's parameters (ResourceError on bad input)."""
-    return role_resource(params["name"], description=params.get("description"), labels=params.get("labels"),
-                         allow=params.get("allow"), deny=params.get("deny"), options=params.get("options"))
+    """The role to send for the module's parameters (the agent normalises and checks it)."""
+    return role_request(params["name"], description=params.get("description"), labels=params.get("labels"),
+                        allow=params.get("allow"), deny=params.get("deny"), options=params.get("options"))
 
 
 def run(module, client):

@@ -152,7 +152,7 @@ import time
 
 from ansible_collections.gatehouse.clusters.plugins.module_utils.api import exit_absent, run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
-    ResourceError, diff, role_map, same, without_secrets)
+    ResourceError, diff, role_map)
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -239,19 +239,22 @@ def run(module, client):
                                  "from 'gatectl tokens add --type=trusted_cluster' on the root (or the "
                                  "gatehouse.clusters.join_token module) and the root proxy's web address"
                                  % (name, " and ".join(missing), "is" if len(missing) == 1 else "are"))
-        result.update(changed=True, trusted_cluster=desired, diff=diff(None, desired, header))
+        request = resource(name, spec, params["token"])
+        plan = client.plan_resource(request, force=False)  # every check but the handshake itself
+        result.update(changed=True, trusted_cluster=plan["resource"], diff=diff(None, plan["resource"], header))
         if module.check_mode:
             module.exit_json(**result)
-        client.put_resource(resource(name, spec, params["token"]), force=False)
-    elif same(desired, without_secrets(current), sections=("spec",)):
-        result["trusted_cluster"] = current
+        client.put_resource(request, force=False)
     else:
-        before = without_secrets(current)
-        before.pop("status", None)
-        result.update(changed=True, trusted_cluster=desired, diff=diff(before, desired, header))
-        if module.check_mode:
-            module.exit_json(**result)
-        client.put_resource(desired, force=True)
+        plan = client.plan_resource(desired, force=True)
+        if not plan.get("changed"):
+            result["trusted_cluster"] = current
+        else:
+            result.update(changed=True, trusted_cluster=plan["resource"],
+                          diff=diff(plan.get("current"), plan["resource"], header))
+            if module.check_mode:
+                module.exit_json(**result)
+            client.put_resource(desired, force=True)
 
     if result["changed"] or params["wait"]:
         if params["wait"] and not module.check_mode:

@@ -91,7 +91,7 @@ user:
 '''
 
 from ansible_collections.gatehouse.clusters.plugins.module_utils.api import ensure_resource, run_module
-from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import user_resource
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import user_request
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -103,8 +103,8 @@ ARGUMENT_SPEC = dict(
 
 
 def desired_user(params):
-    """The normalised user for the module's parameters (ResourceError on bad input)."""
-    return user_resource(params["name"], params.get("roles"), traits=params.get("traits"), logins=params.get("logins"))
+    """The user to send for the module's parameters (the agent normalises and checks it)."""
+    return user_request(params["name"], params.get("roles"), traits=params.get("traits"), logins=params.get("logins"))
 
 
 def run(module, client):

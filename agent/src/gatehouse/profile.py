@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from . import pki
 from .config import split_hostport
 from .errors import AccessDenied, BadParameter, GatehouseError
+from .wire import NODE_PORT, PROXY_SSH_PORT, WEB_PORT
 
 
 def gate_home() -> str:
@@ -60,7 +61,7 @@ class Profile:
 
     @property
     def ssh_addr(self) -> tuple[str, int]:
-        return split_hostport(self.data["ssh_proxy_addr"], 3023)
+        return split_hostport(self.data["ssh_proxy_addr"], PROXY_SSH_PORT)
 
     @property
     def insecure(self) -> bool:
@@ -86,7 +87,7 @@ class Profile:
 
 
 def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_key: str, insecure: bool) -> Profile:
-    host, _ = split_hostport(proxy_web_addr, 3080)
+    host, _ = split_hostport(proxy_web_addr, WEB_PORT)
     directory = os.path.join(gate_home(), "profiles", host)
     ssh_addr = login_result["proxy"]["ssh"]["public_addr"]
     data = {"web_proxy_addr": proxy_web_addr, "ssh_proxy_addr": ssh_addr, "user": login_result["user"]["name"],
@@ -98,7 +99,7 @@ def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_
     pki.write_secret(profile.path("tls.key"), tls_key)
     pki.write_secret(profile.path("tls.crt"), login_result["tls_cert"])
     pki.write_secret(profile.path("tls-ca.crt"), login_result["tls_ca"])
-    pki.write_secret(profile.known_hosts_path, known_hosts(login_result, split_hostport(ssh_addr, 3023)[0]))
+    pki.write_secret(profile.known_hosts_path, known_hosts(login_result, split_hostport(ssh_addr, PROXY_SSH_PORT)[0]))
     pki.write_secret(profile.path("profile.json"), json.dumps(data, indent=2) + "\n")
     pki.write_secret(os.path.join(gate_home(), "current"), host + "\n")
     return profile
@@ -187,7 +188,7 @@ def ssh_config(profile: Profile, clusters: list[str]) -> str:
            *credentials]
     for cluster in clusters:
         out += [f"Host *.{cluster}",
-                "    Port 3022",
+                f"    Port {NODE_PORT}",
                 f"    ProxyJump {alias}",
                 *credentials]
     return "\n".join(out)

@@ -19,7 +19,7 @@ from . import sshtuning
 from .errors import AccessDenied, ConnectionProblem, GatehouseError, NotFound
 from .profile import refresh_known_hosts
 from .sshparams import CARRIER_MAX_PKTSIZE, SESSION_MAX_PKTSIZE, client_options
-from .wire import proxy_subsystem
+from .wire import NODE_PORT, proxy_subsystem
 
 
 _OPEN = object()  # _SubsystemPipe.closed while the channel is open
@@ -385,7 +385,7 @@ def _grow_pipes() -> None:
             pass
 
 
-def run_ssh(profile, login, node, cluster, command, port=3022, force_tty=False, no_tty=False) -> int:
+def run_ssh(profile, login, node, cluster, command, port=NODE_PORT, force_tty=False, no_tty=False) -> int:
     _grow_pipes()
     # A short-lived process: keep every buffer it frees (bounded by its peak heap).
     sshtuning.keep_heap(mmap_threshold=32 * 1024 * 1024, trim_threshold=256 * 1024 * 1024)

@@ -15,7 +15,6 @@ import os
 
 _N, _R, _P, _LEN = 2 ** 15, 8, 1, 32
 _MAXMEM = 64 * 1024 * 1024
-MIN_LENGTH = 8
 _DUMMY = None
 
 

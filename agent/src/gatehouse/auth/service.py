@@ -163,8 +163,7 @@ class AuthService:
     # ----------------------------------------------------------------- users and login
     async def set_password(self, ident: Identity, user: str, password: str) -> None:
         require_admin(ident, "set passwords")
-        if len(password) < passwords.MIN_LENGTH:
-            raise BadParameter(f"the password is too short; use at least {passwords.MIN_LENGTH} characters")
+        resources.validate_password(password)
         if not await self.backend.exists(keys.user(user)):
             not_found("user", user)
         hashed = await asyncio.to_thread(passwords.hash_password, password)

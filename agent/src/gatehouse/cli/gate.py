@@ -12,6 +12,7 @@ import sys
 import time
 
 from ..errors import BadParameter, GatehouseError, TLSProblem
+from ..wire import NODE_PORT, PING_PATH, WEB_PORT
 from .common import labels_text, read_secret, run, table
 
 CERT_EXTENSIONS_SHOWN = ("permit-agent-forwarding", "permit-port-forwarding", "permit-pty",
@@ -23,11 +24,11 @@ def cmd_login(args) -> int:
     from ..client import APIClient
     from ..config import split_hostport
     from ..profile import save_profile
-    host, port = split_hostport(args.proxy, 3080)
+    host, port = split_hostport(args.proxy, WEB_PORT)
     web = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     api = APIClient(f"https://{web}", insecure=args.insecure)
     try:
-        api.get("/webapi/ping")
+        api.get(PING_PATH)
     except TLSProblem:
         raise TLSProblem(f"the proxy at {web} presented a certificate that cannot be verified (is it "
                          f"self-signed?); configure a trusted certificate, or pass --insecure in test "
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate", description="Gatehouse client: one login, SSH to every cluster.")
     sub = p.add_subparsers(dest="command_name", required=True)
     login = sub.add_parser("login", help="log in to a cluster through its proxy")
-    login.add_argument("--proxy", required=True, help="proxy web address HOST:PORT (default port 3080)")
+    login.add_argument("--proxy", required=True, help=f"proxy web address HOST:PORT (default port {WEB_PORT})")
     login.add_argument("--user", help="Gatehouse user name (default: $USER)")
     login.add_argument("--insecure", action="store_true", help="accept a self-signed proxy certificate (tests only)")
     login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (bounded by your roles)")
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssh = sub.add_parser("ssh", help="run a command or a shell on a node")
     ssh.add_argument("--cluster", help="cluster of the node (default: the one you logged in to)")
     ssh.add_argument("-l", "--login", help="Unix login (or use login@node)")
-    ssh.add_argument("-p", "--port", type=int, default=3022, help="node SSH port (default 3022)")
+    ssh.add_argument("-p", "--port", type=int, default=NODE_PORT, help=f"node SSH port (default {NODE_PORT})")
     ssh.add_argument("-t", "--tty", action="store_true", help="force a terminal even with a command")
     ssh.add_argument("-T", "--no-tty", action="store_true", help="never request a terminal")
     ssh.add_argument("target", help="login@node")

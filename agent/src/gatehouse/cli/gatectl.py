@@ -109,9 +109,8 @@ def cmd_users_add(args) -> int:
     # Read and check the password before creating anything: bad input leaves no half-made user.
     password = read_secret("", True) if args.password_stdin else None
     if password is not None:
-        from ..auth.passwords import MIN_LENGTH
-        if len(password) < MIN_LENGTH:
-            raise BadParameter(f"the password is too short; use at least {MIN_LENGTH} characters")
+        from ..resources import validate_password
+        validate_password(password)
     client = _client(args)
     client.put("/v1/resources", {"resource": user, "force": False})
     print(f'User "{args.name}" has been created')

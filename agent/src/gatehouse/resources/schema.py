@@ -173,6 +173,16 @@ def validate_name(name: Any, what: str = "name", *, kind: str | None = None) -> 
     return name
 
 
+PASSWORD_MIN_LENGTH = 8
+
+
+def validate_password(password: str) -> str:
+    """A new password must be long enough (the CLI checks before it creates anything, auth again)."""
+    if len(password) < PASSWORD_MIN_LENGTH:
+        raise BadParameter(f"the password is too short; use at least {PASSWORD_MIN_LENGTH} characters")
+    return password
+
+
 def parse_labels_arg(text: Any) -> dict[str, str]:
     """``"env=demo,team=ops"`` (a CLI flag such as ``--set-labels``) → ``{"env": "demo", ...}``.
 

@@ -2,31 +2,17 @@
 # Copyright (c) Gatehouse maintainers
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 # SPDX-License-Identifier: Apache-2.0
-"""Normalisation and comparison of resources (module_utils/resources.py)."""
+"""Building requests and reading options on the module side (module_utils/resources.py).
+
+Normalisation and comparison are the agent's (dry run); its tests are in agent/tests/unit."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import copy
-
 import pytest
 
 from ansible_collections.gatehouse.clusters.plugins.module_utils import resources as r
-
-# The default "access" role exactly as the agent stores and returns it (GET /v1/resources/role/access).
-AGENT_ACCESS_ROLE = {
-    "kind": "role", "version": "v5",
-    "metadata": {"name": "access", "description": "SSH access with the user's own logins", "labels": {}},
-    "spec": {
-        "allow": {"cluster_labels": {"*": ["*"]}, "db_names": [], "db_users": [], "kubernetes_groups": [],
-                  "kubernetes_users": [], "logins": ["{{internal.logins}}"], "node_labels": {"*": ["*"]}},
-        "deny": {"cluster_labels": {}, "db_names": [], "db_users": [], "kubernetes_groups": [],
-                 "kubernetes_users": [], "logins": [], "node_labels": {}},
-        "options": {"client_idle_timeout": 0, "max_session_ttl": 43200, "permit_agent_forwarding": True,
-                    "permit_port_forwarding": True, "permit_pty": True, "permit_x11_forwarding": False},
-    },
-}
 
 
 @pytest.mark.parametrize("value, seconds", [
@@ -101,61 +87,24 @@ def test_static_labels():
         r.static_labels(["env=prod"], "labels")
 
 
-def test_selector():
-    assert r.selector(None, "s") == {}
-    assert r.selector({"env": "prod"}, "s") == {"env": ["prod"]}
-    assert r.selector({"env": ["dev", "prod", "dev"], "rack": 7}, "s") == {"env": ["dev", "prod"], "rack": ["7"]}
-    with pytest.raises(r.ResourceError, match=r"s.env\[0\] must be a string"):
-        r.selector({"env": [None]}, "s")
-    with pytest.raises(r.ResourceError, match="must be a mapping"):
-        r.selector("env=prod", "s")
+def test_role_request_sends_only_what_was_given():
+    role = r.role_request("ops", description="Operators", labels={"team": "it"},
+                          allow={"logins": ["root"], "node_labels": {"env": "prod"}, "cluster_labels": None},
+                          deny=None, options={"max_session_ttl": "8h", "permit_pty": False, "permit_x11_forwarding": None})
+    assert role == {"kind": "role", "metadata": {"name": "ops", "description": "Operators", "labels": {"team": "it"}},
+                    "spec": {"options": {"max_session_ttl": "8h", "permit_pty": False},
+                             "allow": {"logins": ["root"], "node_labels": {"env": "prod"}}}}
+    assert r.role_request("bare") == {"kind": "role", "metadata": {"name": "bare"}, "spec": {}}
 
 
-def test_role_defaults_match_the_agents_normalised_form():
-    role = r.role_resource("access", description="SSH access with the user's own logins",
-                           allow={"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"},
-                                  "cluster_labels": {"*": "*"}})
-    assert role == AGENT_ACCESS_ROLE
-
-
-def test_role_options_and_conditions():
-    role = r.role_resource("ops", description="  Operators ", labels={"team": "it"},
-                           allow={"logins": ["root"], "node_labels": {"env": ["prod"]}},
-                           deny={"logins": ["admin"]},
-                           options={"max_session_ttl": "8h", "client_idle_timeout": "15m",
-                                    "permit_pty": False, "permit_x11_forwarding": None})
-    assert role["metadata"] == {"name": "ops", "description": "Operators", "labels": {"team": "it"}}
-    assert role["spec"]["options"] == {"max_session_ttl": 28800, "client_idle_timeout": 900, "permit_pty": False,
-                                       "permit_port_forwarding": True, "permit_agent_forwarding": True,
-                                       "permit_x11_forwarding": False}
-    assert role["spec"]["deny"]["logins"] == ["admin"]
-    assert role["spec"]["deny"]["node_labels"] == {}
-    assert set(role["spec"]["allow"]) == set(r.CONDITION_LISTS + r.CONDITION_SELECTORS)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(options={"max_session_ttl": "0s"}), "options.max_session_ttl must be positive"),
-    (dict(options={"client_idle_timeout": "-1m"}), "options.client_idle_timeout must not be negative"),
-    (dict(options={"record_session": True}), "options.record_session is not a role option"),
-    (dict(allow={"login": ["root"]}), "allow.login is not a role condition"),
-    (dict(deny={"logins": [""]}), r"deny.logins\[0\] is an empty string"),
-])
-def test_role_errors(kwargs, message):
-    with pytest.raises(r.ResourceError, match=message):
-        r.role_resource("bad", **kwargs)
-
-
-def test_user_resource():
-    user = r.user_resource("alice", ["access"], traits={"groups": "ops"}, logins=["alice", "ubuntu"])
-    assert user == {"kind": "user", "version": "v2", "metadata": {"name": "alice"},
-                    "spec": {"roles": ["access"], "traits": {"groups": ["ops"], "logins": ["alice", "ubuntu"]}}}
-    assert r.user_resource("bob", "access")["spec"] == {"roles": ["access"], "traits": {}}
-    with pytest.raises(r.ResourceError, match="roles is empty"):
-        r.user_resource("bob", [])
+def test_user_request():
+    user = r.user_request("alice", ["access"], traits={"groups": "ops"}, logins=["alice", "ubuntu"])
+    assert user == {"kind": "user", "metadata": {"name": "alice"},
+                    "spec": {"roles": ["access"], "traits": {"groups": "ops", "logins": ["alice", "ubuntu"]}}}
     with pytest.raises(r.ResourceError, match="either with logins or with traits.logins, not both"):
-        r.user_resource("bob", ["access"], traits={"logins": ["a"]}, logins=["b"])
+        r.user_request("bob", ["access"], traits={"logins": ["a"]}, logins=["b"])
     with pytest.raises(r.ResourceError, match="traits must be a mapping"):
-        r.user_resource("bob", ["access"], traits=["logins"])
+        r.user_request("bob", ["access"], traits=["logins"])
 
 
 def test_role_map():
@@ -186,21 +135,6 @@ def test_canonical_ignores_order_and_duplicates():
     second = [{"remote": "b", "local": ["z"]}, {"remote": "a", "local": ["x", "y"]}]
     assert r.canonical(first) == r.canonical(second)
     assert r.canonical([{"remote": "a", "local": ["x"]}]) != r.canonical([{"remote": "a", "local": ["y"]}])
-
-
-def test_same_compares_meaning_not_order_version_or_status():
-    stored = copy.deepcopy(AGENT_ACCESS_ROLE)
-    stored["version"] = "v7"
-    stored["status"] = {"anything": True}
-    desired = r.role_resource("access", description="SSH access with the user's own logins",
-                              allow={"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"},
-                                     "cluster_labels": {"*": ["*", "*"]}})
-    assert r.same(desired, stored)
-    desired["spec"]["options"]["permit_pty"] = False
-    assert not r.same(desired, stored)
-    alice = r.user_resource("alice", ["b", "a"], logins=["y", "x"])
-    assert r.same(alice, r.user_resource("alice", ["a", "b"], logins=["x", "y"]))
-    assert not r.same(alice, r.user_resource("alice", ["a"], logins=["x", "y"]))
 
 
 def test_diff_never_carries_secrets():
