@@ -62,6 +62,11 @@ let clients = loadJson('clients', 'OIDC_CLIENTS', 'OIDC_CLIENTS_JSON', 'clients.
 if (!Array.isArray(clients)) clients = [clients];
 const userinfoClaimsOnly = flag('userinfo-claims-only', 'OIDC_USERINFO_CLAIMS_ONLY');
 const deviceFlow = !flag('disable-device-flow', 'OIDC_DISABLE_DEVICE_FLOW');
+if (!deviceFlow) {
+  // Without the feature oidc-provider refuses clients registered for the grant: drop it.
+  const grant = 'urn:ietf:params:oauth:grant-type:device_code';
+  clients = clients.map((c) => ({ ...c, grant_types: c.grant_types?.filter((g) => g !== grant) }));
+}
 const idTokenTtl = Number(args['id-token-ttl'] ?? env.OIDC_ID_TOKEN_TTL ?? 3600);
 const adminToken = env.OIDC_ADMIN_TOKEN || '';
 const debug = flag('debug', 'OIDC_DEBUG');
@@ -238,6 +243,9 @@ function buildProvider() {
     // false: the claims of the granted scopes are in the ID token too, not only at userinfo.
     conformIdTokenClaims: userinfoClaimsOnly,
     responseTypes: ['code'],
+    // HS256 (an ID token MACed with the client's secret) is on so that a test client can get one
+    // and check that the relying party's algorithm allowlist refuses what discovery offers.
+    enabledJWA: { idTokenSigningAlgValues: ['RS256', 'PS256', 'ES256', 'Ed25519', 'EdDSA', 'HS256'] },
     pkce: { required: () => true },
     ttl: {
       AccessToken: 3600,
