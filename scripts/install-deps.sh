@@ -45,13 +45,17 @@ if ! .venv/bin/python -c 'import sys, ansible.release as r; v = tuple(map(int, r
   .venv/bin/pip install -q 'ansible-core>=2.17,<2.20'
 fi
 
-# The test OpenID provider's npm packages, exactly as tests/oidc/package-lock.json pins them.
-# Reinstalled only when the lock file is newer than the last install.
-oidc=tests/oidc
-if [ ! -f "$oidc/node_modules/.package-lock.json" ] || [ "$oidc/package-lock.json" -nt "$oidc/node_modules/.package-lock.json" ]; then
+# The test OpenID provider's npm packages, exactly as tests/oidc/package-lock.json pins them, go
+# to .venv/oidc-fixture/node_modules: out of the source tree, which scripts/test-collection.sh
+# copies for ansible-test sanity (it lints every file) and galaxy builds into the collection.
+# npm ci runs again only when the lock file changed.
+fixture=.venv/oidc-fixture
+if ! cmp -s tests/oidc/package-lock.json "$fixture/package-lock.json" || [ ! -f "$fixture/node_modules/.package-lock.json" ]; then
   if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 18) ? 0 : 1)'; then
     echo "warning: node $(node --version) is too old for tests/oidc (oidc-provider 9 needs Node.js >= 20.18)" >&2
   fi
-  echo "==> installing the test OpenID provider's npm packages (tests/oidc)"
-  (cd "$oidc" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "==> installing the test OpenID provider's npm packages (tests/oidc) into $fixture"
+  mkdir -p "$fixture"
+  cp tests/oidc/package.json tests/oidc/package-lock.json "$fixture/"
+  (cd "$fixture" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

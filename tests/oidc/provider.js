@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // A real OpenID provider for Gatehouse's SSO tests: the OpenID-Certified `oidc-provider`
 // library with static test users, clients from a JSON file, PKCE required, the device
 // authorization grant, its own login and consent forms, and an admin endpoint that rotates
@@ -8,10 +7,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import Provider from 'oidc-provider';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const HOST = '127.0.0.1';
@@ -41,7 +39,8 @@ if (args.help) {
 Environment equivalents: OIDC_PORT (or PORT), OIDC_ISSUER, OIDC_ISSUER_PATH, OIDC_USERS,
 OIDC_USERS_JSON, OIDC_CLIENTS, OIDC_CLIENTS_JSON, OIDC_JWKS, OIDC_USERINFO_CLAIMS_ONLY=1,
 OIDC_DISABLE_DEVICE_FLOW=1, OIDC_ID_TOKEN_TTL, OIDC_CLOCK_OFFSET, OIDC_ADMIN_TOKEN (enables
-/__admin/*), OIDC_DEBUG=1 (log every request to stderr).
+/__admin/*), OIDC_DEBUG=1 (log every request to stderr), OIDC_NODE_MODULES (where the npm
+packages are; default .venv/oidc-fixture/node_modules of the checkout).
 `);
   process.exit(0);
 }
@@ -55,6 +54,28 @@ function loadJson(fileOpt, fileEnv, inlineEnv, fallbackFile) {
   if (env[fileEnv]) return JSON.parse(fs.readFileSync(env[fileEnv], 'utf8'));
   return JSON.parse(fs.readFileSync(path.join(HERE, fallbackFile), 'utf8'));
 }
+
+// The npm packages are in .venv/oidc-fixture/node_modules: scripts/install-deps.sh installs
+// them there, out of the source tree that the collection's sanity tests and galaxy build copy.
+// $OIDC_NODE_MODULES, or a node_modules beside this file (a hand-run `npm ci`), come first.
+async function importProvider() {
+  const candidates = [env.OIDC_NODE_MODULES, path.join(HERE, 'node_modules'),
+    path.join(HERE, '..', '..', '.venv', 'oidc-fixture', 'node_modules')].filter(Boolean);
+  for (const dir of candidates) {
+    const pkgFile = path.join(dir, 'oidc-provider', 'package.json');
+    if (fs.existsSync(pkgFile)) {
+      const pkg = JSON.parse(fs.readFileSync(pkgFile, 'utf8'));
+      let entry = pkg.exports && typeof pkg.exports === 'object' ? (pkg.exports['.'] ?? pkg.exports) : pkg.exports;
+      if (entry && typeof entry === 'object') entry = entry.import ?? entry.default;
+      if (typeof entry !== 'string') entry = pkg.main || 'index.js';
+      const mod = await import(pathToFileURL(path.join(dir, 'oidc-provider', entry)).href);
+      process.stderr.write(`oidc-provider ${pkg.version} from ${dir}\n`);
+      return mod.default;
+    }
+  }
+  throw new Error(`oidc-provider is not installed (looked in ${candidates.join(', ')}); run scripts/install-deps.sh`);
+}
+const Provider = await importProvider();
 
 const port = Number(args.port ?? env.OIDC_PORT ?? env.PORT ?? 0);
 const users = loadJson('users', 'OIDC_USERS', 'OIDC_USERS_JSON', 'users.json');

@@ -135,8 +135,6 @@ class OIDCProvider:
         node = shutil.which("node")
         if node is None:
             raise OIDCProviderError("node is not installed; run scripts/install-deps.sh")
-        if not (FIXTURE_DIR / "node_modules" / "oidc-provider" / "package.json").exists():
-            raise OIDCProviderError(f"{FIXTURE_DIR}/node_modules is missing; run scripts/install-deps.sh")
         if self.tmpdir is None:
             self.tmpdir = tempfile.mkdtemp(prefix="gh-oidc-")
         users_file = os.path.join(self.tmpdir, "users.json")
@@ -165,7 +163,7 @@ class OIDCProvider:
             cmd += ["--jwks", jwks_file]
         if self.debug:
             cmd.append("--debug")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OIDC_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OIDC_") or k == "OIDC_NODE_MODULES"}
         env["OIDC_ADMIN_TOKEN"] = self.admin_token
         self.log_path = os.path.join(self.tmpdir, "provider.log")
         start_at = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
