@@ -286,51 +286,54 @@ def test_wrong_client_secret_is_refused(idp):
     assert tokens["id_token"]
 
 
-def device_authorization(idp: OIDCProvider, http) -> dict:
-    resp = http.post(idp.metadata()["device_authorization_endpoint"], data={"scope": SCOPE},
-                     auth=(idp.client_id, idp.client_secret), timeout=10)
+def device_authorization(idp: OIDCProvider, oauth: OAuth2Session) -> dict:
+    """RFC 8628 section 3.1 (authlib has no call for it: a POST with client authentication)."""
+    resp = oauth.post(idp.metadata()["device_authorization_endpoint"], data={"scope": SCOPE},
+                      auth=(idp.client_id, idp.client_secret), withhold_token=True, timeout=10)
     resp.raise_for_status()
     return resp.json()
 
 
-def device_token(idp: OIDCProvider, http, device_code: str) -> dict:
-    resp = http.post(idp.metadata()["token_endpoint"], data={"grant_type": DEVICE_GRANT, "device_code": device_code},
-                     auth=(idp.client_id, idp.client_secret), timeout=10)
-    return resp.json()
+def device_token(idp: OIDCProvider, oauth: OAuth2Session, device_code: str) -> dict:
+    """One poll of the token endpoint (RFC 8628 section 3.4): the tokens, or {"error": ...}."""
+    try:
+        return oauth.fetch_token(idp.metadata()["token_endpoint"], grant_type=DEVICE_GRANT, device_code=device_code)
+    except OAuthError as err:
+        return {"error": err.error}
 
 
 def test_device_flow_round_trip(idp):
-    http = new_session()
+    oauth = oauth_client(idp)
     verifier = IDTokenVerifier(idp.issuer, idp.client_id)
 
-    grant = device_authorization(idp, http)
+    grant = device_authorization(idp, oauth)
     assert {"device_code", "user_code", "verification_uri", "verification_uri_complete", "expires_in"} <= set(grant)
     assert "interval" not in grant  # optional (RFC 8628 section 3.2): a client polls every 5 s then
     assert grant["verification_uri"] == idp.issuer + "/device"
-    assert device_token(idp, http, grant["device_code"])["error"] == "authorization_pending"
+    assert device_token(idp, oauth, grant["device_code"])["error"] == "authorization_pending"
     text = idp.device_login(grant["verification_uri_complete"], "bob", "bob-password")
     assert "signed in" in text
-    tokens = device_token(idp, http, grant["device_code"])
+    tokens = device_token(idp, oauth, grant["device_code"])
     assert tokens["token_type"].lower() == "bearer", tokens
     bob = verifier.verify(tokens["id_token"], access_token=tokens["access_token"])
     assert bob["sub"] == "u-0002-bob" and bob["groups"] == ["dev"] and bob["logins_from_idp"] == ["bob"]
     assert bob["email"] == "Bob Builder <bob@example.com>" and bob["email_verified"] is False
     assert "nonce" not in bob
-    assert device_token(idp, http, grant["device_code"])["error"] == "invalid_grant"  # used once
+    assert device_token(idp, oauth, grant["device_code"])["error"] == "invalid_grant"  # used once
 
     # the user types the code shown by the device at verification_uri
-    grant = device_authorization(idp, http)
+    grant = device_authorization(idp, oauth)
     idp.device_login(grant["user_code"], "carol")
-    carol = verifier.verify(device_token(idp, http, grant["device_code"])["id_token"])
+    carol = verifier.verify(device_token(idp, oauth, grant["device_code"])["id_token"])
     assert carol["sub"] == "u-0003-carol" and carol["groups"] == "contractors"
 
     # a mistyped code, then a user who aborts
     with pytest.raises(LoginError) as err:
         idp.device_login("BCDF-GHJK", "carol")
     assert "user code rejected" in str(err.value)
-    grant = device_authorization(idp, http)
+    grant = device_authorization(idp, oauth)
     idp.device_login(grant["verification_uri_complete"], "alice", approve=False)
-    assert device_token(idp, http, grant["device_code"])["error"] == "access_denied"
+    assert device_token(idp, oauth, grant["device_code"])["error"] == "access_denied"
 
 
 def test_key_rotation_refetches_the_jwks(idp):
