@@ -12,6 +12,10 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)   # collection unit tests make test certificates
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
+# Node.js runs the test OpenID provider (tests/oidc, the npm package oidc-provider). Machines
+# of this project's kind come with Node.js 20; a bare Debian gets its own nodejs and npm.
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing OS packages: ${need_pkgs[*]}"
@@ -39,4 +43,19 @@ fi
 if ! .venv/bin/python -c 'import sys, ansible.release as r; v = tuple(map(int, r.__version__.split(".")[:2])); sys.exit(not (2, 17) <= v < (2, 20))' 2>/dev/null; then
   echo "==> installing ansible-core into .venv"
   .venv/bin/pip install -q 'ansible-core>=2.17,<2.20'
+fi
+
+# The test OpenID provider's npm packages, exactly as tests/oidc/package-lock.json pins them, go
+# to .venv/oidc-fixture/node_modules: out of the source tree, which scripts/test-collection.sh
+# copies for ansible-test sanity (it lints every file) and galaxy builds into the collection.
+# npm ci runs again only when the lock file changed.
+fixture=.venv/oidc-fixture
+if ! cmp -s tests/oidc/package-lock.json "$fixture/package-lock.json" || [ ! -f "$fixture/node_modules/.package-lock.json" ]; then
+  if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 18) ? 0 : 1)'; then
+    echo "warning: node $(node --version) is too old for tests/oidc (oidc-provider 9 needs Node.js >= 20.18)" >&2
+  fi
+  echo "==> installing the test OpenID provider's npm packages (tests/oidc) into $fixture"
+  mkdir -p "$fixture"
+  cp tests/oidc/package.json tests/oidc/package-lock.json "$fixture/"
+  (cd "$fixture" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
