@@ -18,7 +18,6 @@ __metaclass__ = type
 
 import calendar
 import copy
-import json
 import re
 import time
 
@@ -203,21 +202,7 @@ def token_types(value):
     return parts
 
 
-# --------------------------------------------------------------------------- compare and diff
-def canonical(value):
-    """A copy in which every list is sorted and de-duplicated, for order-blind comparison of the
-    token settings join_token manages itself (tokens carry a secret, so it cannot ask a dry run)."""
-    if isinstance(value, dict):
-        return dict((k, canonical(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        items = {}
-        for item in value:
-            norm = canonical(item)
-            items[json.dumps(norm, sort_keys=True)] = norm
-        return [items[k] for k in sorted(items)]
-    return value
-
-
+# --------------------------------------------------------------------------- diff
 def without_secrets(resource):
     """A deep copy without token values (for diff and results)."""
     res = copy.deepcopy(resource)

@@ -146,7 +146,7 @@ import time
 
 from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
-    ResourceError, canonical, diff, parse_duration, parse_ttl, seconds_until, static_labels, token_types)
+    ResourceError, diff, parse_duration, parse_ttl, seconds_until, static_labels, token_types)
 
 MIN_TOKEN_LENGTH = 16
 
@@ -178,7 +178,7 @@ def needs_replacing(current, types, labels, renew_before=0, now=None):
     if current is None:
         return "missing"
     spec = current.get("spec") or {}
-    if canonical(spec.get("roles") or []) != canonical(types):
+    if set(spec.get("roles") or []) != set(types):
         return "type"
     if (spec.get("labels") or {}) != labels:
         return "labels"

@@ -128,15 +128,6 @@ def test_token_types():
         r.token_types([])
 
 
-def test_canonical_ignores_order_and_duplicates():
-    assert r.canonical(["b", "a", "b"]) == ["a", "b"]
-    assert r.canonical({"x": [3, 1, 2], "y": {"z": ["q", "p"]}}) == {"x": [1, 2, 3], "y": {"z": ["p", "q"]}}
-    first = [{"remote": "a", "local": ["y", "x"]}, {"remote": "b", "local": ["z"]}]
-    second = [{"remote": "b", "local": ["z"]}, {"remote": "a", "local": ["x", "y"]}]
-    assert r.canonical(first) == r.canonical(second)
-    assert r.canonical([{"remote": "a", "local": ["x"]}]) != r.canonical([{"remote": "a", "local": ["y"]}])
-
-
 def test_diff_never_carries_secrets():
     tc = {"kind": "trusted_cluster", "metadata": {"name": "root"}, "spec": {"enabled": True, "token": "s3cret"}}
     d = r.diff(None, tc, "trusted_cluster/root")
