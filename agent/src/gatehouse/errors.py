@@ -5,6 +5,13 @@ HTTP status so the API can return it unchanged and clients can re-raise it.
 """
 
 
+def one_line(text: str) -> str:
+    """TEXT with control characters (newlines above all) shown as escapes, so a value quoted from
+    input can never break a message, a log line or an audit entry into two."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in str(text))
+
+
 class GatehouseError(Exception):
     """Base class: ``str(err)`` is the one-line message shown to the user."""
 
@@ -12,6 +19,7 @@ class GatehouseError(Exception):
     code = "internal"
 
     def __init__(self, message: str):
+        message = one_line(message)
         super().__init__(message)
         self.message = message
 

@@ -31,8 +31,15 @@ async def error_middleware(request: web.Request, handler):
     except GatehouseError as exc:
         log.debug("%s %s -> %s: %s", request.method, route_pattern(request), exc.status, exc)
         return web.json_response(exc.to_dict(), status=exc.status)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (no such route, wrong method, body too large) answer in the same
+        # JSON shape as ours, without echoing the path (it can hold a token value).
+        err = GatehouseError(f"the server refused the request with HTTP {exc.status} ({exc.reason}); check the "
+                             f"address and that the client and the server run the same Gatehouse version")
+        err.code = {404: "not_found", 405: "bad_parameter", 413: "limit_exceeded"}.get(exc.status, "bad_parameter")
+        return web.json_response(err.to_dict(), status=exc.status)
     except Exception:  # noqa: BLE001 - last line of defence, logged with traceback
         log.exception("internal error in %s %s", request.method, route_pattern(request))
         err = GatehouseError("internal error in the gatehouse service; see its log for details")

@@ -55,7 +55,11 @@ def _load_yaml(text: str, source: str) -> list:
     global _LOADER
     if _LOADER is None:
         _LOADER = _make_loader()
-    loader = _LOADER(text)
+    try:
+        loader = _LOADER(text)  # checks every character before parsing anything
+    except yaml.reader.ReaderError as exc:
+        raise BadParameter(f"invalid YAML in {source}: character #x{exc.character:04x} at position {exc.position} "
+                           f"is not allowed in YAML; remove it or save the file as plain text") from None
     docs = []
     try:
         while loader.check_data():
