@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.module_utils.urls import Request, make_context
-from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, diff
+from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, diff, without_secrets
 
 DEFAULT_DATA_DIR = "/var/lib/gatehouse"
 DEFAULT_TIMEOUT = 30
@@ -372,10 +372,31 @@ def run_module(run, argument_spec, **kwargs):
         fail_api(module, exc)
 
 
+def run_info_module(kind, key):
+    """main() of a KIND_info module: every KIND resource, or the one named, in RESULT[KEY] (never a secret)."""
+    def run(module, client):
+        name = module.params.get("name")
+        if name:
+            found = client.get_resource(kind, name)
+            items = [found] if found is not None else []
+        else:
+            items = client.list_resources(kind)
+        module.exit_json(changed=False, **{key: [without_secrets(item) for item in items]})
+
+    run_module(run, dict(name=dict(type="str")), supports_check_mode=True)
+
+
+def record_change(module, result, before, after, header, **fields):
+    """Mark RESULT changed (with FIELDS); its diff goes in only when the play asked for diffs (--diff)."""
+    result.update(changed=True, **fields)
+    if module._diff:
+        result["diff"] = diff(before, after, header)
+
+
 def exit_absent(module, client, kind, name, current, result):
     """state=absent: delete KIND/NAME when it exists (unless in check mode), with its diff, and exit."""
     if current is not None:
-        result.update(changed=True, diff=diff(current, None, "%s/%s" % (kind, name)))
+        record_change(module, result, current, None, "%s/%s" % (kind, name))
         if not module.check_mode:
             client.delete_resource(kind, name)
     module.exit_json(**result)
@@ -407,8 +428,8 @@ def ensure_resource(module, client, kind, build):
     if not plan.get("changed"):
         result[kind] = current
         module.exit_json(**result)
-    result.update(changed=True, diff=diff(plan.get("current"), plan["resource"], "%s/%s" % (kind, name)))
-    result[kind] = plan["resource"]
+    record_change(module, result, plan.get("current"), plan["resource"], "%s/%s" % (kind, name),
+                  **{kind: plan["resource"]})
     if not module.check_mode:
         result[kind] = client.put_resource(request, force=current is not None)[0]
     module.exit_json(**result)

@@ -86,7 +86,7 @@ EXAMPLES = r'''
     labels:
       env: prod
   register: invite
-  no_log: true
+  no_log: true  # the new token's value is in the result (invite.token): keep it out of the output
 
 - name: On the leaf, trust the root with it
   gatehouse.clusters.trusted_cluster:
@@ -97,14 +97,13 @@ EXAMPLES = r'''
       - remote: access
         local: [visitor]
   delegate_to: leaf-auth
-  no_log: true
+  # The token option is never logged; no task-level no_log, so a refused handshake says why.
 
-- name: A node token whose value comes from the vault, the same on every run
+- name: A node token whose value comes from the vault, the same on every run (token is never logged)
   gatehouse.clusters.join_token:
     type: [node]
     token: "{{ vault_node_join_token }}"
     ttl: 1h
-  no_log: true
 
 - name: Revoke a token
   gatehouse.clusters.join_token:
@@ -144,9 +143,9 @@ join_token:
 import hashlib
 import time
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import record_change, run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
-    ResourceError, diff, parse_duration, parse_ttl, seconds_until, static_labels, token_types)
+    ResourceError, parse_duration, parse_ttl, seconds_until, static_labels, token_types)
 
 MIN_TOKEN_LENGTH = 16
 
@@ -216,7 +215,7 @@ def run(module, client):
     if params["state"] == "absent":
         current = client.get_resource("token", name)
         if current is not None:
-            result.update(changed=True, diff=diff(current, None, header))
+            record_change(module, result, current, None, header)
             if not module.check_mode:
                 client.delete_token(name)
         module.exit_json(**result)
@@ -230,13 +229,14 @@ def run(module, client):
     desired = {"kind": "token", "version": "v2",
                "metadata": {"name": name, "expires": rfc3339(time.time() + ttl)},
                "spec": {"roles": types, "labels": labels}}
-    result.update(changed=True, join_token=desired, diff=diff(current, desired, header))
+    record_change(module, result, current, desired, header, join_token=desired)
     if module.check_mode:
         module.exit_json(**result)
     resp = client.add_token(types, ttl, labels, name=name, value=params.get("token"))
     stored = resp.get("resource") or {}
     result.update(join_token=stored, expires=(stored.get("metadata") or {}).get("expires", ""))
-    result["diff"]["after"] = stored
+    if "diff" in result:
+        result["diff"]["after"] = stored
     if not params.get("token"):
         result["token"] = resp.get("token")
     module.exit_json(**result)

@@ -70,21 +70,11 @@ remote_clusters:
       status: {connection: online, last_heartbeat: '2024-05-01T12:00:03.120000Z'}
 '''
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
-
-
-def run(module, client):
-    name = module.params.get("name")
-    if name:
-        found = client.get_resource("remote_cluster", name)
-        items = [found] if found is not None else []
-    else:
-        items = client.list_resources("remote_cluster")
-    module.exit_json(changed=False, remote_clusters=items)
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_info_module
 
 
 def main():
-    run_module(run, dict(name=dict(type="str")), supports_check_mode=True)
+    run_info_module("remote_cluster", "remote_clusters")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ remote_cluster:
 
 import time
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import run_module
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import record_change, run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import ResourceError, static_labels
 
 ARGUMENT_SPEC = dict(
@@ -156,10 +156,8 @@ def run(module, client):
     result = dict(changed=False, labels=before, remote_cluster=current)
     if after == before:
         module.exit_json(**result)
-    header = "remote_cluster/%s labels" % name
-    result.update(changed=True, labels=after,
-                  diff=dict(before={"labels": before}, after={"labels": after},
-                            before_header=header, after_header=header))
+    record_change(module, result, {"labels": before}, {"labels": after}, "remote_cluster/%s labels" % name,
+                  labels=after)
     if not module.check_mode:
         stored = client.set_remote_cluster_labels(name, after)
         result.update(remote_cluster=stored, labels=(stored.get("metadata") or {}).get("labels", after))

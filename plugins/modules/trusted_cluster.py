@@ -117,7 +117,7 @@ EXAMPLES = r'''
       - remote: '^admin-(.*)$'
         local: ['ops-$1']
     wait: true
-  no_log: true
+  # No task-level no_log: the token option is never logged, and the handshake's error stays readable.
 
 - name: Suspend the trust (root certificates stop working on the leaf at once)
   gatehouse.clusters.trusted_cluster:
@@ -150,9 +150,9 @@ trusted_cluster:
 
 import time
 
-from ansible_collections.gatehouse.clusters.plugins.module_utils.api import exit_absent, run_module
+from ansible_collections.gatehouse.clusters.plugins.module_utils.api import exit_absent, record_change, run_module
 from ansible_collections.gatehouse.clusters.plugins.module_utils.resources import (
-    ResourceError, diff, role_map)
+    ResourceError, role_map)
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -193,7 +193,8 @@ def resource(name, spec, token=None):
     return res
 
 
-def wait_for(module, client, name, want, timeout):
+def wait_for(module, client, name, want, timeout, changed):
+    """Wait until the tunnel is WANT; a timeout fails the task but still reports CHANGED (the write happened)."""
     deadline = time.time() + max(timeout, 0)
     current = None
     while True:
@@ -208,9 +209,9 @@ def wait_for(module, client, name, want, timeout):
                         "%s); check that this cluster's proxy service runs and can reach the root's tunnel "
                         "address %s" % (name, timeout, state, ((current or {}).get("status") or {}).get(
                             "tunnel_addr") or ((current or {}).get("spec") or {}).get("tunnel_addr")),
-                    trusted_cluster=current or {})
+                    trusted_cluster=current or {}, changed=changed)
             module.fail_json(msg="the tunnel to %s was still %s after %s seconds" % (name, state, timeout),
-                             trusted_cluster=current or {})
+                             trusted_cluster=current or {}, changed=changed)
         time.sleep(POLL_INTERVAL)
 
 
@@ -241,7 +242,7 @@ def run(module, client):
                                  % (name, " and ".join(missing), "is" if len(missing) == 1 else "are"))
         request = resource(name, spec, params["token"])
         plan = client.plan_resource(request, force=False)  # every check but the handshake itself
-        result.update(changed=True, trusted_cluster=plan["resource"], diff=diff(None, plan["resource"], header))
+        record_change(module, result, None, plan["resource"], header, trusted_cluster=plan["resource"])
         if module.check_mode:
             module.exit_json(**result)
         client.put_resource(request, force=False)
@@ -250,8 +251,8 @@ def run(module, client):
         if not plan.get("changed"):
             result["trusted_cluster"] = current
         else:
-            result.update(changed=True, trusted_cluster=plan["resource"],
-                          diff=diff(plan.get("current"), plan["resource"], header))
+            record_change(module, result, plan.get("current"), plan["resource"], header,
+                          trusted_cluster=plan["resource"])
             if module.check_mode:
                 module.exit_json(**result)
             client.put_resource(desired, force=True)
@@ -259,7 +260,7 @@ def run(module, client):
     if result["changed"] or params["wait"]:
         if params["wait"] and not module.check_mode:
             result["trusted_cluster"] = wait_for(module, client, name, "online" if spec["enabled"] else "offline",
-                                                 params["wait_timeout"])
+                                                 params["wait_timeout"], result["changed"])
         else:
             result["trusted_cluster"] = client.get_resource("trusted_cluster", name) or desired
     module.exit_json(**result)
