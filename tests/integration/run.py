@@ -3,9 +3,9 @@
 Starts real `gatehouse start` processes from agent/src (free ports on 127.0.0.1, data
 in a temporary directory):
 
-* root    root.test    auth + proxy             the cluster most targets manage
+* root    root.test    auth + proxy + node      the cluster most targets manage
 * leaf    leaf.test    auth + proxy (insecure)  trusts nobody yet: the trusted_cluster target joins it
-* leaf2   leaf2.test   auth + proxy (insecure)  joined to the root here, for the remote_cluster targets
+* leaf2   leaf2.test   auth + proxy + node (insecure)  joined to the root here, for the remote_cluster targets
 * strict  strict.test  auth only                verifies the root's self-signed web certificate (TLS errors)
 
 ("insecure" lets a leaf accept the root proxy's self-signed web certificate, as in the
@@ -53,7 +53,7 @@ def gatectl(data_dir: str, *args: str, stdin: str | None = None) -> str:
 class Agent(Daemon):
     """One real `gatehouse start -c CFG` process."""
 
-    def __init__(self, tmp: str, name: str, *, proxy: bool = True, insecure: bool = False):
+    def __init__(self, tmp: str, name: str, *, proxy: bool = True, insecure: bool = False, node: bool = False):
         self.name = name
         self.dir = os.path.join(tmp, name.split(".")[0])
         os.makedirs(self.dir)
@@ -70,6 +70,10 @@ class Agent(Daemon):
             cfg += (f"proxy_service: {{enabled: true, web_listen_addr: '{self.web_addr}', "
                     f"listen_addr: '127.0.0.1:{free_port()}', tunnel_listen_addr: '{self.tunnel_addr}', "
                     f"tunnel_heartbeat_interval: 1}}\n")
+        self.node_addr = f"127.0.0.1:{free_port()}" if node else ""
+        if node:  # a node named like the cluster's first label (root, leaf2), for the inventory plugin
+            cfg += (f"ssh_service: {{enabled: true, listen_addr: '{self.node_addr}', "
+                    f"labels: {{env: it, site: {name.split('.')[0]}}}}}\n")
         self.config = os.path.join(self.dir, "gatehouse.yaml")
         with open(self.config, "w", encoding="utf-8") as fh:
             fh.write(cfg)
@@ -79,7 +83,7 @@ class Agent(Daemon):
         return {"name": self.name, "data_dir": self.data_dir, "auth_addr": self.auth_addr,
                 "api_url": f"https://{self.auth_addr}", "web_addr": self.web_addr, "tunnel_addr": self.tunnel_addr,
                 "admin_dir": os.path.join(self.data_dir, "admin"),
-                "proxy_identity_dir": os.path.join(self.data_dir, "identity", "proxy"),
+                "proxy_identity_dir": os.path.join(self.data_dir, "identity", "proxy"), "node_addr": self.node_addr,
                 "gatectl": [sys.executable, "-m", "gatehouse.cli.gatectl", "-d", self.data_dir]}
 
 
@@ -215,8 +219,9 @@ def main(argv=None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-it-")
     os.chmod(tmp, 0o755)  # the unprivileged user must reach the playbook files, not the agents' data
-    agents = {"root": Agent(tmp, "root.test"), "leaf": Agent(tmp, "leaf.test", insecure=True),
-              "leaf2": Agent(tmp, "leaf2.test", insecure=True), "strict": Agent(tmp, "strict.test", proxy=False)}
+    agents = {"root": Agent(tmp, "root.test", node=True), "leaf": Agent(tmp, "leaf.test", insecure=True),
+              "leaf2": Agent(tmp, "leaf2.test", insecure=True, node=True),
+              "strict": Agent(tmp, "strict.test", proxy=False)}
     hole = BlackHole()
     results: list[tuple[str, bool, float]] = []
     try:
