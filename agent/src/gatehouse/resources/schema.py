@@ -412,16 +412,15 @@ def _static_labels(ctx: _Ctx, value: Any, path: str) -> dict[str, str]:
 
 
 def _check_templates(ctx: _Ctx, values, path: str, *, indexed: bool = True) -> None:
-    """Trait templates (``{{internal.logins}}``) must parse; a missing trait is fine here."""
-    for i, value in enumerate(values):
-        if not isinstance(value, str) or "{{" not in value:
-            continue
-        from .. import traits  # lazily: traits is only needed when a template is used
+    """Trait templates (``{{internal.logins}}``, and anything with ``{{`` or ``}}``) must parse;
+    a missing trait is fine here."""
+    from .. import traits  # lazily, so importing resources does not need re2
 
+    for i, value in enumerate(values):
+        if not traits.is_template(value):
+            continue
         try:
-            traits.interpolate(value, {})
-        except LookupError:
-            pass  # the trait is missing from an empty trait set, as expected
+            traits.validate_template(value)
         except ValueError as exc:
             if not isinstance(exc, BadParameter):
                 exc = BadParameter(f'role template "{value}" is not valid ({exc}); fix the template')
@@ -433,7 +432,7 @@ def _check_logins(ctx: _Ctx, values: list[str], path: str) -> None:
     from .. import traits
 
     for i, value in enumerate(values):
-        if "{{" not in value and not traits.is_valid_login(value):
+        if not traits.is_template(value) and not traits.is_valid_login(value):
             ctx.fail(f'{path}[{i}] "{value}" is not a valid Unix login; use letters, digits, "_", "." and "-", '
                      f'starting with a letter or "_", at most {traits.MAX_LOGIN_LENGTH} characters')
 
@@ -454,7 +453,7 @@ def _selector(ctx: _Ctx, value: Any, path: str) -> dict[str, list[str]]:
             selector.update(labels.normalize_selector({key: patterns}))
         except BadParameter as exc:
             ctx.wrap(exc, where)
-        if "{{" in key:
+        if isinstance(key, str):
             _check_templates(ctx, [key], f"a key of {path}", indexed=False)
         _check_templates(ctx, selector[key], where)
     return selector
