@@ -28,6 +28,9 @@ TOKEN_TYPES = ("trusted_cluster", "node", "proxy")
 EXT_ROLES = "gatehouse-roles@gatehouse"
 EXT_TRAITS = "gatehouse-traits@gatehouse"
 EXT_CLUSTER = "gatehouse-cluster@gatehouse"
+#: The single sign-on connector that authenticated the user, as "oidc/NAME" (JSON); absent after a
+#: password login. Leaves record it in their audit log.
+EXT_CONNECTOR = "gatehouse-connector@gatehouse"
 #: The only principal of a user certificate whose roles allow no login: an empty
 #: principal list would mean "any login" to OpenSSH.
 NOLOGIN_PRINCIPAL = "-gatehouse-nologin-"
@@ -53,6 +56,21 @@ CLUSTER_SERVER_NAME = "cluster.gatehouse.invalid"
 PING_PATH = "/webapi/ping"
 VALIDATE_PATH = "/webapi/trustedclusters/validate"
 LEAF_ACCESS_CHECK_PATH = "/webapi/leaves/access_check"
+
+# -- single sign-on (OIDC) at the root proxy ---------------------------------------
+#: gate asks for a login (connector, its loopback redirect, its public keys) and gets the
+#: provider's authorization URL; the provider sends the browser to OIDC_CALLBACK_PATH (an
+#: oidc connector's redirect_url); the proxy sends it on to gate's loopback listener at
+#: SSO_CLIENT_CALLBACK_PATH with a one-time secret, which gate trades for its certificates.
+OIDC_LOGIN_PATH = "/webapi/oidc/login"
+OIDC_CALLBACK_PATH = "/webapi/oidc/callback"
+OIDC_CERTS_PATH = "/webapi/oidc/certs"
+#: The device authorization flow: start (user code and verification URL), then poll.
+OIDC_DEVICE_PATH = "/webapi/oidc/device"
+OIDC_DEVICE_POLL_PATH = "/webapi/oidc/device/poll"
+SSO_CLIENT_CALLBACK_PATH = "/callback"
+#: Query parameter of the redirect to gate's loopback listener holding the one-time secret.
+SSO_SECRET_PARAM = "secret"
 
 
 def is_live(last_seen: float, interval: float, now: float | None = None) -> bool:

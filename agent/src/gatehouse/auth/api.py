@@ -97,7 +97,8 @@ class AuthAPI:
 
     async def get_resources(self, request):
         items = await self.svc.resources.get(self.ident(request), request.match_info["kind"],
-                                             request.match_info.get("name"))
+                                             request.match_info.get("name"),
+                                             with_secrets=request.query.get("with_secrets", "") == "true")
         return web.json_response({"items": items})
 
     async def put_resource(self, request):

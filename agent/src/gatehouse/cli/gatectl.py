@@ -166,11 +166,11 @@ def cmd_create(args) -> int:
 
 
 def cmd_get(args) -> int:
-    from ..resources import parse_ref
+    from ..resources import parse_ref, render
     kind, name = parse_ref(args.ref)
     path = f"/v1/resources/{kind}" + (f"/{name}" if name else "")
-    items = _client(args).get(path)["items"]
-    print(_render(items, args.format if args.format != "text" else "yaml"))
+    items = _client(args).get(path, params={"with_secrets": "true"} if args.with_secrets else None)["items"]
+    print(render(items, args.format if args.format != "text" else "yaml", with_secrets=args.with_secrets))
     return 0
 
 
@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("file")
     create.add_argument("-f", "--force", action="store_true", help="overwrite existing resources")
     get = add(sub, "get", cmd_get, "print resources as YAML (or --format json)", fmt="yaml")
-    get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc")
+    get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc, oidc/corp")
+    get.add_argument("--with-secrets", action="store_true",
+                     help="include secrets such as an oidc connector's client_secret (keep the output safe)")
     access = sub.add_parser("access", help="explain access decisions").add_subparsers(dest="sub", required=True)
     check = add(access, "check", cmd_access_check, "explain whether a user may log in to a node, and why")
     check.add_argument("--user", required=True)
