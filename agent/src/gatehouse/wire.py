@@ -73,6 +73,29 @@ SSO_CLIENT_CALLBACK_PATH = "/callback"
 SSO_SECRET_PARAM = "secret"
 
 
+def is_loopback_redirect(url) -> bool:
+    """Whether URL is where gate's loopback listener can be: http://127.0.0.1:PORT/... or
+    http://[::1]:PORT/..., with no user name, query or fragment. Auth refuses any other client
+    redirect and the proxy checks again before it sends a browser there with a one-time secret."""
+    from urllib.parse import urlsplit
+
+    try:
+        parsed = urlsplit(str(url or ""))
+        port = parsed.port
+    except ValueError:
+        return False
+    return (parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "::1") and bool(port)
+            and not (parsed.username or parsed.password or parsed.query or parsed.fragment))
+
+
+#: The auth API's side of the same steps (called by proxies only).
+SSO_API_LOGIN = "/v1/sso/oidc/login"
+SSO_API_CALLBACK = "/v1/sso/oidc/callback"
+SSO_API_CERTS = "/v1/sso/oidc/certs"
+SSO_API_DEVICE = "/v1/sso/oidc/device"
+SSO_API_DEVICE_POLL = "/v1/sso/oidc/device/poll"
+
+
 def is_live(last_seen: float, interval: float, now: float | None = None) -> bool:
     """Whether a peer that last reported at ``last_seen`` (every ``interval`` s) still counts as up."""
     now = time.time() if now is None else now
