@@ -32,6 +32,8 @@ import pytest
 from conftest import Cluster, base_env, ok, unix_user, wait_until, write_yaml
 from oidc import OIDCProvider, default_users, new_session
 
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
 ROOT, LEAF = "root.test", "leaf.test"
 CONNECTOR = "corp"
 CLIENT_SECRET = "root-client-secret-for-tests-0123456789"
@@ -163,6 +165,17 @@ class SSO:
     def audit_since(self, cluster: Cluster, mark: int, event: str | None = None) -> list[dict]:
         return [e for e in cluster.audit()[mark:] if event is None or e.get("event") == event]
 
+    def refused(self, mark: int, fragment: str, home: str | None = None) -> dict:
+        """Since MARK the root audited a failed SSO login saying FRAGMENT and issued no certificate
+        (and gate, when it ran with HOME, saved none)."""
+        failures = [e for e in self.audit_since(self.root, mark, "user.login")
+                    if not e["success"] and e.get("method") == "oidc"]
+        assert any(fragment in e["error"] for e in failures), failures
+        assert not self.audit_since(self.root, mark, "cert.create"), "no certificate may be issued"
+        if home:
+            assert not os.path.exists(os.path.join(home, "profiles")), "gate saved no login"
+        return next(e for e in failures if fragment in e["error"])
+
     def stop(self):
         self.idp.close()
         self.leaf.stop()
@@ -220,3 +233,176 @@ def test_browser_login_gives_roles_from_claims_and_claims_as_traits(sso):
     assert logins and logins[-1]["connector"] == CONNECTOR and logins[-1]["roles"] == ["sso-dev", "sso-admins"]
     assert logins[-1]["traits"]["groups"] == ["admins", "dev"] and logins[-1]["method"] == "oidc"
     assert CLIENT_SECRET not in open(sso.root.audit_path).read()
+
+
+def one_error(r: subprocess.CompletedProcess, fragment: str) -> str:
+    """gate failed with one ERROR line that says FRAGMENT."""
+    assert r.returncode != 0, f"expected a failure, got:\n{r.stdout}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: "), r.stderr
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def tamper(url: str, **changes) -> str:
+    """URL with query parameters changed (or removed, for None): what an attacker in the middle does."""
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    for key, value in changes.items():
+        if value is None:
+            query.pop(key, None)
+        else:
+            query[key] = value
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+# ---------------------------------------------------------------- across the trust
+def test_root_sso_user_reaches_leaf_node_through_external_traits(sso):
+    root_mark, leaf_mark = len(sso.root.audit()), len(sso.leaf.audit())
+    home, r = sso.login("alice")
+    ok(r)
+    out = sso.root.run_gate("ssh", f"--cluster={LEAF}", "alice@leafnode", "id -un", gate_home=home)
+    assert ok(out) == "alice\n"
+    sessions = [e for e in sso.audit_since(sso.leaf, leaf_mark, "session.start") if e["user"] == "alice@example.com"]
+    assert sessions, "the leaf audits the SSO user's session"
+    entry = sessions[-1]
+    assert entry["connector"] == f"oidc/{CONNECTOR}" and entry["user_cluster"] == ROOT
+    assert entry["roles"] == ["idp-visitor"]  # the leaf's role map, from the root roles sso-dev, sso-admins
+    assert entry["traits"] == {"email": ["alice@example.com"], "groups": ["admins", "dev"],
+                               "logins_from_idp": ["alice", "ops"]}
+    root_login = [e for e in sso.audit_since(sso.root, root_mark, "user.login") if e["success"]][-1]
+    assert root_login["connector"] == CONNECTOR and root_login["roles"] == ["sso-dev", "sso-admins"]
+
+
+def test_display_name_email_gives_the_local_part_at_the_leaf(sso):
+    home, r = sso.login("bob")
+    ok(r)
+    status = json.loads(ok(sso.root.run_gate("status", "--format", "json", gate_home=home)))["active"]
+    assert status["username"] == "bob@example.com"   # the address of "Bob Builder <bob@example.com>"
+    assert status["roles"] == ["sso-dev"] and status["logins"] == ["bob"]
+    assert ok(sso.root.run_gate("ssh", f"--cluster={LEAF}", "bob@leafnode", "id -un", gate_home=home)) == "bob\n"
+
+
+def test_string_claim_maps_and_leaf_denies_with_the_trait_in_the_reason(sso):
+    leaf_mark = len(sso.leaf.audit())
+    home, r = sso.login("carol")
+    ok(r)
+    status = json.loads(ok(sso.root.run_gate("status", "-f", "json", gate_home=home)))["active"]
+    assert status["roles"] == ["sso-dev"]                      # "contractors" (a string) matched contract*
+    assert status["traits"]["groups"] == ["contractors"] and status["logins"] == ["carol"]
+    r = sso.root.run_gate("ssh", f"--cluster={LEAF}", "carol@leafnode", "true", gate_home=home)
+    assert r.returncode != 0 and "contractors" in r.stderr, r.stderr   # env=dev is not in [contractors]
+    denied = [e for e in sso.audit_since(sso.leaf, leaf_mark, "access.denied") if e["user"].startswith("carol")]
+    assert denied and denied[-1]["traits"]["groups"] == ["contractors"]
+    assert denied[-1]["connector"] == f"oidc/{CONNECTOR}" and denied[-1]["mapped_roles"] == ["idp-visitor"]
+
+
+def test_login_selects_a_leaf_for_later_commands(sso):
+    home = sso.home()
+    gate = sso.start(home, LEAF)
+    sso.answer(sso.sign_in(gate.url(), "alice"))
+    out = ok(gate.finish())
+    assert f"Cluster:      {LEAF}" in out and f"Root cluster: {ROOT}" in out
+    clusters = json.loads(ok(sso.root.run_gate("clusters", "--format", "json", gate_home=home)))
+    assert {c["cluster_name"]: (c["cluster_type"], c["selected"]) for c in clusters} == {
+        ROOT: ("root", False), LEAF: ("leaf", True)}
+    assert "leafnode" in ok(sso.root.run_gate("ls", gate_home=home))
+    assert ok(sso.root.run_gate("ssh", "alice@leafnode", "id -un", gate_home=home)) == "alice\n"
+    ok(sso.root.run_gate("login", ROOT, gate_home=home))   # back to the root with the same login
+    assert "rootnode" in ok(sso.root.run_gate("ls", gate_home=home))
+    r = sso.root.run_gate("login", "nosuch.test", gate_home=home)
+    one_error(r, 'cluster "nosuch.test" is not one you can reach from "root.test"')
+
+
+def test_device_flow(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home, "--device", browser=False)
+    try:
+        url = gate.url()
+        assert "user_code=" in url  # verification_uri_complete
+        sso.idp.device_login(url, "alice")
+        r = gate.finish(90)
+    finally:
+        gate.stop()
+    assert "open this URL on any device" in ok(r)
+    status = json.loads(ok(sso.root.run_gate("status", "-f", "json", gate_home=home)))["active"]
+    assert status["username"] == "alice@example.com" and status["roles"] == ["sso-dev", "sso-admins"]
+    login = [e for e in sso.audit_since(sso.root, mark, "user.login") if e["success"]][-1]
+    assert login["flow"] == "device" and login["connector"] == CONNECTOR
+
+
+def test_device_flow_denied_at_the_provider(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home, "--device", browser=False)
+    try:
+        sso.idp.device_login(gate.url(), "alice", approve=False)
+        r = gate.finish(90)
+    finally:
+        gate.stop()
+    one_error(r, "the login was denied at the identity provider; run 'gate login --device' again and approve it")
+    sso.refused(mark, "the login was denied at the identity provider", home)
+
+
+# ---------------------------------------------------------------- connectors with gatectl
+def test_gatectl_get_hides_the_client_secret(sso):
+    shown = ok(sso.root.run_gatectl("get", f"oidc/{CONNECTOR}"))
+    assert "client_id: gatehouse-root" in shown and CLIENT_SECRET not in shown and "client_secret" not in shown
+    assert CLIENT_SECRET not in ok(sso.root.run_gatectl("get", "oidc", "--format", "json"))
+    secret = ok(sso.root.run_gatectl("get", f"oidc/{CONNECTOR}", "--with-secrets"))
+    assert f"client_secret: {CLIENT_SECRET}" in secret
+    # The seed workflow: get with secrets, edit, create -f.
+    path = write_yaml(os.path.join(sso.tmp, "oidc.yaml"), secret.replace("- sso-dev", "- sso-dev\n    - sso-dev"))
+    assert f'oidc "{CONNECTOR}" has been updated' in ok(sso.root.run_gatectl("create", "-f", path))
+    without = write_yaml(os.path.join(sso.tmp, "oidc-nosecret.yaml"), shown)
+    r = sso.root.run_gatectl("create", "-f", without)
+    assert r.returncode != 0 and "spec.client_secret is missing" in r.stderr and "--with-secrets" in r.stderr
+
+
+def test_gatectl_create_and_remove_a_connector(sso):
+    text = connector_yaml(sso.root, sso.idp.issuer, name="temp")
+    assert 'oidc "temp" has been created' in ok(sso.create(sso.root, text))
+    r = sso.create(sso.root, connector_yaml(sso.root, sso.idp.issuer, name="bad", claims_to_roles=[
+        {"claim": "groups", "value": "dev", "roles": ["nosuchrole"]}]))
+    assert r.returncode != 0 and 'oidc connector "bad": role \'nosuchrole\' does not exist' in r.stderr, r.stderr
+    assert 'oidc "temp" has been deleted' in ok(sso.root.run_gatectl("rm", "oidc/temp"))
+    r = sso.root.run_gatectl("get", "oidc/temp")
+    assert r.returncode != 0 and 'oidc "temp" not found' in r.stderr
+
+
+def test_dry_run_of_a_connector(sso):
+    from gatehouse.client import APIClient
+    from gatehouse.identity import IdentityFiles
+    from gatehouse.resources import parse_documents
+    api = APIClient.for_identity(IdentityFiles(os.path.join(sso.root.data_dir, "admin")))
+    (res,) = parse_documents(connector_yaml(sso.root, sso.idp.issuer))
+    plan = api.put("/v1/resources?dry_run=true", {"resource": res, "force": True})
+    assert plan["changed"] is False and plan["secret_changed"] is False
+    assert "client_secret" not in plan["resource"]["spec"] and "client_secret" not in plan["current"]["spec"]
+    res["spec"]["client_secret"] = "another-secret-0123456789"
+    plan = api.put("/v1/resources?dry_run=true", {"resource": res, "force": True})
+    assert plan["changed"] is True and plan["secret_changed"] is True
+    assert "another-secret" not in json.dumps(plan)
+    stored = json.loads(ok(sso.root.run_gatectl("get", f"oidc/{CONNECTOR}", "--with-secrets", "--format", "json")))
+    assert stored[0]["spec"]["client_secret"] == CLIENT_SECRET  # a dry run writes nothing
+
+
+# ---------------------------------------------------------------- the seed guide's commands
+def test_seed_guide_commands(sso):
+    sso.root.add_user("dana", "sso-dev", "dana", "correct horse battery")
+    home = sso.home()
+    ok(sso.root.run_gate("login", f"--proxy={sso.root.web_addr}", "--user=dana", "--insecure", "--password-stdin",
+                         input="correct horse battery\n", gate_home=home))
+    status = json.loads(ok(sso.root.run_gate("status", "-f", "json", gate_home=home)))
+    roles = ",".join(status["active"]["roles"])
+    ok(sso.root.run_gatectl("users", "update", status["active"]["username"], "--set-roles", f"{roles},sso-admins"))
+    user = json.loads(ok(sso.root.run_gatectl("get", "user/dana", "--format", "json")))[0]
+    assert user["spec"]["roles"] == ["sso-dev", "sso-admins"] and user["spec"]["traits"]["logins"] == ["dana"]
+    r = sso.root.run_gatectl("users", "update", "dana")
+    assert r.returncode != 0 and "--set-roles" in r.stderr
+    for out in (ok(sso.root.run_gate("version")), ok(sso.root.run_gatectl("version"))):
+        assert out.startswith("Gatehouse v1.0.0 python3.")
+    status = ok(sso.root.run_gatectl("status"))
+    leaf_line = next(line for line in status.splitlines() if line.startswith(f"host CA ({LEAF})"))
+    assert f"host CA ({LEAF})  SHA256:" in leaf_line   # the label no longer runs into its value
