@@ -406,3 +406,291 @@ def test_seed_guide_commands(sso):
     status = ok(sso.root.run_gatectl("status"))
     leaf_line = next(line for line in status.splitlines() if line.startswith(f"host CA ({LEAF})"))
     assert f"host CA ({LEAF})  SHA256:" in leaf_line   # the label no longer runs into its value
+
+
+# ---------------------------------------------------------------- bad input
+def test_user_without_a_matching_claim_is_refused(sso):
+    ok(sso.create(sso.root, connector_yaml(sso.root, sso.idp.issuer, name="byname",
+                                           extra={"username_claim": "preferred_username"})))
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home, connector="byname")
+    try:
+        sso.answer(sso.sign_in(gate.url(), "dave"))   # dave's groups are []
+        r = gate.finish()
+    finally:
+        gate.stop()
+    one_error(r, 'no claims_to_roles entry of oidc connector "byname" matches the claims of "dave" (groups: (not '
+                 "sent)); add an entry for one of those values or give the user a matching claim at the identity "
+                 "provider")
+    sso.refused(mark, "no claims_to_roles entry", home)
+
+
+def test_user_without_the_username_claim_is_refused(sso):
+    mark = len(sso.root.audit())
+    home, r = sso.login("dave")   # no email claim, and the connector names users by it
+    one_error(r, 'the identity provider sent no "email" claim for subject "u-0004-dave", which oidc connector "corp" '
+                 "takes the user name from (username_claim)")
+    sso.refused(mark, 'no "email" claim', home)
+
+
+def test_state_mismatch_is_refused(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home)
+    try:
+        callback = sso.sign_in(gate.url(), "alice")
+        request_id, _, secret = parse_qs(urlsplit(callback).query)["state"][0].partition(".")
+        resp, page = sso.answer(tamper(callback, state=f"{request_id}.{secret[::-1]}"))
+        assert resp.status_code == 403
+        assert "the state of the identity provider&#x27;s answer does not match the login in progress" in page
+        resp, page = sso.answer(tamper(callback, state="unknownrequest-0000.x"))
+        assert resp.status_code == 404 and "this login is unknown or has expired" in page
+    finally:
+        gate.stop()
+    sso.refused(mark, "the state of the identity provider's answer does not match", home)
+    sso.refused(mark, "this login is unknown or has expired")
+
+
+def test_nonce_mismatch_is_refused(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home)
+    try:
+        # The authorization request altered on its way to the provider: another nonce.
+        sso.answer(sso.sign_in(tamper(gate.url(), nonce="a-nonce-of-someone-else"), "alice"))
+        r = gate.finish()
+    finally:
+        gate.stop()
+    one_error(r, "the ID token's nonce does not match this login request (a replayed or substituted token)")
+    sso.refused(mark, "nonce does not match", home)
+
+
+def test_replayed_answer_is_refused(sso):
+    home = sso.home()
+    gate = sso.start(home)
+    try:
+        callback = sso.sign_in(gate.url(), "alice")
+        sso.answer(callback)
+        ok(gate.finish())
+    finally:
+        gate.stop()
+    mark = len(sso.root.audit())
+    resp, page = sso.answer(callback)   # the same answer, submitted again
+    assert resp.status_code == 403 and "this login was already answered by the identity provider" in page
+    sso.refused(mark, "a replayed or repeated answer")
+
+
+def test_wrong_issuer_in_the_answer_is_refused(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home)
+    try:
+        sso.answer(tamper(sso.sign_in(gate.url(), "alice"), iss="https://evil.example.com"))
+        r = gate.finish()
+    finally:
+        gate.stop()
+    one_error(r, 'the answer came from issuer "https://evil.example.com", not from "' + sso.idp.issuer)
+    sso.refused(mark, "a mix-up of identity providers", home)
+
+
+def test_wrong_issuer_at_discovery_is_refused(sso):
+    issuer = sso.idp.issuer.replace("127.0.0.1", "localhost")   # the same provider, under a name it does not use
+    ok(sso.create(sso.root, connector_yaml(sso.root, issuer, name="wrongissuer")))
+    mark = len(sso.root.audit())
+    home = sso.home()
+    r = sso.start(home, connector="wrongissuer").finish()
+    one_error(r, f'names its issuer "{sso.idp.issuer}", not "{issuer}" as oidc connector "wrongissuer" says; set '
+                 f"spec.issuer_url to exactly the provider's issuer")
+    sso.refused(mark, "names its issuer", home)
+
+
+def test_unreachable_provider_is_refused(sso):
+    from conftest import free_port
+    down = f"http://127.0.0.1:{free_port()}"
+    ok(sso.create(sso.root, connector_yaml(sso.root, down, name="down")))
+    mark = len(sso.root.audit())
+    home = sso.home()
+    r = sso.start(home, connector="down").finish()
+    one_error(r, 'cannot reach the identity provider of oidc connector "down" at ' + down)
+    assert "check spec.issuer_url and that the provider is up" in r.stderr
+    sso.refused(mark, "cannot reach the identity provider", home)
+
+
+def test_provider_gone_before_the_code_exchange(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home)
+    try:
+        callback = sso.sign_in(gate.url(), "alice")
+        sso.idp.stop()
+        try:
+            sso.answer(callback)
+        finally:
+            sso.idp.start()   # the same port, so the same issuer
+        r = gate.finish()
+    finally:
+        gate.stop()
+    one_error(r, 'cannot reach the identity provider of oidc connector "corp" at ' + sso.idp.issuer)
+    sso.refused(mark, "cannot reach the identity provider", home)
+
+
+def test_expired_id_token_is_refused(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home)
+    try:
+        callback = sso.sign_in(gate.url(), "alice")
+        # The provider's clock falls two hours behind before the root exchanges the code: the ID
+        # token it mints then (valid for one hour) expired an hour ago by the root's clock.
+        sso.idp.set_clock_offset(-2 * 3600)
+        try:
+            sso.answer(callback)
+        finally:
+            sso.idp.set_clock_offset(0)
+        r = gate.finish()
+    finally:
+        gate.stop()
+    one_error(r, "the ID token expired at ")
+    assert "check the clocks of the identity provider and the auth server" in r.stderr
+    sso.refused(mark, "the ID token expired", home)
+
+
+def test_small_clock_skew_is_accepted(sso):
+    sso.idp.set_clock_offset(30)   # tokens issued "in the future" by less than the allowed skew
+    try:
+        _, r = sso.login("alice")
+    finally:
+        sso.idp.set_clock_offset(0)
+    ok(r)
+
+
+def test_consent_denied_at_the_provider(sso):
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home)
+    try:
+        sso.answer(sso.sign_in(gate.url(), "alice", approve=False))
+        r = gate.finish()
+    finally:
+        gate.stop()
+    one_error(r, "the identity provider refused the login (access_denied")
+    sso.refused(mark, "access_denied", home)
+
+
+def test_wrong_client_secret_is_refused(sso):
+    ok(sso.create(sso.root, connector_yaml(sso.root, sso.idp.issuer, name="badsecret",
+                                           secret="not-the-secret-0123456789")))
+    mark = len(sso.root.audit())
+    home = sso.home()
+    gate = sso.start(home, connector="badsecret")
+    try:
+        sso.answer(sso.sign_in(gate.url(), "alice"))
+        r = gate.finish()
+    finally:
+        gate.stop()
+    one_error(r, 'refused the client credentials (invalid_client')
+    assert "check spec.client_id and spec.client_secret" in r.stderr and "not-the-secret" not in r.stderr
+    entry = sso.refused(mark, "invalid_client", home)
+    assert "not-the-secret" not in json.dumps(entry)
+
+
+def test_client_redirect_must_be_loopback(sso):
+    from gatehouse import pki
+    mark = len(sso.root.audit())
+    key = pki.new_ssh_key()
+    _, tls_pub = pki.new_tls_key()
+    for redirect in ("http://evil.example.com/callback", "https://127.0.0.1:8443/callback",
+                     "http://localhost:8000/callback", "http://127.0.0.1:8000/callback?x=1"):
+        resp = new_session().post(f"https://{sso.root.web_addr}/webapi/oidc/login", verify=False, timeout=30, json={
+            "connector": CONNECTOR, "redirect_url": redirect, "ssh_public_key": key.public_line,
+            "tls_public_key": tls_pub})
+        assert resp.status_code == 400, resp.text
+        message = resp.json()["error"]["message"]
+        assert message.startswith(f'the client redirect URL "{redirect}" is not a loopback address;'), message
+        assert "\n" not in message
+    sso.refused(mark, "is not a loopback address")
+
+
+def test_key_rotation_refetches_the_key_set_once(sso):
+    sso.login("alice")   # the root has the provider's current keys
+    fetched = sso.root.log_text().count(f"oidc {CONNECTOR}: fetched")
+    rotated = sso.idp.rotate_keys(retire_previous=True)
+    _, r = sso.login("alice")
+    ok(r)
+    assert sso.root.log_text().count(f"oidc {CONNECTOR}: fetched") == fetched + 1
+    assert rotated["signing_kid"] in rotated["kids"]
+
+
+def test_bad_signature_is_refused(sso):
+    sso.login("alice")   # the root has the provider's current keys
+    kid = sso.idp.admin_state()["signing_kid"]
+    # The provider comes back signing with another key under the same key id: the root's copy of
+    # that key does not verify the new signatures (no refetch: the key id is not unknown).
+    sso.idp.restart(jwks={"keys": [OIDCProvider.generate_signing_key(kid)]})
+    mark = len(sso.root.audit())
+    try:
+        home, r = sso.login("alice")
+    finally:
+        sso.idp.restart(jwks={"keys": [OIDCProvider.generate_signing_key(f"fresh-{time.monotonic_ns()}")]})
+    one_error(r, f'the signature of the ID token does not verify with key "{kid}" of the identity provider')
+    sso.refused(mark, "the signature of the ID token does not verify", home)
+    _, r = sso.login("alice")   # a new key id: one refetch, and logins work again
+    ok(r)
+
+
+# ---------------------------------------------------------------- ID tokens no conforming provider sends in a login
+def _real_id_token(idp: OIDCProvider, client: dict, redirect_uri: str, username: str = "alice") -> str:
+    """A real ID token from the provider for CLIENT: the code flow with authlib, the provider's own pages."""
+    from authlib.common.security import generate_token
+    from authlib.integrations.requests_client import OAuth2Session
+    meta = idp.metadata()
+    oauth = OAuth2Session(client["client_id"], client["client_secret"], scope="openid email groups",
+                          redirect_uri=redirect_uri, code_challenge_method="S256")
+    oauth.trust_env = False
+    verifier = generate_token(64)
+    url, state = oauth.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier,
+                                                nonce=generate_token(24))
+    answer = idp.browser_login(url, username)
+    return oauth.fetch_token(meta["token_endpoint"], authorization_response=answer, state=state,
+                             code_verifier=verifier)["id_token"]
+
+
+def _validator(sso, client_id: str = "gatehouse-root"):
+    from gatehouse.auth.oidc import OIDCProvider as Validator
+    from gatehouse.resources import parse_documents
+    (connector,) = parse_documents(connector_yaml(sso.root, sso.idp.issuer, client_id=client_id))
+    return Validator(connector)
+
+
+def test_id_token_for_another_client_is_refused(sso):
+    """Wrong audience: a real token the provider issued to another client, shown to the root's validator."""
+    from gatehouse.auth.oidc import ProviderError
+    other = client_for(sso.root, "gatehouse-other", "other-client-secret-0123456789")
+    token = _real_id_token(sso.idp, other, other["redirect_uris"][0])
+    validator = _validator(sso)
+    with pytest.raises(ProviderError) as info:
+        asyncio.run(validator.validate_id_token(token, nonce_digest=None))
+    assert str(info.value) == ('the ID token is meant for "gatehouse-other", not for client "gatehouse-root" of '
+                               'oidc connector "corp"; check spec.client_id')
+    assert asyncio.run(_validator(sso, "gatehouse-other").validate_id_token(token, nonce_digest=None))["sub"]
+
+
+def test_id_token_with_an_unknown_key_is_refused_after_one_refetch(sso):
+    """Unknown kid: a real token signed by another provider's key; the validator fetches the JWKS once more."""
+    from gatehouse.auth.oidc import ProviderError
+    with OIDCProvider() as elsewhere:
+        token = _real_id_token(elsewhere, elsewhere.client, elsewhere.redirect_uri(free_loopback_port()))
+        kid = elsewhere.admin_state()["signing_kid"]
+    validator = _validator(sso)
+    with pytest.raises(ProviderError) as info:
+        asyncio.run(validator.validate_id_token(token, nonce_digest=None))
+    assert str(info.value) == (f'the ID token is signed with key "{kid}", which the identity provider of oidc '
+                               f'connector "corp" does not publish even after fetching its key set again; check '
+                               f"that spec.issuer_url names the provider that issued it")
+    assert validator.jwks_fetches == 2   # the cached set, then exactly one refetch
+
+
+def free_loopback_port() -> int:
+    from conftest import free_port
+    return free_port()

@@ -123,7 +123,7 @@ class SSOLogins:
         record: dict = {}
         try:
             item, record = await self._request(request_id, "code")
-            if not same_secret(state, record["state"]):
+            if not same_secret(state, record.get("state")):
                 raise AccessDenied("the state of the identity provider's answer does not match the login in progress "
                                    "(a forged or altered answer); run 'gate login' again")
             if record["status"] != "pending":
@@ -278,11 +278,13 @@ class SSOLogins:
         return item, item.value
 
     async def _close(self, item, record: dict) -> None:
-        """Mark a request used up (kept until it expires, so a replay is recognised), without its secrets."""
+        """Mark a request used up (kept until it expires, so a replay is recognised): only its kind, connector
+        and the state's digest stay."""
         try:
             await self.backend.compare_and_swap(item.key, item.revision,
                                                 {"type": record["type"], "connector": record["connector"],
-                                                 "status": "collected"}, expires=item.expires)
+                                                 "state": record.get("state"), "status": "collected"},
+                                                expires=item.expires)
         except (CompareFailed, NotFound):
             raise AccessDenied("this login was already completed; run 'gate login' again") from None
 
@@ -330,8 +332,9 @@ class SSOLogins:
 
 
 def _without_secrets(record: dict) -> dict:
-    """A code-flow request once answered: what gate's collection still needs, no state, nonce or verifier."""
-    return {k: v for k, v in record.items() if k not in ("state", "nonce", "verifier")}
+    """A code-flow request once answered: no nonce or PKCE verifier any more (the state's digest stays, so a
+    replayed answer is recognised as one)."""
+    return {k: v for k, v in record.items() if k not in ("nonce", "verifier")}
 
 
 def _device_refusal(exc: OAuthRefusal) -> GatehouseError:
