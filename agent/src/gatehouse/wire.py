@@ -79,8 +79,11 @@ def is_loopback_redirect(url) -> bool:
     redirect and the proxy checks again before it sends a browser there with a one-time secret."""
     from urllib.parse import urlsplit
 
+    text = str(url or "")
+    if len(text) > 200 or any(ch.isspace() or not ch.isprintable() for ch in text):
+        return False  # urlsplit drops tabs and newlines silently; a Location header must not hold them
     try:
-        parsed = urlsplit(str(url or ""))
+        parsed = urlsplit(text)
         port = parsed.port
     except ValueError:
         return False

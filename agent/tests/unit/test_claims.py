@@ -153,3 +153,16 @@ spec:
     assert res["spec"]["issuer_url"] == "http://127.0.0.1:9000"  # plain http only on loopback
     with pytest.raises(BadParameter):
         parse_documents(text.replace("client_secret: gatehouse-test-secret\n", ""), "oidc.yaml")
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("http://127.0.0.1:51234/callback", True), ("http://[::1]:51234/callback", True),
+    ("http://127.0.0.1/callback", False), ("https://127.0.0.1:51234/callback", False),
+    ("http://localhost:51234/callback", False), ("http://127.0.0.2:51234/callback", False),
+    ("http://evil.example.com:51234/callback", False), ("http://user@127.0.0.1:51234/callback", False),
+    ("http://127.0.0.1:51234/callback?x=1", False), ("http://127.0.0.1:51234/callback#f", False),
+    ("http://127.0.0.1:51234/call\nback", False), ("http://127.0.0.1:99999/callback", False), (None, False),
+])
+def test_client_redirects_must_be_loopback(url, ok):
+    from gatehouse.wire import is_loopback_redirect
+    assert is_loopback_redirect(url) is ok

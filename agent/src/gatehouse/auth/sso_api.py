@@ -34,11 +34,10 @@ def _ttl(body: dict) -> int:
 
 def add_routes(router, api) -> None:
     """Register the SSO handlers on the auth API (API is the AuthAPI: its service and identity check)."""
-    sso = api.svc.sso
 
     async def login(request):
         body = await read_json(request)
-        return web.json_response(await sso.begin(
+        return web.json_response(await api.svc.sso.begin(
             api.ident(request), _text(body, "connector"), _text(body, "redirect_url"), _text(body, "ssh_public_key"),
             _text(body, "tls_public_key"), _ttl(body), _text(body, "client_addr", False) or request.remote or ""))
 
@@ -48,23 +47,23 @@ def add_routes(router, api) -> None:
         if not isinstance(params, dict):
             raise BadParameter("params must be the provider's answer as a mapping")
         params = {str(k): str(v) for k, v in params.items()}
-        return web.json_response(await sso.callback(api.ident(request), params,
+        return web.json_response(await api.svc.sso.callback(api.ident(request), params,
                                                     _text(body, "client_addr", False) or request.remote or ""))
 
     async def certs(request):
         body = await read_json(request)
-        return web.json_response(await sso.collect(api.ident(request), _text(body, "request_id"),
+        return web.json_response(await api.svc.sso.collect(api.ident(request), _text(body, "request_id"),
                                                    _text(body, "secret")))
 
     async def device(request):
         body = await read_json(request)
-        return web.json_response(await sso.device_begin(
+        return web.json_response(await api.svc.sso.device_begin(
             api.ident(request), _text(body, "connector"), _text(body, "ssh_public_key"),
             _text(body, "tls_public_key"), _ttl(body), _text(body, "client_addr", False) or request.remote or ""))
 
     async def device_poll(request):
         body = await read_json(request)
-        return web.json_response(await sso.device_poll(api.ident(request), _text(body, "request_id"),
+        return web.json_response(await api.svc.sso.device_poll(api.ident(request), _text(body, "request_id"),
                                                        _text(body, "secret")))
 
     router.add_post(SSO_API_LOGIN, login)
