@@ -13,8 +13,8 @@ module: oidc_connector
 short_description: Manage Gatehouse OpenID Connect single sign-on connectors
 version_added: 1.0.0
 description:
-  - Create, update or remove a C(kind: oidc) connector on a Gatehouse root cluster, with which
-    users log in through an OpenID provider (C(gate login --proxy=ROOT --auth=NAME)).
+  - Create, update or remove an OIDC connector (a resource of kind C(oidc)) on a Gatehouse root cluster,
+    with which users log in through an OpenID provider (C(gate login --proxy=ROOT --auth=NAME)).
   - The provider's claims become the users' external traits, carried in their certificates to
     every leaf cluster; O(claims_to_roles) decides their roles at the root.
   - The module manages the whole connector; options that are not given take the agent's defaults.

@@ -42,9 +42,12 @@ def open_browser(url: str, mode: str) -> bool:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
     try:
-        return bool(webbrowser.get().open(url))
+        browser = webbrowser.get()
     except webbrowser.Error:
         return False
+    if type(browser) is webbrowser.GenericBrowser:  # noqa: E721 - a text browser would take over the terminal
+        return False
+    return bool(browser.open(url))
 
 
 class _Listener:

@@ -232,7 +232,9 @@ def test_browser_login_gives_roles_from_claims_and_claims_as_traits(sso):
     logins = [e for e in sso.audit_since(sso.root, mark, "user.login") if e["success"]]
     assert logins and logins[-1]["connector"] == CONNECTOR and logins[-1]["roles"] == ["sso-dev", "sso-admins"]
     assert logins[-1]["traits"]["groups"] == ["admins", "dev"] and logins[-1]["method"] == "oidc"
-    assert CLIENT_SECRET not in open(sso.root.audit_path).read()
+    with open(sso.root.audit_path, encoding="utf-8") as fh:
+        assert CLIENT_SECRET not in fh.read(), "the client secret must never reach the audit log"
+    assert CLIENT_SECRET not in sso.root.log_text(), "the client secret must never reach a log (DEBUG here)"
 
 
 def one_error(r: subprocess.CompletedProcess, fragment: str) -> str:

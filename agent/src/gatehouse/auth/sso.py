@@ -259,7 +259,10 @@ class SSOLogins:
             certs = await self._log_in(connector, provider, claims, tokens, record, record["client_addr"], "device")
         except GatehouseError as exc:
             self._refused(exc, record["connector"], record["client_addr"], "device")
-            await self._close(item, record)
+            try:
+                await self._close(item, record)
+            except GatehouseError:
+                pass  # already closed by a concurrent poll: the refusal above is what gate must see
             raise
         await self._close(item, record)
         return {"status": "done", **certs}
