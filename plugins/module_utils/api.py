@@ -402,17 +402,20 @@ def exit_absent(module, client, kind, name, current, result):
     module.exit_json(**result)
 
 
-def ensure_resource(module, client, kind, build):
-    """The whole run of a module that manages one KIND resource by name (role, user).
+def ensure_resource(module, client, name_in_result, build, kind=None):
+    """The whole run of a module that manages one KIND resource by name (role, user, oidc).
 
     state=absent deletes it; state=present builds the resource to send with BUILD(params)
     (a ResourceError fails the task before the agent is asked), asks the agent for a dry
     run, and creates or replaces it only when the agent says that changes something,
-    keeping the stored resource version.
+    keeping the stored resource version. The result holds the resource under NAME_IN_RESULT
+    (KIND defaults to it). The agent never shows secret fields; when only a secret changed,
+    its dry run says so (``secret_changed``) and the diff marks the field without its value.
     """
+    kind = kind or name_in_result
     params = module.params
     name = params["name"]
-    result = {"changed": False, kind: {}}
+    result = {"changed": False, name_in_result: {}}
     request = None
     if params["state"] == "present":
         try:
@@ -425,11 +428,29 @@ def ensure_resource(module, client, kind, build):
     if current is not None and current.get("version"):
         request["version"] = current["version"]
     plan = client.plan_resource(request, force=current is not None)
+    if current is not None:
+        result["secret_changed"] = bool(plan.get("secret_changed"))
     if not plan.get("changed"):
-        result[kind] = current
+        result[name_in_result] = current
         module.exit_json(**result)
     record_change(module, result, plan.get("current"), plan["resource"], "%s/%s" % (kind, name),
-                  **{kind: plan["resource"]})
+                  **{name_in_result: plan["resource"]})
+    if plan.get("secret_changed") and "diff" in result:
+        mark_secret_changed(result["diff"], secret_fields(request, plan["resource"]))
     if not module.check_mode:
-        result[kind] = client.put_resource(request, force=current is not None)[0]
+        result[name_in_result] = client.put_resource(request, force=current is not None)[0]
     module.exit_json(**result)
+
+
+def secret_fields(request, shown):
+    """Spec fields the module sent that the agent's answer leaves out: the secrets."""
+    return sorted(k for k in (request.get("spec") or {}) if k not in (shown.get("spec") or {}))
+
+
+def mark_secret_changed(result_diff, fields):
+    """Show in a diff that secret FIELDS changed, without their values."""
+    for side, text in (("before", "(secret)"), ("after", "(secret, changed)")):
+        spec = result_diff[side].setdefault("spec", {}) if isinstance(result_diff.get(side), dict) else None
+        if spec is not None:
+            for field in fields:
+                spec[field] = text

@@ -161,6 +161,23 @@ def user_request(name, roles, traits=None, logins=None):
     return {"kind": "user", "metadata": {"name": name}, "spec": {"roles": roles or [], "traits": out_traits}}
 
 
+def oidc_request(name, params):
+    """The oidc connector to send for the oidc_connector module's options (the agent checks the rest)."""
+    spec = {}
+    for key in ("issuer_url", "client_id", "client_secret", "redirect_url", "scope", "username_claim"):
+        if params.get(key) is not None:
+            spec[key] = params[key]
+    entries = []
+    for index, entry in enumerate(params.get("claims_to_roles") or []):
+        roles = string_list(entry.get("roles"), "claims_to_roles[%d].roles" % index)
+        if not roles:
+            raise ResourceError("claims_to_roles[%d].roles is empty; list the roles that claim %s=%s gives"
+                                % (index, entry.get("claim"), entry.get("value")))
+        entries.append({"claim": entry.get("claim"), "value": entry.get("value"), "roles": roles})
+    spec["claims_to_roles"] = entries
+    return {"kind": "oidc", "metadata": {"name": name}, "spec": spec}
+
+
 def role_map(value, what="role_map"):
     """``[{remote, local}]`` with ``local`` always a list."""
     if value is None:
@@ -204,10 +221,11 @@ def token_types(value):
 
 # --------------------------------------------------------------------------- diff
 def without_secrets(resource):
-    """A deep copy without token values (for diff and results)."""
+    """A deep copy without token values or client secrets (for diff and results)."""
     res = copy.deepcopy(resource)
     if isinstance(res, dict) and isinstance(res.get("spec"), dict):
         res["spec"].pop("token", None)
+        res["spec"].pop("client_secret", None)
     return res
 
 

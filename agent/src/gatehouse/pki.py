@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from .errors import BadParameter
-from .wire import EXT_CLUSTER, EXT_ROLES, EXT_TRAITS
+from .wire import EXT_CLUSTER, EXT_CONNECTOR, EXT_ROLES, EXT_TRAITS
 
 
 class _LazyModule:
@@ -192,7 +192,7 @@ def _decode_options(data: bytes) -> dict[str, str]:
 
 def user_cert_extensions(roles, traits, cluster, permit_pty=True, permit_port_forwarding=True,
                          permit_agent_forwarding=True, permit_x11_forwarding=False,
-                         permit_user_rc=False) -> dict[str, str]:
+                         permit_user_rc=False, connector: str = "") -> dict[str, str]:
     flags = {"permit-pty": permit_pty, "permit-port-forwarding": permit_port_forwarding,
              "permit-agent-forwarding": permit_agent_forwarding,
              "permit-X11-forwarding": permit_x11_forwarding, "permit-user-rc": permit_user_rc}
@@ -200,6 +200,8 @@ def user_cert_extensions(roles, traits, cluster, permit_pty=True, permit_port_fo
     ext[EXT_ROLES] = json.dumps(list(roles), separators=(",", ":"))
     ext[EXT_TRAITS] = json.dumps(dict(traits), separators=(",", ":"), sort_keys=True)
     ext[EXT_CLUSTER] = json.dumps(cluster)
+    if connector:
+        ext[EXT_CONNECTOR] = json.dumps(connector)
     return ext
 
 
@@ -266,6 +268,11 @@ class SSHCertInfo:
     @property
     def cluster(self) -> str | None:
         return self._json(EXT_CLUSTER, None)
+
+    @property
+    def connector(self) -> str:
+        """The single sign-on connector that logged the user in ("oidc/NAME"); "" after a password login."""
+        return self._json(EXT_CONNECTOR, "")
 
 
 def parse_ssh_cert(cert_line: str) -> SSHCertInfo:

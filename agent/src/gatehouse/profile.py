@@ -1,7 +1,7 @@
 """The user's login profile under ~/.gate (or $GATE_HOME).
 
   ~/.gate/current                         name of the active profile (the proxy host)
-  ~/.gate/profiles/<proxy>/profile.json   proxy addresses, user, cluster, insecure flag
+  ~/.gate/profiles/<proxy>/profile.json   proxy addresses, user, cluster (and the selected one), insecure flag
   ~/.gate/profiles/<proxy>/key            Ed25519 private key (0600)
   ~/.gate/profiles/<proxy>/key-cert.pub   OpenSSH user certificate
   ~/.gate/profiles/<proxy>/tls.key|tls.crt|tls-ca.crt   X.509 client identity
@@ -56,6 +56,15 @@ class Profile:
         return self.data["cluster_name"]
 
     @property
+    def selected_cluster(self) -> str:
+        """The cluster `gate ls` and `gate ssh` use by default: a leaf picked with `gate login LEAF`, else the root."""
+        return self.data.get("selected_cluster") or self.cluster
+
+    def select_cluster(self, name: str) -> None:
+        self.data["selected_cluster"] = name
+        pki.write_secret(self.path("profile.json"), json.dumps(self.data, indent=2) + "\n")
+
+    @property
     def web_addr(self) -> str:
         return self.data["web_proxy_addr"]
 
@@ -92,7 +101,8 @@ def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_
     ssh_addr = login_result["proxy"]["ssh"]["public_addr"]
     data = {"web_proxy_addr": proxy_web_addr, "ssh_proxy_addr": ssh_addr, "user": login_result["user"]["name"],
             "cluster_name": login_result["cluster_name"], "insecure": insecure,
-            "logins": login_result["user"]["logins"], "roles": login_result["user"]["roles"]}
+            "logins": login_result["user"]["logins"], "roles": login_result["user"]["roles"],
+            "connector": login_result["user"].get("connector", "")}
     profile = Profile(directory, data)
     pki.write_secret(profile.key_path, private_key)
     pki.write_secret(profile.cert_path, login_result["ssh_cert"])

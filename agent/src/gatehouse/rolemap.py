@@ -139,6 +139,29 @@ def replace_regexp(expression: str, replacement: str, value: str) -> str:
     return _expand(_parse_template(replacement), captures)
 
 
+def replace_all_regexp(regex: str, replacement: str, value: str) -> str:
+    """Replace every match of the RE2 ``regex`` (a search, not a full match) in ``value`` with
+    ``replacement``, expanded per match with the same ``$1``/``${name}`` rules as role maps.
+
+    Raises NoMatch when the regex matches nowhere in the value and InvalidPattern when it
+    cannot be compiled (role templates' ``regexp.replace``)."""
+    compiled = compile_re2(regex)
+    pieces = _parse_template(replacement)
+    out, last, matched = [], 0, False
+    for match in compiled.finditer(value):
+        if matched and match.start() == match.end() == last:
+            continue  # as in Go: an empty match right after a match is not a match
+        matched = True
+        groups = tuple(match.group(i) or "" for i in range(compiled.groups + 1))
+        out.append(value[last:match.start()])
+        out.append(_expand(pieces, (groups, compiled.groupindex)))
+        last = match.end()
+    if not matched:
+        raise NoMatch(f'"{value}" does not match the regular expression "{regex}"; check the value or widen it')
+    out.append(value[last:])
+    return "".join(out)
+
+
 def _type(value) -> str:
     return type(value).__name__
 

@@ -1,26 +1,32 @@
 """Role templates: ``{{internal.logins}}``, ``{{external.team}}`` and friends.
 
 A role value may hold ONE template with literal text around it
-(``dev-{{external.team}}-x``). Inside the braces:
+(``dev-{{external.team}}-x``); whitespace inside the braces, before the value and
+after it is ignored (``  {{ external.team }}`` is ``{{external.team}}``). Inside the
+braces:
 
 * ``internal.NAME`` / ``external.NAME`` / ``internal["NAME"]`` / ``external["NAME"]``
   read the user's trait NAME (the namespace does not change the lookup, but
   ``internal`` accepts only the names in INTERNAL_TRAITS so typos are caught);
-* ``email.local(VAR)`` keeps the part before the "@" of each value; values that
-  are not ``local@domain`` (exactly one "@", both sides non-empty) are skipped;
-* ``regexp.replace(VAR, "PATTERN", "REPLACEMENT")`` rewrites each value with
-  rolemap.replace_regexp (the pattern is a ``^regex$`` or text with ``*``
-  captures, matched in full; ``$1``/``${name}`` in the replacement); values that
-  do not match are skipped. Functions may be nested.
+* ``email.local(VAR)`` keeps the local part of each value that is one e-mail
+  address, bare (``alice@example.com``) or with a display name
+  (``Alice <alice@example.com>``); other values are dropped;
+* ``regexp.replace(VAR, "RE", "REPLACEMENT")`` takes each value that the RE2
+  regular expression RE matches (anywhere in the value, as a search), replaces
+  every match with REPLACEMENT (``$1``/``${name}`` expand groups, rolemap's
+  rules) and drops the values it does not match. Functions may be nested.
 
 Strings are double-quoted (``\\"`` and ``\\\\`` are escapes, any other backslash is
 kept, so ``"\\d+"`` is the regex ``\\d+``) or back-quoted (raw).
 
-A value without ``{{`` is returned unchanged. interpolate() raises TraitMissing
-(a LookupError) when the trait is unset or yields no value, and TemplateError (a
-ValueError) when the expression is malformed. The apply_* helpers used on the
-access path never raise: they drop what cannot be expanded (validate_template
-is for rejecting malformed roles when they are created).
+A value is a template when it holds ``{{`` or ``}}`` (is_template); a template that
+does not parse (unmatched braces, two expressions, unknown names, a bad regular
+expression) is an error, never literal text. A value without braces is returned
+unchanged. interpolate() raises TraitMissing (a LookupError) when the trait is
+unset or yields no value, and TemplateError (a ValueError) when the expression is
+malformed. The apply_* helpers used on the access path never raise: they drop what
+cannot be expanded (validate_template is for rejecting malformed roles when they
+are created).
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from email.utils import getaddresses
+
 from .errors import BadParameter, NotFound
-from .labels import InvalidPattern
-from .rolemap import NoMatch, pattern_regex, replace_regexp
+from .labels import InvalidPattern, compile_re2
+from .rolemap import NoMatch, replace_all_regexp
 
 INTERNAL_TRAITS = frozenset({
     "logins", "windows_logins", "kubernetes_groups", "kubernetes_users", "db_users", "db_names",
@@ -199,18 +207,23 @@ class _Parser:
                          'write regexp.replace(external.NAME, "RE", "REPL") with a variable first '
                          "and quoted strings after it")
         try:
-            pattern_regex(pattern)
+            compile_re2(pattern)
         except InvalidPattern as err:
             raise _error(self.expression, f'has a regexp.replace pattern "{pattern}" that is not a valid '
                          f"RE2 regular expression ({err.reason})", "fix the pattern") from None
         return _Call("regexp.replace", source, pattern, replacement)
 
 
+def is_template(value) -> bool:
+    """Whether a role value is a template (holds ``{{`` or ``}}``), so it must parse as one."""
+    return isinstance(value, str) and ("{{" in value or "}}" in value)
+
+
 @lru_cache(maxsize=4096)
 def _parse(expression: str) -> _Template:
     start = expression.find("{{")
-    end = expression.find("}}", start + 2)
-    if "}}" in expression[:start]:
+    end = expression.find("}}", start + 2) if start >= 0 else -1
+    if start < 0 or "}}" in expression[:start]:
         raise _error(expression, 'has "}}" without a matching "{{"', 'remove it or open the expression with "{{"')
     if end < 0:
         raise _error(expression, 'has "{{" without a matching "}}"', 'close the expression with "}}"')
@@ -218,12 +231,16 @@ def _parse(expression: str) -> _Template:
     if "{{" in suffix or "}}" in suffix or "{{" in expression[start + 2:end]:
         raise _error(expression, "contains more than one {{...}} expression",
                      "use one expression per value and list several values instead")
-    inner = expression[start + 2:end]
+    prefix, inner = expression[:start], expression[start + 2:end]
+    if any(brace in prefix + suffix for brace in "{}"):
+        raise _error(expression, 'has a "{" or "}" outside its {{...}} expression',
+                     "remove it or write the expression as {{...}}")
     if not inner.strip():
         raise _error(expression, "has an empty {{}} expression",
                      "write a variable such as {{internal.logins}} or {{external.NAME}}")
     node = _Parser(expression, inner).parse()
-    return _Template(expression, expression[:start], suffix, node)
+    # Whitespace before the value and after it is not part of it (as in the reference system).
+    return _Template(expression, prefix.lstrip(), suffix.rstrip(), node)
 
 
 def validate_template(expression: str) -> None:
@@ -231,7 +248,7 @@ def validate_template(expression: str) -> None:
     if not isinstance(expression, str):
         raise TemplateError(f"role value {expression!r} must be a string, got "
                             f"{type(expression).__name__}; quote it in YAML")
-    if "{{" in expression:
+    if is_template(expression):
         _parse(expression)
 
 
@@ -249,18 +266,34 @@ def _trait_values(template: _Template, name: str, traits: dict) -> list[str]:
     return values
 
 
+def email_address(value: str) -> str | None:
+    """The address of a value holding exactly one e-mail address, bare or with a display name
+    (``Bob <bob@example.com>`` → ``bob@example.com``); None for anything else."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        found = getaddresses([value])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if len(found) != 1:
+        return None
+    address = found[0][1]
+    local, at, domain = address.partition("@")
+    if not at or not local or not domain or "@" in domain or any(ch.isspace() for ch in address):
+        return None
+    return address
+
+
 def _email_local(value: str) -> str:
-    local, at, domain = value.partition("@")
-    if not at or not local or not domain or "@" in domain:
-        return ""  # not local@domain: skipped
-    return local
+    address = email_address(value)
+    return address.partition("@")[0] if address else ""  # not one address: dropped
 
 
 def _replace(pattern: str, replacement: str, value: str) -> str:
     try:
-        return replace_regexp(pattern, replacement, value)
+        return replace_all_regexp(pattern, replacement, value)
     except NoMatch:
-        return ""  # values that do not match are skipped
+        return ""  # values that do not match are dropped
 
 
 def _evaluate(template: _Template, node, traits: dict) -> list[str]:
@@ -278,7 +311,7 @@ def _trait_name(node) -> str:
 
 def interpolate(expression: str, traits: dict[str, list[str]]) -> list[str]:
     """Expand one role value with the user's traits (see the module docstring for the rules)."""
-    if "{{" not in expression:
+    if not is_template(expression):
         return [expression]
     template = _parse(expression)
     values = _evaluate(template, template.node, traits)
@@ -334,3 +367,24 @@ def apply_traits_to_labels(selector: dict[str, list[str]], traits: dict[str, lis
                 if item not in expanded:
                     expanded.append(item)
     return out
+
+
+def referenced_traits(values) -> list[str]:
+    """Names of the traits that the templates among VALUES read (strings, and the keys and values of
+    nested lists and mappings, such as a whole role spec); malformed templates are skipped.
+    The audit log uses it to record the traits a decision was made with."""
+    out: dict[str, None] = {}
+    stack = [values]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif is_template(item):
+            try:
+                out[_trait_name(_parse(item).node)] = None
+            except BadParameter:
+                continue
+    return sorted(out)

@@ -28,6 +28,9 @@ TOKEN_TYPES = ("trusted_cluster", "node", "proxy")
 EXT_ROLES = "gatehouse-roles@gatehouse"
 EXT_TRAITS = "gatehouse-traits@gatehouse"
 EXT_CLUSTER = "gatehouse-cluster@gatehouse"
+#: The single sign-on connector that authenticated the user, as "oidc/NAME" (JSON); absent after a
+#: password login. Leaves record it in their audit log.
+EXT_CONNECTOR = "gatehouse-connector@gatehouse"
 #: The only principal of a user certificate whose roles allow no login: an empty
 #: principal list would mean "any login" to OpenSSH.
 NOLOGIN_PRINCIPAL = "-gatehouse-nologin-"
@@ -53,6 +56,47 @@ CLUSTER_SERVER_NAME = "cluster.gatehouse.invalid"
 PING_PATH = "/webapi/ping"
 VALIDATE_PATH = "/webapi/trustedclusters/validate"
 LEAF_ACCESS_CHECK_PATH = "/webapi/leaves/access_check"
+
+# -- single sign-on (OIDC) at the root proxy ---------------------------------------
+#: gate asks for a login (connector, its loopback redirect, its public keys) and gets the
+#: provider's authorization URL; the provider sends the browser to OIDC_CALLBACK_PATH (an
+#: oidc connector's redirect_url); the proxy sends it on to gate's loopback listener at
+#: SSO_CLIENT_CALLBACK_PATH with a one-time secret, which gate trades for its certificates.
+OIDC_LOGIN_PATH = "/webapi/oidc/login"
+OIDC_CALLBACK_PATH = "/webapi/oidc/callback"
+OIDC_CERTS_PATH = "/webapi/oidc/certs"
+#: The device authorization flow: start (user code and verification URL), then poll.
+OIDC_DEVICE_PATH = "/webapi/oidc/device"
+OIDC_DEVICE_POLL_PATH = "/webapi/oidc/device/poll"
+SSO_CLIENT_CALLBACK_PATH = "/callback"
+#: Query parameter of the redirect to gate's loopback listener holding the one-time secret.
+SSO_SECRET_PARAM = "secret"
+
+
+def is_loopback_redirect(url) -> bool:
+    """Whether URL is where gate's loopback listener can be: http://127.0.0.1:PORT/... or
+    http://[::1]:PORT/..., with no user name, query or fragment. Auth refuses any other client
+    redirect and the proxy checks again before it sends a browser there with a one-time secret."""
+    from urllib.parse import urlsplit
+
+    text = str(url or "")
+    if len(text) > 200 or any(ch.isspace() or not ch.isprintable() for ch in text):
+        return False  # urlsplit drops tabs and newlines silently; a Location header must not hold them
+    try:
+        parsed = urlsplit(text)
+        port = parsed.port
+    except ValueError:
+        return False
+    return (parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "::1") and bool(port)
+            and not (parsed.username or parsed.password or parsed.query or parsed.fragment))
+
+
+#: The auth API's side of the same steps (called by proxies only).
+SSO_API_LOGIN = "/v1/sso/oidc/login"
+SSO_API_CALLBACK = "/v1/sso/oidc/callback"
+SSO_API_CERTS = "/v1/sso/oidc/certs"
+SSO_API_DEVICE = "/v1/sso/oidc/device"
+SSO_API_DEVICE_POLL = "/v1/sso/oidc/device/poll"
 
 
 def is_live(last_seen: float, interval: float, now: float | None = None) -> bool:

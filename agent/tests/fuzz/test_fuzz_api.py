@@ -34,9 +34,11 @@ json_values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=4),
 FIELDS = ["resource", "force", "roles", "type", "ttl", "labels", "name", "token", "password", "user",
           "ssh_public_key", "tls_public_key", "role", "principals", "addr", "hostname", "interval", "cluster",
           "connected", "proxies", "tunnel_addr", "web_listen_addr", "login", "node", "from_cluster", "traits",
-          "cluster_name", "host_cas", "version", "expected_root", "client_addr"]
+          "cluster_name", "host_cas", "version", "expected_root", "client_addr", "connector", "redirect_url",
+          "request_id", "secret", "params"]
 bodies = st.one_of(json_values, st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6))
-params = st.dictionaries(st.sampled_from(["since", "timeout", "cluster", "dry_run"]),
+params = st.dictionaries(st.sampled_from(["since", "timeout", "cluster", "dry_run", "with_secrets", "state", "code",
+                                          "iss", "error"]),
                          st.one_of(st.text(max_size=12), st.sampled_from(["-1", "1e309", "nan", "0", "99"])),
                          max_size=3)
 names = st.one_of(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/%", min_size=1, max_size=20),
@@ -52,10 +54,14 @@ AUTH_ROUTES = [
     ("PUT", "/v1/remote_clusters/{name}/labels"), ("POST", "/v1/tunnels/heartbeat"),
     ("POST", "/v1/tunnels/agent_status"), ("POST", "/v1/tunnels/cert"), ("POST", "/v1/proxies/heartbeat"),
     ("GET", "/v1/clusters"), ("GET", "/v1/hostcas"), ("GET", "/v1/whoami"), ("POST", "/v1/access/check"),
+    ("POST", "/v1/sso/oidc/login"), ("POST", "/v1/sso/oidc/callback"), ("POST", "/v1/sso/oidc/certs"),
+    ("POST", "/v1/sso/oidc/device"), ("POST", "/v1/sso/oidc/device/poll"),
 ]
 WEB_ROUTES = [("GET", "/webapi/ping"), ("POST", "/webapi/login"), ("GET", "/webapi/nodes"),
               ("GET", "/webapi/clusters"), ("GET", "/webapi/hostcas"), ("POST", "/webapi/trustedclusters/validate"),
-              ("GET", "/webapi/mappings"), ("POST", "/webapi/leaves/access_check")]
+              ("GET", "/webapi/mappings"), ("POST", "/webapi/leaves/access_check"), ("POST", "/webapi/oidc/login"),
+              ("GET", "/webapi/oidc/callback"), ("POST", "/webapi/oidc/certs"), ("POST", "/webapi/oidc/device"),
+              ("POST", "/webapi/oidc/device/poll")]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,11 @@ def anonymous():
 
 def check_answer(resp: requests.Response, what: str) -> None:
     assert resp.status_code < 500, f"{what} -> {resp.status_code}: {resp.text[:300]}"
-    if resp.status_code >= 400:
+    if resp.status_code >= 400 and resp.headers.get("Content-Type", "").startswith("text/html"):
+        # The SSO callback answers browsers with a page: its one-line message is in <p id="message">.
+        message = resp.text.split('<p id="message">', 1)[1].split("</p>", 1)[0]
+        assert message and "\n" not in message, f"{what}: {message!r}"
+    elif resp.status_code >= 400:
         error = resp.json()["error"]
         assert error["message"] and "\n" not in error["message"], f"{what}: {error!r}"
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatehouse import config, durations, labels, pki, resources, rolemap, traits, wire
+from gatehouse import claims, config, durations, labels, pki, resources, rolemap, traits, wire
 from gatehouse.errors import GatehouseError
 
 EXAMPLES = int(os.environ.get("GATEHOUSE_FUZZ_EXAMPLES", "300"))
@@ -57,7 +57,7 @@ def refused_or_parsed(func, *args, **kwargs):
 
 
 def resource_like():
-    kinds = st.sampled_from(["role", "user", "token", "trusted_cluster", "remote_cluster", "node", "rc", "x"])
+    kinds = st.sampled_from(["role", "user", "token", "trusted_cluster", "remote_cluster", "oidc", "node", "rc", "x"])
     return st.fixed_dictionaries({"kind": kinds}, optional={
         "version": st.one_of(st.sampled_from(["v2", "v3", "v5", "v9"]), scalars),
         "metadata": st.one_of(st.fixed_dictionaries({"name": st.one_of(st.text(max_size=20), scalars)},
@@ -156,3 +156,29 @@ def test_proxy_subsystem_names(text):
 @pytest.mark.parametrize("pem", ["", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "x" * 5000])
 def test_tls_certificates(pem):
     refused_or_parsed(pki.tls_fingerprint, pem)
+
+
+@FUZZ
+@given(st.one_of(json_values, st.dictionaries(st.sampled_from(["sub", "email", "groups", "aud", "nonce", "a b", "x"]),
+                                              st.one_of(template_text, st.lists(template_text, max_size=4), scalars),
+                                              max_size=6)),
+       st.lists(st.fixed_dictionaries({"claim": st.one_of(st.sampled_from(["groups", "email"]), scalars),
+                                       "value": st.one_of(template_text, scalars),
+                                       "roles": st.one_of(st.lists(template_text, max_size=3), scalars)}),
+                max_size=3))
+def test_identity_provider_claims(found, claims_to_roles):
+    """What an identity provider sends (ID token claims, userinfo) and what a connector maps them with."""
+    traits_ = refused_or_parsed(claims.claims_to_traits, found if isinstance(found, dict) else {"x": found})
+    entries = refused_or_parsed(claims.validate_claims_to_roles, claims_to_roles)
+    if traits_ is not None and entries is not None:
+        refused_or_parsed(claims.map_claims, entries, traits_)
+    if isinstance(found, dict):
+        refused_or_parsed(claims.username, found, "email", "corp")
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=80), st.text(alphabet="http:/[]1270.:%@?#", max_size=40), scalars))
+def test_client_redirects(url):
+    """A client redirect gate sends (auth refuses any that is not loopback)."""
+    if wire.is_loopback_redirect(url):
+        assert url.startswith(("http://127.0.0.1:", "http://[::1]:"))

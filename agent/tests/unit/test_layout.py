@@ -31,7 +31,7 @@ FORBIDDEN = {
     "access": ("gatehouse.auth", "gatehouse.proxy", "gatehouse.node", "gatehouse.tunnel", "gatehouse.member",
                "gatehouse.backend", "gatehouse.cli", "gatehouse.client", "gatehouse.process"),
 }
-for pure in ("labels", "traits", "rolemap", "durations"):
+for pure in ("labels", "traits", "rolemap", "durations", "claims"):
     FORBIDDEN[pure] = FORBIDDEN["access"]
 FORBIDDEN["resources"] = FORBIDDEN["access"]
 FORBIDDEN["backend"] = tuple(p for p in FORBIDDEN["access"] if p != "gatehouse.backend")

@@ -10,6 +10,8 @@ TRAITS = {
     "logins": ["root", "ubuntu"],
     "team": ["dev", "ops"],
     "email": ["alice@example.com", "not-an-email", "@example.com", "a@b@c", "bob@example.org"],
+    "display": ["Bob Builder <bob@example.com>", '"Carol C." <carol@example.org>', "Dave <dave>",
+                "Eve <eve@example.com>, Mallory <m@example.com>", "<>", "   "],
     "env": ["staging"],
     "empty": [],
     "blank": [""],
@@ -19,7 +21,7 @@ TRAITS = {
 
 @pytest.mark.parametrize("expression, expected", [
     ("plain", ["plain"]),
-    ("no}}braces", ["no}}braces"]),             # no "{{": returned as is
+    ("no {braces} here", ["no {braces} here"]),  # single braces are text
     ("{{internal.logins}}", ["root", "ubuntu"]),
     ("{{external.logins}}", ["root", "ubuntu"]),  # the namespace is not part of the lookup
     ("{{external.team}}", ["dev", "ops"]),
@@ -27,17 +29,25 @@ TRAITS = {
     ('{{external["http://schemas.example.com/groups"]}}', ["admins"]),
     ("{{external[`team`]}}", ["dev", "ops"]),
     ("{{ external.team }}", ["dev", "ops"]),
+    ("  {{external.team}}  ", ["dev", "ops"]),   # whitespace around the value is ignored …
+    ("\t{{ external . team }}\n", ["dev", "ops"]),
+    ("a- {{external.env}} -b ", ["a- staging -b"]),  # … but not between the template and its text
     ("dev-{{external.team}}-x", ["dev-dev-x", "dev-ops-x"]),
     ("{{external.team}}@corp", ["dev@corp", "ops@corp"]),
     ("{{email.local(external.email)}}", ["alice", "bob"]),  # values that are not local@domain are skipped
     ("u-{{email.local(external.email)}}", ["u-alice", "u-bob"]),
+    # a display name around the address is fine; anything but one address is dropped
+    ("{{email.local(external.display)}}", ["bob", "carol"]),
     ('{{regexp.replace(external.team, "^d(.*)$", "D$1")}}', ["Dev"]),  # non-matching values are skipped
-    ('{{regexp.replace(external.team, "*", "team-$1")}}', ["team-dev", "team-ops"]),
+    ('{{regexp.replace(external.team, "(.*)", "team-$1")}}', ["team-dev", "team-ops"]),
+    # the expression is a regular expression searched in the value; every match is replaced
+    ('{{regexp.replace(external.team, "o", "0")}}', ["0ps"]),
+    ('{{regexp.replace(external.email, "@example\\.(com|org)$", "-$1")}}', ["alice-com", "-com", "bob-org"]),
     ('{{regexp.replace(external.env, "^(\\w+)ing$", "$1")}}', ["stag"]),  # backslash kept for the regex
     ('{{regexp.replace(external.env, `^(\\w+)ing$`, `$1`)}}', ["stag"]),
     ('{{regexp.replace(external.team, "^(.*)$", "say \\"$1\\"")}}', ['say "dev"', 'say "ops"']),
     ('{{regexp.replace(email.local(external.email), "^a(.*)$", "$1")}}', ["lice"]),
-    ('{{regexp.replace(external.team, "*", "same")}}', ["same"]),  # results are de-duplicated
+    ('{{regexp.replace(external.team, ".+", "same")}}', ["same"]),  # results are de-duplicated
 ])
 def test_interpolate(expression, expected):
     assert interpolate(expression, TRAITS) == expected
@@ -75,6 +85,13 @@ SYNTAX = ('write {{internal.NAME}}, {{external.NAME}}, {{email.local(VAR)}} or '
                         'close the expression with "}}"'),
     ("x}}{{external.team}}", 'role template "x}}{{external.team}}" has "}}" without a matching "{{"; '
                              'remove it or open the expression with "{{"'),
+    # a "}}" alone is a malformed template, not literal text
+    ("no}}braces", 'role template "no}}braces" has "}}" without a matching "{{"; '
+                   'remove it or open the expression with "{{"'),
+    ("{{external.a}}}", 'role template "{{external.a}}}" has a "{" or "}" outside its {{...}} expression; '
+                        "remove it or write the expression as {{...}}"),
+    ("x{ {{external.a}}", 'role template "x{ {{external.a}}" has a "{" or "}" outside its {{...}} expression; '
+                          "remove it or write the expression as {{...}}"),
     ("{{external.a}}-{{external.b}}", 'role template "{{external.a}}-{{external.b}}" contains more than one '
                                       "{{...}} expression; use one expression per value and list several "
                                       "values instead"),
@@ -111,6 +128,13 @@ SYNTAX = ('write {{internal.NAME}}, {{external.NAME}}, {{email.local(VAR)}} or '
     ('{{regexp.replace(external.x, "^(a$", "b")}}',
      'role template "{{regexp.replace(external.x, "^(a$", "b")}}" has a regexp.replace pattern "^(a$" that is '
      "not a valid RE2 regular expression (missing ): ^(a$); fix the pattern"),
+    # the pattern is always a regular expression, anchored or not
+    ('{{regexp.replace(external.x, "*", "b")}}',
+     'role template "{{regexp.replace(external.x, "*", "b")}}" has a regexp.replace pattern "*" that is '
+     "not a valid RE2 regular expression (no argument for repetition operator: *); fix the pattern"),
+    ('{{regexp.replace(external.x, "(", "b")}}',
+     'role template "{{regexp.replace(external.x, "(", "b")}}" has a regexp.replace pattern "(" that is '
+     "not a valid RE2 regular expression (missing ): (); fix the pattern"),
     ("{{external.x y}}", f'role template "{{{{external.x y}}}}" is not a valid expression (unexpected "y"); {SYNTAX}'),
     ("{{external.x.y}}", f'role template "{{{{external.x.y}}}}" is not a valid expression (unexpected "."); {SYNTAX}'),
     ("{{external}}", f'role template "{{{{external}}}}" is not a valid expression (unexpected end of '
@@ -135,6 +159,15 @@ def test_validate_template():
     with pytest.raises(TemplateError) as info:
         validate_template(7)
     assert str(info.value) == "role value 7 must be a string, got int; quote it in YAML"
+
+
+def test_referenced_traits():
+    from gatehouse.traits import referenced_traits
+    spec = {"allow": {"logins": ["{{internal.logins}}", "root", "{{email.local(external.email)}}"],
+                      "node_labels": {"env": ["{{external.groups}}"], "{{external.key}}": ["*"]}},
+            "deny": {"logins": ["{{internal.nope}}", "}}bad"]}}
+    assert referenced_traits(spec) == ["email", "groups", "key", "logins"]
+    assert referenced_traits(["plain", 3, None]) == []
 
 
 def test_trait_given_as_a_single_string():
@@ -191,3 +224,16 @@ def test_apply_traits_to_logins_email_local():
 ])
 def test_apply_traits_to_labels(selector, expected):
     assert apply_traits_to_labels(selector, TRAITS) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("a}}", 'role template "a}}" has "}}" without a matching "{{"'),
+    ('{{regexp.replace(external.groups, "(", "x")}}', 'regexp.replace pattern "(" that is not a valid RE2 regular '
+                                                      "expression (missing ): ()"),
+])
+def test_malformed_templates_are_refused_when_a_role_is_created(value, message):
+    from gatehouse.resources import validate
+    with pytest.raises(BadParameter) as info:
+        validate({"kind": "role", "metadata": {"name": "r"},
+                  "spec": {"allow": {"logins": [value], "node_labels": {"env": [value]}}}})
+    assert message in str(info.value) and 'role "r"' in str(info.value)

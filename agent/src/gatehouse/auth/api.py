@@ -20,6 +20,7 @@ from ..durations import parse_ttl
 from ..errors import AccessDenied, BadParameter
 from ..httputil import error_middleware, make_server_context, peer_subject, read_json
 from ..wire import AUTH_PORT, FORWARDED_IDENTITY, NODE_PORT, WEB_PORT
+from . import sso_api
 from .authz import Identity
 from .service import AuthService
 
@@ -81,6 +82,7 @@ class AuthAPI:
         r.add_get("/v1/hostcas", self.host_cas)
         r.add_get("/v1/whoami", self.whoami)
         r.add_post("/v1/access/check", self.access_check)
+        sso_api.add_routes(r, self)
 
     def ident(self, request: web.Request, required: bool = True) -> Identity:
         ident = identity_from_request(request, self.svc.cluster_name)
@@ -97,7 +99,8 @@ class AuthAPI:
 
     async def get_resources(self, request):
         items = await self.svc.resources.get(self.ident(request), request.match_info["kind"],
-                                             request.match_info.get("name"))
+                                             request.match_info.get("name"),
+                                             with_secrets=request.query.get("with_secrets", "") == "true")
         return web.json_response({"items": items})
 
     async def put_resource(self, request):

@@ -11,6 +11,10 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     tunnels/<leaf>/<root proxy>   root side: a root proxy's tunnel to a leaf
     tunnel_agents/<root>/<proxy>  leaf side: which root proxies a leaf proxy holds tunnels to
     proxies/<name>                root proxies (expire without heartbeats)
+    oidc_connectors/<name>        single sign-on connectors (kind: oidc)
+    sso_requests/<id>             SSO logins in progress (expire; single use)
+    sso_users/<name>              which connector and subject a single sign-on user came from
+                                  (expires with the user record it describes)
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ NODES_PREFIX = "nodes/"
 TRUSTED_CLUSTERS_PREFIX = "trusted_clusters/"
 REMOTE_CLUSTERS_PREFIX = "remote_clusters/"
 PROXIES_PREFIX = "proxies/"
+OIDC_PREFIX = "oidc_connectors/"
+SSO_REQUESTS_PREFIX = "sso_requests/"
+SSO_USERS_PREFIX = "sso_users/"
 
 #: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
 SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PREFIX, REMOTE_CLUSTERS_PREFIX,
@@ -30,7 +37,8 @@ SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PR
 
 #: Resource kinds stored one record per name under a prefix.
 _KIND_PREFIXES = {"user": USERS_PREFIX, "role": ROLES_PREFIX, "token": TOKENS_PREFIX, "node": NODES_PREFIX,
-                  "trusted_cluster": TRUSTED_CLUSTERS_PREFIX, "remote_cluster": REMOTE_CLUSTERS_PREFIX}
+                  "trusted_cluster": TRUSTED_CLUSTERS_PREFIX, "remote_cluster": REMOTE_CLUSTERS_PREFIX,
+                  "oidc": OIDC_PREFIX}
 
 
 def kind_prefix(kind: str) -> str:
@@ -101,3 +109,15 @@ def tunnel_agents_of(root: str) -> str:
 
 def proxy(name: str) -> str:
     return PROXIES_PREFIX + name
+
+
+def oidc_connector(name: str) -> str:
+    return OIDC_PREFIX + name
+
+
+def sso_request(request_id: str) -> str:
+    return SSO_REQUESTS_PREFIX + request_id
+
+
+def sso_user(name: str) -> str:
+    return SSO_USERS_PREFIX + name

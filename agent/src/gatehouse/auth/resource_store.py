@@ -9,6 +9,7 @@ whether the write would change anything (`resources.same`).
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from .. import resources
@@ -20,6 +21,8 @@ from .authz import Identity, require_admin
 #: Kinds whose events trust.py and tokens.py write themselves, with more detail.
 _SELF_AUDITED = ("trusted_cluster", "remote_cluster", "token")
 DEFAULT_TOKEN_TTL = 30 * 60
+#: Kinds stored with their secret fields as written (a token keeps a hash, a trusted cluster none).
+_STORED_SECRETS = ("oidc",)
 
 
 def not_found(kind: str, name: str | None):
@@ -37,7 +40,9 @@ class ResourceStore:
         self.audit = svc.audit
 
     # ------------------------------------------------------------------ read
-    async def get(self, ident: Identity, kind: str, name: str | None = None) -> list[dict]:
+    async def get(self, ident: Identity, kind: str, name: str | None = None, *,
+                  with_secrets: bool = False) -> list[dict]:
+        """Resources as stored; secret fields (an oidc connector's client_secret) only WITH_SECRETS."""
         kind = resources.canonical_kind(kind)
         if kind == "token":
             items = await self.svc.tokens.list(ident)
@@ -56,10 +61,12 @@ class ResourceStore:
             return await self.svc.trust.trusted_clusters(name)
         if name is not None:
             try:
-                return [(await self.backend.get(keys.resource(kind, name))).value]
+                items = [(await self.backend.get(keys.resource(kind, name))).value]
             except NotFound:
                 not_found(kind, name)
-        return [i.value for i in await self.backend.get_range(keys.kind_prefix(kind))]
+        else:
+            items = [i.value for i in await self.backend.get_range(keys.kind_prefix(kind))]
+        return [resources.redact(i, with_secrets=with_secrets) for i in items]
 
     async def _current(self, ident: Identity, kind: str, name: str) -> dict | None:
         """What is stored now under KIND/NAME, as `gatectl get` shows it without its status; None if absent."""
@@ -83,11 +90,24 @@ class ResourceStore:
         created = await handler(ident, res, force, dry_run)
         shown = resources.redact(res)
         if dry_run:
-            return {"resource": shown, "created": created, "current": current,
-                    "changed": created or not resources.same(shown, current)}
+            secret_changed = current is not None and await self._secret_changed(kind, name, res)
+            return {"resource": shown, "created": created, "current": current, "secret_changed": secret_changed,
+                    "changed": created or secret_changed or not resources.same(shown, current)}
         if kind not in _SELF_AUDITED:
             self.audit.emit(f"{kind}.{'create' if created else 'update'}", user=ident.name, name=name)
         return {"resource": shown, "created": created}
+
+    async def _secret_changed(self, kind: str, name: str, res: dict) -> bool:
+        """Whether a write would change a secret field that the dry run's answer leaves out."""
+        if kind not in _STORED_SECRETS:
+            return False
+        fields = resources.SECRET_FIELDS[kind]
+        try:
+            stored = (await self.backend.get(keys.resource(kind, name))).value
+        except NotFound:
+            return False
+        return not all(hmac.compare_digest(str(stored["spec"].get(f, "")).encode(),
+                                           str(res["spec"].get(f, "")).encode()) for f in fields)
 
     async def _put_simple(self, res: dict, force: bool, dry_run: bool) -> bool:
         key = keys.resource(res["kind"], res["metadata"]["name"])
@@ -110,11 +130,19 @@ class ResourceStore:
         return await self._put_simple(res, force, dry_run)
 
     async def _put_user(self, ident, res, force, dry_run) -> bool:
+        await self._require_roles(res["spec"]["roles"])
+        return await self._put_simple(res, force, dry_run)
+
+    async def _require_roles(self, names: list[str], who: str = "") -> None:
         existing = {keys.name_of(i.key) for i in await self.backend.get_range(keys.ROLES_PREFIX)}
-        missing = [n for n in res["spec"]["roles"] if n not in existing]
+        missing = list(dict.fromkeys(n for n in names if n not in existing))
         if missing:
-            raise BadParameter(f"role {', '.join(repr(m) for m in missing)} does not exist; create it first with "
+            raise BadParameter(f"{who}role {', '.join(repr(m) for m in missing)} does not exist; create it first with "
                                f"'gatectl create role.yaml'")
+
+    async def _put_oidc(self, ident, res, force, dry_run) -> bool:
+        await self._require_roles([r for e in res["spec"]["claims_to_roles"] for r in e["roles"] if "$" not in r],
+                                  f'oidc connector "{res["metadata"]["name"]}": ')
         return await self._put_simple(res, force, dry_run)
 
     async def _put_trusted_cluster(self, ident, res, force, dry_run) -> bool:
@@ -153,7 +181,7 @@ class ResourceStore:
             await self.svc.trust.delete_trusted_cluster(ident, name)
         elif kind == "remote_cluster":
             await self.svc.trust.delete_remote_cluster(ident, name)
-        elif kind in ("user", "role"):
+        elif kind in ("user", "role", "oidc"):
             await self._delete_simple(kind, name)
             self.audit.emit(f"{kind}.delete", user=ident.name, name=name)
         else:

@@ -45,9 +45,11 @@ class AuthService:
         self.relay = LeafRelay(backend, cfg.data_dir)
         self._ca_cache: dict[str, dict] = {}
         from .resource_store import ResourceStore
+        from .sso import SSOLogins
         from .trust import TrustManager
         self.trust = TrustManager(self)
         self.resources = ResourceStore(self)
+        self.sso = SSOLogins(self)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -199,11 +201,13 @@ class AuthService:
         self.audit.emit("user.login", user=user, addr=client_addr, method="password")
         return certs
 
-    async def issue_user_certs(self, user: dict, ssh_public: str, tls_public: str, ttl: int) -> dict:
+    async def issue_user_certs(self, user: dict, ssh_public: str, tls_public: str, ttl: int,
+                               connector: str = "") -> dict:
+        """The user's SSH and X.509 certificates; CONNECTOR ("oidc/NAME") names a single sign-on login."""
         name = user["metadata"]["name"]
         checker = await self.checker_for_user(user)
         opts = checker.cert_options()
-        ttl = max(60, min(ttl or opts["ttl"], opts["ttl"], USER_CERT_MAX_TTL))
+        ttl = user_cert_ttl(ttl, opts["ttl"])
         now = int(time.time())
         logins = checker.logins()
         traits = dict(user["spec"]["traits"])
@@ -212,7 +216,7 @@ class AuthService:
             user["spec"]["roles"], traits, self.cluster_name,
             permit_pty=opts["permit_pty"], permit_port_forwarding=opts["permit_port_forwarding"],
             permit_agent_forwarding=opts["permit_agent_forwarding"],
-            permit_x11_forwarding=opts["permit_x11_forwarding"])
+            permit_x11_forwarding=opts["permit_x11_forwarding"], connector=connector)
         # An empty principal list would mean "any login" to OpenSSH; never issue that.
         principals = logins or [NOLOGIN_PRINCIPAL]
         ssh_cert = pki.sign_ssh_cert(ca["private"], ssh_public, cert_type="user", key_id=name,
@@ -221,10 +225,12 @@ class AuthService:
         tls_cert = await self.issue_tls(tls_public, name=name, kind="user", ttl=ttl)
         info = pki.parse_ssh_cert(ssh_cert)
         self.audit.emit("cert.create", user=name, cert_type="user", principals=logins,
-                        roles=user["spec"]["roles"], expires=now_iso(now + ttl), serial=info.serial)
+                        roles=user["spec"]["roles"], expires=now_iso(now + ttl), serial=info.serial,
+                        connector=connector or None)
         return {"ssh_cert": ssh_cert, "tls_cert": tls_cert, "ttl": ttl, **await self.ca_bundle(),
                 "host_cas": await self._host_cas_visible_to(checker),
-                "user": {"name": name, "roles": user["spec"]["roles"], "logins": logins, "traits": traits}}
+                "user": {"name": name, "roles": user["spec"]["roles"], "logins": logins, "traits": traits,
+                         "connector": connector}}
 
     # ----------------------------------------------------------------- nodes
     async def heartbeat_node(self, ident: Identity, name: str, addr: str, labels: dict, hostname: str,
@@ -377,6 +383,12 @@ class AuthService:
 
 
 # --------------------------------------------------------------------- helpers
+def user_cert_ttl(requested: int, role_ttl: int) -> int:
+    """A user certificate's lifetime: the request (or the roles' limit), never past the roles' shortest
+    max_session_ttl nor USER_CERT_MAX_TTL, and at least a minute."""
+    return max(60, min(requested or role_ttl, role_ttl, USER_CERT_MAX_TTL))
+
+
 def _fingerprint(ca: dict) -> str:
     return pki.tls_fingerprint(ca["public"]) if ca["type"] == "tls" else pki.ssh_fingerprint(ca["public"])
 

@@ -37,6 +37,19 @@ def read_secret(prompt: str, from_stdin: bool, confirm: bool = False) -> str:
     return value
 
 
+def print_version(fmt: str = "text") -> int:
+    """`gate version` / `gatectl version`: "Gatehouse v1.0.0 python3.11.7" (or JSON)."""
+    import json
+    import platform
+
+    from .. import __version__
+    if fmt == "json":
+        print(json.dumps({"version": __version__, "python": platform.python_version()}))
+    else:
+        print(f"Gatehouse v{__version__} python{platform.python_version()}")
+    return 0
+
+
 def labels_text(labels: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 

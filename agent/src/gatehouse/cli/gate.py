@@ -13,7 +13,7 @@ import time
 
 from ..errors import BadParameter, GatehouseError, TLSProblem
 from ..wire import NODE_PORT, PING_PATH, WEB_PORT
-from .common import labels_text, read_secret, run, table
+from .common import labels_text, print_version, read_secret, run, table
 
 CERT_EXTENSIONS_SHOWN = ("permit-agent-forwarding", "permit-port-forwarding", "permit-pty",
                          "permit-X11-forwarding", "permit-user-rc")
@@ -23,7 +23,10 @@ def cmd_login(args) -> int:
     from .. import pki
     from ..client import APIClient
     from ..config import split_hostport
+    from ..durations import parse_ttl
     from ..profile import save_profile
+    if not args.proxy:
+        return _select_cluster(args.cluster)
     host, port = split_hostport(args.proxy, WEB_PORT)
     web = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     api = APIClient(f"https://{web}", insecure=args.insecure)
@@ -33,14 +36,54 @@ def cmd_login(args) -> int:
         raise TLSProblem(f"the proxy at {web} presented a certificate that cannot be verified (is it "
                          f"self-signed?); configure a trusted certificate, or pass --insecure in test "
                          f"setups") from None
-    user = args.user or os.environ.get("USER") or "root"
-    password = read_secret(f"Enter password for Gatehouse user {user}: ", args.password_stdin)
-    ssh_key = pki.new_ssh_key(comment=f"gate:{user}")
-    tls_key, tls_pub = pki.new_tls_key()
-    from ..durations import parse_ttl
-    result = api.post("/webapi/login", {"user": user, "password": password, "ssh_public_key": ssh_key.public_line,
-                                         "tls_public_key": tls_pub, "ttl": parse_ttl(args.ttl) if args.ttl else 0})
+    ttl = parse_ttl(args.ttl) if args.ttl else 0
+    if args.auth:
+        ssh_key = pki.new_ssh_key(comment=f"gate:sso:{args.auth}")
+        tls_key, tls_pub = pki.new_tls_key()
+        result = _sso_login(api, args, ssh_key.public_line, tls_pub, ttl)
+    else:
+        if args.device:
+            raise BadParameter("--device is for single sign-on; add --auth=NAME with the connector to log in with")
+        user = args.user or os.environ.get("USER") or "root"
+        password = read_secret(f"Enter password for Gatehouse user {user}: ", args.password_stdin)
+        ssh_key = pki.new_ssh_key(comment=f"gate:{user}")
+        tls_key, tls_pub = pki.new_tls_key()
+        result = api.post("/webapi/login", {"user": user, "password": password,
+                                             "ssh_public_key": ssh_key.public_line, "tls_public_key": tls_pub,
+                                             "ttl": ttl})
     profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure)
+    if args.cluster:
+        _check_cluster(profile, args.cluster)
+        profile.select_cluster(args.cluster)
+    _print_status(profile)
+    return 0
+
+
+def _sso_login(api, args, ssh_public: str, tls_public: str, ttl: int) -> dict:
+    """Certificates from a single sign-on login through the proxy (ssologin.py)."""
+    from .. import ssologin
+    if args.device:
+        return ssologin.device_login(api, args.auth, ssh_public, tls_public, ttl)
+    return ssologin.browser_login(api, args.auth, ssh_public, tls_public, ttl, browser=args.browser)
+
+
+def _check_cluster(profile, name: str) -> None:
+    """NAME is the root or a leaf the user can reach (what 'gate clusters' lists)."""
+    names = [c["name"] for c in profile.api().get("/webapi/clusters")["items"]]
+    if name not in names:
+        raise BadParameter(f'cluster "{name}" is not one you can reach from "{profile.cluster}" (you can reach '
+                           f"{', '.join(names)}); pick one that 'gate clusters' lists")
+
+
+def _select_cluster(name: str | None) -> int:
+    """`gate login LEAF` with a valid login: make LEAF the cluster later commands use."""
+    from ..profile import load_profile
+    if not name:
+        raise BadParameter("name the proxy to log in to, e.g. gate login --proxy=root.example.com:3080 --user=NAME")
+    profile = load_profile()
+    profile.require_valid()
+    _check_cluster(profile, name)
+    profile.select_cluster(name)
     _print_status(profile)
     return 0
 
@@ -52,32 +95,55 @@ def cmd_logout(args) -> int:
     return 0
 
 
-def _print_status(profile) -> None:
+def _status(profile) -> dict:
+    """What the certificate says, in the shape `tsh status -f json` gives under "active"."""
     info = profile.cert_info()
-    left = int(info.valid_before - time.time())
+    return {"profile_url": f"https://{profile.web_addr}", "username": info.key_id,
+            "cluster": profile.selected_cluster, "root_cluster": profile.cluster, "roles": list(info.roles),
+            "logins": [p for p in info.principals if not p.startswith("-")], "traits": dict(info.traits),
+            "connector": info.connector,
+            "valid_until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.valid_before)),
+            "extensions": [e for e in sorted(info.extensions) if e in CERT_EXTENSIONS_SHOWN]}
+
+
+def _print_status(profile) -> None:
     from ..durations import format_duration
-    valid = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.valid_before))
+    status = _status(profile)
+    valid_before = profile.cert_info().valid_before
+    left = int(valid_before - time.time())
+    valid = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(valid_before))
     valid += f" [valid for {format_duration(left)}]" if left > 0 else " [EXPIRED]"
-    logins = [p for p in info.principals if not p.startswith("-")]
-    exts = [e for e in sorted(info.extensions) if e in CERT_EXTENSIONS_SHOWN]
-    rows = [("Profile URL:", f"https://{profile.web_addr}"), ("Logged in as:", info.key_id),
-            ("Cluster:", profile.cluster), ("Roles:", ", ".join(info.roles)),
-            ("Logins:", ", ".join(logins) or "(none)"), ("Valid until:", valid),
-            ("Extensions:", ", ".join(exts))]
-    traits = {k: v for k, v in info.traits.items() if k != "logins"}
+    rows = [("Profile URL:", status["profile_url"]), ("Logged in as:", status["username"]),
+            ("Cluster:", status["cluster"])]
+    if status["cluster"] != status["root_cluster"]:
+        rows.append(("Root cluster:", status["root_cluster"]))
+    if status["connector"]:
+        rows.append(("Connector:", status["connector"]))
+    rows += [("Roles:", ", ".join(status["roles"])), ("Logins:", ", ".join(status["logins"]) or "(none)"),
+             ("Valid until:", valid), ("Extensions:", ", ".join(status["extensions"]))]
+    traits = {k: v for k, v in status["traits"].items() if k != "logins"}
     if traits:
         rows.append(("Traits:", "; ".join(f"{k}={','.join(v)}" for k, v in sorted(traits.items()))))
     print("> " + "\n  ".join(f"{k:<14}{v}" for k, v in rows))
 
 
+def _leaf_mappings(profile) -> list[dict]:
+    try:
+        return profile.api().get("/webapi/mappings")["items"] if profile.cert_info().valid_before > time.time() else []
+    except GatehouseError:
+        return []  # offline or an older proxy: the certificate part is still right
+
+
 def cmd_status(args) -> int:
     from ..profile import load_profile
     profile = load_profile()
+    if args.format == "json":
+        import json
+        active = {**_status(profile), "leaf_roles": _leaf_mappings(profile)}
+        print(json.dumps({"active": active, "profiles": []}, indent=2))
+        return 0
     _print_status(profile)
-    try:
-        leaves = profile.api().get("/webapi/mappings")["items"] if profile.cert_info().valid_before > time.time() else []
-    except GatehouseError:
-        leaves = []  # offline or an older proxy: the certificate part above is still right
+    leaves = _leaf_mappings(profile)
     for i, leaf in enumerate(leaves):
         if leaf.get("mapped_roles"):
             text = ", ".join(leaf["mapped_roles"])
@@ -91,7 +157,8 @@ def cmd_ls(args) -> int:
     from ..profile import load_profile
     profile = load_profile()
     profile.require_valid()
-    params = {"cluster": args.cluster} if args.cluster else None
+    cluster = args.cluster or profile.selected_cluster
+    params = {"cluster": cluster} if cluster != profile.cluster else None
     items = profile.api().get("/webapi/nodes", params=params)["items"]
     if args.format == "json":
         import json
@@ -108,7 +175,13 @@ def cmd_clusters(args) -> int:
     profile = load_profile()
     profile.require_valid()
     items = profile.api().get("/webapi/clusters")["items"]
-    selected = args.cluster or profile.cluster
+    selected = args.cluster or profile.selected_cluster
+    if args.format == "json":
+        import json
+        print(json.dumps([{"cluster_name": c["name"], "status": c["status"], "cluster_type": c["type"],
+                           "labels": c.get("labels") or {}, "selected": c["name"] == selected} for c in items],
+                         indent=2))
+        return 0
     rows = [[c["name"], c["status"], c["type"], labels_text(c.get("labels", {})),
              "*" if c["name"] == selected else ""] for c in items]
     print(table(["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"], rows))
@@ -140,7 +213,7 @@ def cmd_ssh(args) -> int:
         raise BadParameter("name the target as login@node, e.g. gate ssh root@node1")
     from ..sshclient import run_ssh
     command = " ".join(args.command) if args.command else None
-    return run_ssh(profile, login, node, args.cluster or profile.cluster, command, args.port,
+    return run_ssh(profile, login, node, args.cluster or profile.selected_cluster, command, args.port,
                    force_tty=args.tty, no_tty=args.no_tty)
 
 
@@ -148,20 +221,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate", description="Gatehouse client: one login, SSH to every cluster.")
     sub = p.add_subparsers(dest="command_name", required=True)
     login = sub.add_parser("login", help="log in to a cluster through its proxy")
-    login.add_argument("--proxy", required=True, help=f"proxy web address HOST:PORT (default port {WEB_PORT})")
-    login.add_argument("--user", help="Gatehouse user name (default: $USER)")
+    login.add_argument("cluster", nargs="?", help="a leaf cluster to select for later commands (default: the root); "
+                                                  "without --proxy, switch to it using the current login")
+    login.add_argument("--proxy", help=f"proxy web address HOST:PORT (default port {WEB_PORT})")
+    login.add_argument("--user", help="Gatehouse user name for a password login (default: $USER)")
+    login.add_argument("--auth", help="single sign-on: the name of the oidc connector to log in with")
+    login.add_argument("--browser", choices=["default", "none"], default="default",
+                       help="with --auth: 'none' only prints the URL to open instead of opening a browser")
+    login.add_argument("--device", action="store_true",
+                       help="with --auth: the device flow, for machines without a browser (approve on another device)")
     login.add_argument("--insecure", action="store_true", help="accept a self-signed proxy certificate (tests only)")
     login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (bounded by your roles)")
     login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     login.set_defaults(func=cmd_login)
     sub.add_parser("logout", help="remove all local credentials").set_defaults(func=cmd_logout)
-    sub.add_parser("status", help="show the current login").set_defaults(func=cmd_status)
+    status = sub.add_parser("status", help="show the current login")
+    status.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    status.set_defaults(func=cmd_status)
+    version = sub.add_parser("version", help="print the version of gate")
+    version.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    version.set_defaults(func=lambda args: print_version(args.format))
     ls = sub.add_parser("ls", help="list nodes")
     ls.add_argument("--cluster", help="cluster to list (default: the one you logged in to)")
     ls.add_argument("--format", choices=["text", "json"], default="text")
     ls.set_defaults(func=cmd_ls)
     clusters = sub.add_parser("clusters", help="list the root and leaf clusters you can reach")
     clusters.add_argument("--cluster", help=argparse.SUPPRESS)
+    clusters.add_argument("-f", "--format", choices=["text", "json"], default="text")
     clusters.set_defaults(func=cmd_clusters)
     sub.add_parser("config", help="print an OpenSSH client config for stock ssh and Ansible").set_defaults(
         func=cmd_config)

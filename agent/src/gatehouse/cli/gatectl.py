@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..errors import BadParameter
-from .common import labels_text, read_secret, run, table
+from .common import labels_text, print_version, read_secret, run, table
 
 
 def _client(args):
@@ -51,12 +51,14 @@ def _expiry_text(expires: str) -> str:
 # --------------------------------------------------------------------------- commands
 def cmd_status(args) -> int:
     st = _client(args).get("/v1/status")
-    print(f"Cluster  {st['cluster_name']}")
-    print(f"Version  {st['version']}")
+    rows = [("Cluster", st["cluster_name"]), ("Version", st["version"])]
     for ca in st["cas"]:
         label = f"{ca['type']} CA" + ("" if ca["cluster_name"] == st["cluster_name"] else f" ({ca['cluster_name']})")
-        print(f"{label:<9}{ca['fingerprint']}{'' if ca['active'] else ' (inactive)'}")
-    print("Counts   " + ", ".join(f"{n} {k}s" for k, n in st["counts"].items()))
+        rows.append((label, ca["fingerprint"] + ("" if ca["active"] else " (inactive)")))
+    rows.append(("Counts", ", ".join(f"{n} {k}s" for k, n in st["counts"].items())))
+    width = max(len(label) for label, _ in rows) + 2  # a long label never runs into its value
+    for label, value in rows:
+        print(f"{label:<{width}}{value}")
     return 0
 
 
@@ -140,6 +142,21 @@ def cmd_users_ls(args) -> int:
     return 0
 
 
+def cmd_users_update(args) -> int:
+    """Change a user's roles (or logins) and keep the rest of the record."""
+    if args.set_roles is None and args.set_logins is None:
+        raise BadParameter(f"say what to change, e.g. gatectl users update {args.name} --set-roles=access,auditor")
+    client = _client(args)
+    user = client.get(f"/v1/resources/user/{args.name}")["items"][0]
+    if args.set_roles is not None:
+        user["spec"]["roles"] = [r.strip() for r in args.set_roles.split(",") if r.strip()]
+    if args.set_logins is not None:
+        user["spec"]["traits"]["logins"] = [x.strip() for x in args.set_logins.split(",") if x.strip()]
+    client.put("/v1/resources", {"resource": user, "force": True})
+    print(f'User "{args.name}" has been updated')
+    return 0
+
+
 def cmd_users_rm(args) -> int:
     _client(args).delete(f"/v1/resources/user/{args.name}")
     print(f'User "{args.name}" has been deleted')
@@ -166,11 +183,11 @@ def cmd_create(args) -> int:
 
 
 def cmd_get(args) -> int:
-    from ..resources import parse_ref
+    from ..resources import parse_ref, render
     kind, name = parse_ref(args.ref)
     path = f"/v1/resources/{kind}" + (f"/{name}" if name else "")
-    items = _client(args).get(path)["items"]
-    print(_render(items, args.format if args.format != "text" else "yaml"))
+    items = _client(args).get(path, params={"with_secrets": "true"} if args.with_secrets else None)["items"]
+    print(render(items, args.format if args.format != "text" else "yaml", with_secrets=args.with_secrets))
     return 0
 
 
@@ -281,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     add(sub, "status", cmd_status, "cluster status: name, version, CA fingerprints")
+    version = sub.add_parser("version", help="print the version of gatectl")
+    version.add_argument("-f", "--format", choices=["text", "json"], default="text")
+    version.set_defaults(func=lambda args: print_version(args.format))
     tokens = sub.add_parser("tokens", help="join tokens").add_subparsers(dest="sub", required=True)
     t_add = add(tokens, "add", cmd_tokens_add, "create a join token")
     t_add.add_argument("--type", required=True, help="trusted_cluster, node or proxy (comma-separated)")
@@ -303,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     u_pw.add_argument("name")
     u_pw.add_argument("--password-stdin", action="store_true")
     add(users, "ls", cmd_users_ls, "list users")
+    u_up = add(users, "update", cmd_users_update, "change a user's roles or logins")
+    u_up.add_argument("name")
+    u_up.add_argument("--set-roles", help="replace the user's roles, comma-separated")
+    u_up.add_argument("--set-logins", help="replace the user's logins trait, comma-separated")
     u_rm = add(users, "rm", cmd_users_rm, "delete a user")
     u_rm.add_argument("name")
 
@@ -310,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("file")
     create.add_argument("-f", "--force", action="store_true", help="overwrite existing resources")
     get = add(sub, "get", cmd_get, "print resources as YAML (or --format json)", fmt="yaml")
-    get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc")
+    get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc, oidc/corp")
+    get.add_argument("--with-secrets", action="store_true",
+                     help="include secrets such as an oidc connector's client_secret (keep the output safe)")
     access = sub.add_parser("access", help="explain access decisions").add_subparsers(dest="sub", required=True)
     check = add(access, "check", cmd_access_check, "explain whether a user may log in to a node, and why")
     check.add_argument("--user", required=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from ..access import AccessChecker, Decision, checker_for_identity
+from ..traits import referenced_traits
 from .cache import ClusterCache
 
 _MAX_CACHED = 4096
@@ -36,6 +37,17 @@ class CheckerCache:
                                        self.cache.roles())
             self._checkers[key] = hit
         return hit
+
+    def traits_used(self, cluster: str, roles: list[str], traits: dict, principals: list[str], ca: dict,
+                    role_names: list[str]) -> dict[str, list[str]]:
+        """The traits (name → values) that the templates of the local roles ROLE_NAMES read for this
+        identity: what a decision made with those roles was made with (for the audit log)."""
+        checker, _mapped, _denial = self.checker(cluster, roles, traits, principals, ca)
+        if checker is None:
+            return {}
+        local = self.cache.roles()
+        names = referenced_traits([local[r].get("spec") for r in role_names if r in local])
+        return {name: checker.traits[name] for name in names if name in checker.traits}
 
     def check(self, cluster: str, roles: list[str], traits: dict, principals: list[str], ca: dict,
               login: str, node_name: str, node_labels: dict) -> Decision:

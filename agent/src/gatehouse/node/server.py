@@ -75,7 +75,7 @@ class NodeService:
         decision = self.ctx.checkers.check(user.cluster, cert.roles, cert.traits, cert.principals, user.ca,
                                          user.login, self.name, self.labels)
         fields = dict(user=user.name, login=user.login, node=self.name, user_cluster=user.cluster,
-                      roles=cert.roles, addr=user.peer, reason=decision.reason)
+                      roles=cert.roles, addr=user.peer, reason=decision.reason, **self.identity_fields(user, decision))
         if user.cluster != self.cache.cluster_name:
             fields["mapped_roles"] = decision.roles
         if decision.allowed:
@@ -85,10 +85,19 @@ class NodeService:
             self.audit.emit("access.denied", success=False, **fields)
         return decision
 
+    def identity_fields(self, user: CertUser, decision) -> dict:
+        """For the audit log: the single sign-on connector of the login (if any) and the traits the
+        deciding roles' templates read (the root's claims, for a user of a trusted root)."""
+        cert = user.cert
+        return {"connector": cert.connector or None,
+                "traits": self.ctx.checkers.traits_used(user.cluster, cert.roles, cert.traits, cert.principals,
+                                                        user.ca, decision.roles) or None}
+
     async def run(self, process: asyncssh.SSHServerProcess, user: CertUser, decision) -> None:
         permit_pty = user.cert.extensions.get("permit-pty") is not None
         start = dict(user=user.name, login=user.login, node=self.name, user_cluster=user.cluster,
-                     command=process.command, addr=user.peer, roles=decision.roles)
+                     command=process.command, addr=user.peer, roles=decision.roles,
+                     **self.identity_fields(user, decision))
         if process.subsystem:
             start["subsystem"] = process.subsystem
         self.audit.emit("session.start", **start)

@@ -22,6 +22,7 @@ from ..member.context import MemberContext
 from ..member.routing import cluster_not_found
 from ..wire import (FORWARDED_IDENTITY, LEAF_ACCESS_CHECK_PATH, PING_PATH, PROXY_SSH_PORT, TUNNEL_PORT,
                     VALIDATE_PATH, WEB_PORT)
+from . import sso
 
 log = logging.getLogger("gatehouse.proxy.web")
 
@@ -45,6 +46,7 @@ class ProxyWeb:
         r.add_post(VALIDATE_PATH, self.validate_trust)
         r.add_get("/webapi/mappings", self.mappings)
         r.add_post(LEAF_ACCESS_CHECK_PATH, self.leaf_access_check)
+        sso.add_routes(r, self)
 
     def _ssh_addr(self) -> str:
         return self.cfg.proxy.ssh_public_addr or public_addr(

@@ -121,6 +121,12 @@ _TEXT_COLUMNS = {
                        ("STATUS", lambda r: _g(r, "status", "connection")),
                        ("LAST HEARTBEAT", lambda r: _g(r, "status", "last_heartbeat")),
                        ("LABELS", lambda r: _fmt_labels(_g(r, "metadata", "labels", default={})))),
+    "oidc": (("NAME", lambda r: _g(r, "metadata", "name")),
+             ("ISSUER", lambda r: _g(r, "spec", "issuer_url")),
+             ("CLIENT ID", lambda r: _g(r, "spec", "client_id")),
+             ("CLAIMS TO ROLES", lambda r: "; ".join(
+                 f"{e.get('claim')}={e.get('value')} -> {_fmt_list(e.get('roles', []))}"
+                 for e in _g(r, "spec", "claims_to_roles", default=[]) if isinstance(e, dict)))),
     "node": (("NAME", lambda r: _g(r, "metadata", "name")),
              ("ADDRESS", lambda r: _g(r, "spec", "addr")),
              ("LABELS", lambda r: _fmt_labels(_g(r, "metadata", "labels", default={})))),

@@ -25,6 +25,10 @@ Kinds and their normalised shapes:
   which means "dial where the root says its tunnel listener is" (:func:`tunnel_dial_addr`).
 * ``remote_cluster`` (v3) — ``metadata {name, labels}``, ``status {connection,
   last_heartbeat}``; a file can change only its labels.
+* ``oidc`` (v2, v3; default v3) — an OpenID Connect single sign-on connector:
+  ``spec {issuer_url, client_id, client_secret, redirect_url, scope, claims_to_roles,
+  username_claim}``; ``scope`` always holds ``openid``; ``client_secret`` is a secret
+  (SECRET_FIELDS), shown only with ``--with-secrets``.
 * ``node``, ``cert_authority`` — shown by ``gatectl get``, never created from a file.
 """
 
@@ -35,13 +39,14 @@ import datetime as _dt
 import difflib
 import re
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from ..durations import describe, parse_duration, parse_ttl
 from ..errors import BadParameter
-from ..wire import TOKEN_TYPES
+from ..wire import OIDC_CALLBACK_PATH, TOKEN_TYPES
 
 # --------------------------------------------------------------------------- kinds
-KINDS = ("role", "user", "token", "trusted_cluster", "remote_cluster", "node", "cert_authority")
+KINDS = ("role", "user", "token", "trusted_cluster", "remote_cluster", "oidc", "node", "cert_authority")
 #: Kinds the API shows but never takes from a file (remote_cluster takes only its labels).
 READ_ONLY_KINDS = ("node", "cert_authority")
 
@@ -53,6 +58,7 @@ KIND_ALIASES = {
     "rc": "remote_cluster", "remote_clusters": "remote_cluster",
     "nodes": "node",
     "ca": "cert_authority", "cas": "cert_authority", "cert_authorities": "cert_authority",
+    "oidc_connector": "oidc", "oidc_connectors": "oidc",
 }
 
 VERSIONS = {
@@ -61,11 +67,12 @@ VERSIONS = {
     "token": ("v2",),
     "trusted_cluster": ("v1", "v2"),
     "remote_cluster": ("v3",),
+    "oidc": ("v2", "v3"),
     "node": ("v2",),
     "cert_authority": ("v2",),
 }
 DEFAULT_VERSIONS = {"role": "v5", "user": "v2", "token": "v2", "trusted_cluster": "v2",
-                    "remote_cluster": "v3", "node": "v2", "cert_authority": "v2"}
+                    "remote_cluster": "v3", "oidc": "v3", "node": "v2", "cert_authority": "v2"}
 
 CA_TYPES = ("user", "host", "tls")
 CONNECTION_STATES = ("online", "offline")
@@ -73,7 +80,7 @@ DEFAULT_MAX_SESSION_TTL = 12 * 3600
 MIN_TOKEN_LENGTH = 16
 
 # Fields that hold secrets, per kind: left out of rendered output unless asked for.
-SECRET_FIELDS = {"trusted_cluster": ("token",), "token": ("token",),
+SECRET_FIELDS = {"trusted_cluster": ("token",), "token": ("token",), "oidc": ("client_secret",),
                  "cert_authority": ("private", "private_key", "private_keys")}
 
 _ROLE_OPTION_KEYS = ("max_session_ttl", "permit_pty", "permit_port_forwarding",
@@ -106,6 +113,8 @@ _NAME_RULE = "use 1-253 letters, digits, '.', '-' or '_', starting with a letter
 _USER_NAME_RULE = "use 1-253 letters, digits, '.', '-', '_' or '@', starting with a letter or digit"
 _LABEL_KEY_RE = re.compile(r"[A-Za-z0-9/._:*-]{1,253}")
 _TRAIT_NAME_RE = re.compile(r"[^\s{}\"',=]{1,253}")
+DEFAULT_OIDC_SCOPE = ("openid", "email", "profile")
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _RFC3339_RE = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.I)
 
 # --------------------------------------------------------------------------- kinds and references
@@ -174,6 +183,11 @@ def validate_name(name: Any, what: str = "name", *, kind: str | None = None) -> 
 
 
 PASSWORD_MIN_LENGTH = 8
+
+
+def is_trait_name(name: Any) -> bool:
+    """Whether NAME can be a trait (no spaces, quotes, braces, commas or "="; 1-253 characters)."""
+    return isinstance(name, str) and _TRAIT_NAME_RE.fullmatch(name) is not None
 
 
 def validate_password(password: str) -> str:
@@ -412,16 +426,15 @@ def _static_labels(ctx: _Ctx, value: Any, path: str) -> dict[str, str]:
 
 
 def _check_templates(ctx: _Ctx, values, path: str, *, indexed: bool = True) -> None:
-    """Trait templates (``{{internal.logins}}``) must parse; a missing trait is fine here."""
-    for i, value in enumerate(values):
-        if not isinstance(value, str) or "{{" not in value:
-            continue
-        from .. import traits  # lazily: traits is only needed when a template is used
+    """Trait templates (``{{internal.logins}}``, and anything with ``{{`` or ``}}``) must parse;
+    a missing trait is fine here."""
+    from .. import traits  # lazily, so importing resources does not need re2
 
+    for i, value in enumerate(values):
+        if not traits.is_template(value):
+            continue
         try:
-            traits.interpolate(value, {})
-        except LookupError:
-            pass  # the trait is missing from an empty trait set, as expected
+            traits.validate_template(value)
         except ValueError as exc:
             if not isinstance(exc, BadParameter):
                 exc = BadParameter(f'role template "{value}" is not valid ({exc}); fix the template')
@@ -433,7 +446,7 @@ def _check_logins(ctx: _Ctx, values: list[str], path: str) -> None:
     from .. import traits
 
     for i, value in enumerate(values):
-        if "{{" not in value and not traits.is_valid_login(value):
+        if not traits.is_template(value) and not traits.is_valid_login(value):
             ctx.fail(f'{path}[{i}] "{value}" is not a valid Unix login; use letters, digits, "_", "." and "-", '
                      f'starting with a letter or "_", at most {traits.MAX_LOGIN_LENGTH} characters')
 
@@ -454,7 +467,7 @@ def _selector(ctx: _Ctx, value: Any, path: str) -> dict[str, list[str]]:
             selector.update(labels.normalize_selector({key: patterns}))
         except BadParameter as exc:
             ctx.wrap(exc, where)
-        if "{{" in key:
+        if isinstance(key, str):
             _check_templates(ctx, [key], f"a key of {path}", indexed=False)
         _check_templates(ctx, selector[key], where)
     return selector
@@ -612,7 +625,7 @@ def _validate_user(ctx: _Ctx, res: dict, metadata: dict) -> dict:
                  f"not {describe(traits_in)}")
     traits = {}
     for key, values in (traits_in or {}).items():
-        if not isinstance(key, str) or not _TRAIT_NAME_RE.fullmatch(key):
+        if not is_trait_name(key):
             ctx.fail(f"spec.traits has an invalid trait name {key!r}; use a name without spaces, "
                      f"quotes or braces, e.g. logins")
         traits[key] = _string_list(ctx, values, _child("spec.traits", key))
@@ -678,8 +691,67 @@ def _validate_remote_cluster(ctx: _Ctx, res: dict, metadata: dict) -> dict:
         "last_heartbeat": _timestamp(ctx, status.get("last_heartbeat"), "status.last_heartbeat")}}
 
 
+def _url(ctx: _Ctx, value: Any, path: str, example: str, *, loopback_http: bool) -> str:
+    """An absolute https:// URL (http:// too on a loopback host when LOOPBACK_HTTP), without query or fragment."""
+    text = _required_string(ctx, value, path, f"set it to a URL, {example}")
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        ctx.fail(f'{path} "{text}" is not a valid URL; write it like {example}')
+    http_ok = loopback_http and url.hostname in _LOOPBACK_HOSTS
+    if url.scheme != "https" and not (url.scheme == "http" and http_ok):
+        ctx.fail(f'{path} "{text}" must use https:// (plain http only on a loopback address, for tests); '
+                 f"write it like {example}")
+    if not url.hostname or url.query or url.fragment or url.username or url.password:
+        ctx.fail(f'{path} "{text}" must be a plain URL with a host and no query, fragment or user name; write it '
+                 f"like {example}")
+    return text
+
+
+def _validate_oidc(ctx: _Ctx, res: dict, metadata: dict) -> dict:
+    meta = _metadata(ctx, metadata, ())
+    spec = _mapping(ctx, res.get("spec"), "spec")
+    fields = ("issuer_url", "client_id", "client_secret", "redirect_url", "scope", "claims_to_roles",
+              "username_claim")
+    _check_fields(ctx, spec, fields, "spec", hints={"redirect_urls": 'unknown field "{path}"; give the root '
+                                                                     "proxy's callback as redirect_url"})
+    issuer = _url(ctx, spec.get("issuer_url"), "spec.issuer_url", "https://idp.example.com/realms/corp",
+                  loopback_http=True)
+    example = f"https://root.example.com:3080{OIDC_CALLBACK_PATH}"
+    if isinstance(spec.get("redirect_url"), list):
+        ctx.fail(f"spec.redirect_url must be one URL, the root proxy's callback, e.g. {example}")
+    redirect = _url(ctx, spec.get("redirect_url"), "spec.redirect_url", example, loopback_http=False)
+    if urlsplit(redirect).path != OIDC_CALLBACK_PATH:
+        ctx.fail(f'spec.redirect_url "{redirect}" must be the root proxy\'s callback, ending in '
+                 f"{OIDC_CALLBACK_PATH}, e.g. {example}")
+    scope = spec.get("scope")
+    scope = _string_list(ctx, scope.split() if isinstance(scope, str) else scope, "spec.scope")
+    scope = list(dict.fromkeys(["openid", *(scope or DEFAULT_OIDC_SCOPE)]))
+    from .. import claims  # lazily: claims needs re2
+
+    try:
+        claims_to_roles = claims.validate_claims_to_roles(copy.deepcopy(spec.get("claims_to_roles")))
+    except BadParameter as exc:
+        ctx.wrap(exc, "spec.claims_to_roles", lead="claims_to_roles")
+    return {"metadata": meta, "spec": {
+        "issuer_url": issuer,
+        "client_id": _required_string(ctx, spec.get("client_id"), "spec.client_id",
+                                      "set it to the client ID the identity provider gave Gatehouse"),
+        "client_secret": _required_string(ctx, spec.get("client_secret"), "spec.client_secret",
+                                          "set it to the client secret from the identity provider (a file from "
+                                          "'gatectl get' has it only with --with-secrets)"),
+        "redirect_url": redirect,
+        "scope": scope,
+        "claims_to_roles": claims_to_roles,
+        "username_claim": _string(ctx, spec.get("username_claim"), "spec.username_claim",
+                                  default=claims.DEFAULT_USERNAME_CLAIM) or claims.DEFAULT_USERNAME_CLAIM,
+    }}
+
+
 _VALIDATORS = {"role": _validate_role, "user": _validate_user, "token": _validate_token,
-               "trusted_cluster": _validate_trusted_cluster, "remote_cluster": _validate_remote_cluster}
+               "trusted_cluster": _validate_trusted_cluster, "remote_cluster": _validate_remote_cluster,
+               "oidc": _validate_oidc}
 
 
 # --------------------------------------------------------------------------- trusted_cluster addresses

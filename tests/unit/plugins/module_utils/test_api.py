@@ -232,3 +232,15 @@ def test_not_found_is_none_for_reads(identity, monkeypatch):
     assert client.get_resource("role", "x") is None
     assert client.delete_resource("role", "x") is False
     assert client.delete_token("x") is False
+
+
+def test_a_changed_secret_is_marked_without_its_value():
+    from ansible_collections.gatehouse.clusters.plugins.module_utils.api import mark_secret_changed, secret_fields
+    shown = {"kind": "oidc", "spec": {"client_id": "gh"}}
+    request = {"kind": "oidc", "spec": {"client_id": "gh", "client_secret": "new-secret"}}
+    assert secret_fields(request, shown) == ["client_secret"]
+    result_diff = {"before": {"kind": "oidc", "spec": {"client_id": "gh"}}, "after": dict(shown)}
+    mark_secret_changed(result_diff, ["client_secret"])
+    assert result_diff["before"]["spec"]["client_secret"] == "(secret)"
+    assert result_diff["after"]["spec"]["client_secret"] == "(secret, changed)"
+    assert "new-secret" not in repr(result_diff)

@@ -136,3 +136,24 @@ def test_diff_never_carries_secrets():
                  "before_header": "trusted_cluster/root", "after_header": "trusted_cluster/root"}
     assert tc["spec"]["token"] == "s3cret"  # the caller's copy is untouched
     assert r.diff(tc, None, "x")["after"] == {}
+
+
+def test_oidc_request():
+    params = {"name": "corp", "state": "present", "issuer_url": "https://idp.example.com", "client_id": "gh",
+              "client_secret": "s3cret-0123456789", "redirect_url": "https://r:3080/webapi/oidc/callback",
+              "scope": None, "username_claim": None,
+              "claims_to_roles": [{"claim": "groups", "value": "dev", "roles": ["access"]}]}
+    assert r.oidc_request("corp", params) == {"kind": "oidc", "metadata": {"name": "corp"}, "spec": {
+        "issuer_url": "https://idp.example.com", "client_id": "gh", "client_secret": "s3cret-0123456789",
+        "redirect_url": "https://r:3080/webapi/oidc/callback",
+        "claims_to_roles": [{"claim": "groups", "value": "dev", "roles": ["access"]}]}}
+    with pytest.raises(r.ResourceError) as info:
+        r.oidc_request("corp", dict(params, claims_to_roles=[{"claim": "groups", "value": "dev", "roles": []}]))
+    assert str(info.value) == "claims_to_roles[0].roles is empty; list the roles that claim groups=dev gives"
+
+
+def test_diff_never_carries_a_client_secret():
+    connector = {"kind": "oidc", "spec": {"client_id": "gh", "client_secret": "s3cret"}}
+    result = r.diff(connector, connector, "oidc/corp")
+    assert "client_secret" not in result["before"]["spec"] and "client_secret" not in result["after"]["spec"]
+    assert connector["spec"]["client_secret"] == "s3cret"  # the caller's copy is untouched

@@ -15,9 +15,13 @@ __metaclass__ = type
 import pytest
 
 from ansible_collections.gatehouse.clusters.plugins.modules import (
-    cluster_info, join_token, remote_cluster_info, remote_cluster_labels, role, trusted_cluster, user)
+    cluster_info, join_token, oidc_connector, remote_cluster_info, remote_cluster_labels, role, trusted_cluster, user)
 
-MODULES = (cluster_info, join_token, remote_cluster_info, remote_cluster_labels, role, trusted_cluster, user)
+MODULES = (cluster_info, join_token, oidc_connector, remote_cluster_info, remote_cluster_labels, role, trusted_cluster,
+           user)
+OIDC = {"name": "corp", "issuer_url": "https://idp.example.com", "client_id": "gatehouse",
+        "client_secret": "s3cret-0123456789", "redirect_url": "https://root.example.com:3080/webapi/oidc/callback",
+        "claims_to_roles": [{"claim": "groups", "value": "dev", "roles": ["access"]}]}
 
 
 @pytest.fixture
@@ -34,6 +38,7 @@ def test_valid_arguments_reach_the_connection(run_module, nowhere, module):
     args = {
         "cluster_info": {},
         "join_token": {"name": "invite"},
+        "oidc_connector": OIDC,
         "remote_cluster_info": {},
         "remote_cluster_labels": {"name": "leaf", "labels": {"env": "prod"}},
         "role": {"name": "ops", "allow": {"logins": ["root"]}},
@@ -70,6 +75,12 @@ def test_valid_arguments_reach_the_connection(run_module, nowhere, module):
      "remote cluster leaf: labels.env is null; with mode=replace leave the label out instead"),
     (remote_cluster_labels, {"name": "leaf", "labels": {}, "mode": "overwrite"}, "value of mode must be one of"),
     (cluster_info, {"timeout": "soon"}, "timeout"),
+    (oidc_connector, {"name": "corp", "client_id": "gatehouse"},
+     "state is present but all of the following are missing: issuer_url, client_secret, redirect_url, claims_to_roles"),
+    (oidc_connector, dict(OIDC, claims_to_roles=[{"claim": "groups", "value": "dev"}]),
+     "missing required arguments: roles found in claims_to_roles"),
+    (oidc_connector, dict(OIDC, claims_to_roles=[{"claim": "groups", "value": "dev", "roles": []}]),
+     "oidc corp: claims_to_roles[0].roles is empty; list the roles that claim groups=dev gives"),
 ])
 def test_bad_arguments(run_module, nowhere, module, args, message):
     result, failed = run_module(module, dict(args, data_dir=nowhere))
