@@ -29,6 +29,7 @@ def pg_server():
         find_bindir()
     except AssertionError as err:
         pytest.fail(str(err), pytrace=False)
+    PgServer.remove_stale()
     server = PgServer()
     try:
         server.init()

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 
+PREFIX = "gatehouse-pg-"
 SUPERUSER = "gatehouse"
 PASSWORD = "pg-Secret-4711"
 SERVER_USERS = ("postgres", "gatehouse-pg")
@@ -101,11 +102,13 @@ class PgServer:
     def __init__(self):
         self.bindir = find_bindir()
         self.account = _server_account()
-        self.tmp = tempfile.mkdtemp(prefix="gatehouse-pg-")
+        self.tmp = tempfile.mkdtemp(prefix=PREFIX)
         self.data = os.path.join(self.tmp, "data")
         self.tls = os.path.join(self.tmp, "tls")
         self.port = free_port()
         self._databases = 0
+        with open(os.path.join(self.tmp, "owner.pid"), "w", encoding="utf-8") as fh:
+            fh.write(str(os.getpid()))     # lets a later run clean up after a crashed one
         os.makedirs(self.tls)
         _write_tls_files(self.tls)
         self._chown(self.tmp, self.tls, *(os.path.join(self.tls, f) for f in os.listdir(self.tls)))
@@ -117,6 +120,24 @@ class PgServer:
         if self.account:
             for path in paths:
                 os.chown(path, *self.account)
+
+    @classmethod
+    def remove_stale(cls) -> None:
+        """Stop and delete servers left by test runs that died (crash, kill -9)."""
+        for tmp in glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*")):
+            try:
+                with open(os.path.join(tmp, "owner.pid"), encoding="utf-8") as fh:
+                    owner = int(fh.read().strip())
+                os.kill(owner, 0)
+                continue                      # its run is still going
+            except ProcessLookupError:
+                pass
+            except (OSError, ValueError):
+                continue                      # not ours to judge
+            stale = cls.__new__(cls)
+            stale.bindir, stale.account, stale.tmp = find_bindir(), _server_account(), tmp
+            stale.data = os.path.join(tmp, "data")
+            stale.destroy(mode="immediate")
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         extra = {"user": self.account[0], "group": self.account[1], "extra_groups": []} if self.account else {}
@@ -155,13 +176,13 @@ log_min_messages = warning
         self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.tmp, "server.log"), "-w",
                   "-t", "60", "start")
 
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
 
-    def destroy(self) -> None:
+    def destroy(self, mode: str = "fast") -> None:
         try:
             if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-                self.stop()
+                self.stop(mode)
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -1063,6 +1063,14 @@ async def test_concurrent_first_opens_create_the_schema_once(pg_server, pg_datab
     assert pg_server.query(pg_database, "SELECT version FROM gatehouse_schema_version") == [(1,)]
 
 
+async def waiting(db, timeout: float = 10) -> None:
+    """Until a wait_for_change() call has checked the database and waits on the feed."""
+    deadline = time.monotonic() + timeout
+    while not db._feed._waiters:
+        assert time.monotonic() < deadline, "wait_for_change() did not start waiting"
+        await asyncio.sleep(0.02)
+
+
 async def test_recovers_after_the_server_restarts(pg_server, pg_database, caplog):
     caplog.set_level(logging.DEBUG)
     conn_string = pg_server.conn_string(pg_database)
@@ -1072,6 +1080,7 @@ async def test_recovers_after_the_server_restarts(pg_server, pg_database, caplog
         first = await db.put("r/1", {})
         assert (await next_event(watcher)).revision == first.revision
         waiter = asyncio.ensure_future(db.wait_for_change(first.revision, 60, ["r/"]))
+        await waiting(db)
         await asyncio.to_thread(pg_server.stop)
         try:
             for call in (db.get("r/1"), db.put("r/2", {}), db.get_range("r/"), db.revision()):
@@ -1104,6 +1113,7 @@ async def test_gap_reported_when_history_was_pruned_during_an_outage(pg_server, 
         await db.put("x/0", {})
         watcher = db.watch(["roles/"])
         waiter = asyncio.ensure_future(db.wait_for_change(1, 60, ["roles/"]))
+        await waiting(db)
         await asyncio.to_thread(pg_server.stop)
         await asyncio.to_thread(pg_server.start)
         other = await postgres_mod.PostgresBackend.open(conn_string, history=3)
