@@ -116,8 +116,10 @@ WITH bump AS (
     unnest(%(event_rels)s::bigint[], %(event_types)s::text[], %(event_keys)s::text[],
            %(event_values)s::text[], %(event_expires)s::float8[]) AS u(rel, type, key, value, expires)
   WHERE u.rel > %(n)s - %(history)s   -- what pruned would delete at once (it cannot see these rows)
-), pruned AS (
-  DELETE FROM gatehouse_events WHERE revision <= (SELECT revision - %(history)s FROM bump)
+), pruned AS (   -- what just left the history (earlier writes pruned the rest); the lower
+                 -- bound makes this an index range scan rather than a full scan
+  DELETE FROM gatehouse_events WHERE revision BETWEEN
+    (SELECT revision - %(history)s - %(n)s - 1000 FROM bump) AND (SELECT revision - %(history)s FROM bump)
 )
 SELECT b.revision, pg_notify(%(channel)s, b.revision || ' ' || %(token)s)::text FROM bump b
 """
