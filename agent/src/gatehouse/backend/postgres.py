@@ -259,10 +259,11 @@ def _looks_dead(conn) -> bool:
     """An idle connection has nothing to read; if it has, the server closed it (restart,
     pg_terminate_backend) and said so. Costs no round trip."""
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()     # not select(): a busy proxy has descriptors above 1024
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 class _Pool:
