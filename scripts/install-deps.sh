@@ -16,11 +16,21 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(ha
 # of this project's kind come with Node.js 20; a bare Debian gets its own nodejs and npm.
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
+# The storage tests start their own throwaway PostgreSQL server (initdb/pg_ctl) and
+# never use the package's system cluster.
+new_postgresql=
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { need_pkgs+=(postgresql); new_postgresql=1; }
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing OS packages: ${need_pkgs[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    if [ -n "$new_postgresql" ] && command -v pg_lsclusters >/dev/null 2>&1; then
+      # Without a policy-rc.d the package starts its "main" cluster; nothing needs it.
+      pg_lsclusters --no-header | awk '$4 == "online" {print $1, $2}' | while read -r ver name; do
+        pg_ctlcluster "$ver" "$name" stop || true
+      done
+    fi
   else
     echo "missing OS packages: ${need_pkgs[*]}; install them (e.g. sudo apt-get install ${need_pkgs[*]})" >&2
     exit 1

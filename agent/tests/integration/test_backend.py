@@ -1,8 +1,15 @@
-"""Storage backend: the interface contract, exercised on real SQLite files."""
+"""Storage backend conformance: the interface contract, on real SQLite files and on a real
+PostgreSQL server (the ``backend`` fixture in conftest.py runs each test on both; ``db`` is
+one open instance, ``backend.open()`` opens more on the same storage).
+
+At the end: SQLite-only tests (file modes, WAL, sqlite config) and PostgreSQL-only tests
+(config and conn-string secrets, TLS, multi-host, schema migrations, server outages).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import stat
@@ -13,17 +20,14 @@ import time
 import pytest
 
 from gatehouse.backend import Op, SQLiteBackend, open_backend
+from gatehouse.backend import postgres as postgres_mod
 from gatehouse.backend import sqlite as sqlite_mod
 from gatehouse.errors import AlreadyExists, BadParameter, CompareFailed, GatehouseError, LimitExceeded, NotFound
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from .pgserver import PASSWORD as PG_PASSWORD
+from .pgserver import free_port
 
-
-@pytest.fixture
-async def db(tmp_path):
-    backend = await SQLiteBackend.open(str(tmp_path / "backend.sqlite"), reap_interval=0.2)
-    yield backend
-    await backend.close()
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 
 async def next_event(watcher, timeout=5.0):
@@ -37,7 +41,7 @@ async def run_python(code: str, *args: str) -> str:
         sys.executable, "-c", textwrap.dedent(code), *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        out, err = await asyncio.wait_for(proc.communicate(), 300)   # generous: shared 2-core machine
     except BaseException:
         proc.kill()
         await proc.wait()
@@ -115,13 +119,9 @@ async def test_delete_range(db):
     assert await db.delete_range("tokens/") == 0
 
 
-async def test_json_stored_canonical(db, tmp_path):
+async def test_json_stored_canonical(db, backend):
     await db.put("a/b", {"z": 1, "a": {"y": [1, "x"], "b": True}})
-    conn = sqlite3.connect(str(tmp_path / "backend.sqlite"))
-    try:
-        (text,) = conn.execute("SELECT value FROM items WHERE key = 'a/b'").fetchone()
-    finally:
-        conn.close()
+    text = backend.stored_value("a/b")
     assert text == '{"a":{"b":true,"y":[1,"x"]},"z":1}'
 
 
@@ -301,7 +301,7 @@ async def test_already_expired_write_is_invisible(db):
     await db.atomic([Op("require_absent", "x/past")])
 
 
-async def test_reaper_deletes_and_announces(db, tmp_path):
+async def test_reaper_deletes_and_announces(db, backend):
     watcher = db.watch(["sessions/"])
     put = await db.put("sessions/s1", {}, expires=time.time() + 0.3)
     await db.put("sessions/keep", {})
@@ -310,20 +310,15 @@ async def test_reaper_deletes_and_announces(db, tmp_path):
     event = await next_event(watcher, timeout=10)
     assert (event.type, event.key, event.item) == ("delete", "sessions/s1", None)
     assert event.revision > put.revision
-    conn = sqlite3.connect(str(tmp_path / "backend.sqlite"))
-    try:
-        keys = [row[0] for row in conn.execute("SELECT key FROM items")]
-    finally:
-        conn.close()
+    keys = backend.stored_keys()
     assert keys == ["sessions/keep"]
 
 
-async def test_reaper_starts_for_items_found_at_open(tmp_path):
-    path = str(tmp_path / "b.sqlite")
-    first = await SQLiteBackend.open(path)
+async def test_reaper_starts_for_items_found_at_open(backend):
+    first = await backend.open()
     await first.put("a/b", {}, expires=time.time() + 0.2)
     await first.close()
-    second = await SQLiteBackend.open(path, reap_interval=0.1)
+    second = await backend.open(reap_interval=0.1)
     try:
         watcher = second.watch(["a/"])
         event = await next_event(watcher, timeout=10)
@@ -334,9 +329,8 @@ async def test_reaper_starts_for_items_found_at_open(tmp_path):
 
 # --------------------------------------------------------------------------- persistence, revisions
 
-async def test_persistence_and_revision_across_reopen(tmp_path):
-    path = str(tmp_path / "data" / "backend.sqlite")
-    first = await SQLiteBackend.open(path)
+async def test_persistence_and_revision_across_reopen(backend):
+    first = await backend.open()
     await first.put("users/alice", {"n": 1})
     await first.put("users/bob", {"n": 2}, expires=time.time() + 3600)
     await first.put("users/tmp", {})
@@ -346,7 +340,7 @@ async def test_persistence_and_revision_across_reopen(tmp_path):
     assert last == 5
     await first.close()
 
-    second = await SQLiteBackend.open(path)
+    second = await backend.open()
     try:
         assert await second.revision() == last
         alice = await second.get("users/alice")
@@ -359,16 +353,16 @@ async def test_persistence_and_revision_across_reopen(tmp_path):
         await second.close()
 
 
-async def test_revision_never_goes_backwards_after_deleting_everything(tmp_path):
-    path = str(tmp_path / "backend.sqlite")
-    backend = await SQLiteBackend.open(path)
+async def test_revision_never_goes_backwards_after_deleting_everything(backend):
+    store = backend
+    backend = await store.open()
     seen = []
     for i in range(5):
         seen.append((await backend.put(f"k/{i}", {})).revision)
     await backend.delete_range("")
     seen.append(await backend.revision())
     await backend.close()
-    backend = await SQLiteBackend.open(path)
+    backend = await store.open()
     try:
         assert await backend.revision() == seen[-1] == 10
         seen.append((await backend.create("k/0", {})).revision)
@@ -377,8 +371,8 @@ async def test_revision_never_goes_backwards_after_deleting_everything(tmp_path)
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
 
 
-async def test_closed_backend_refuses_work(tmp_path):
-    backend = await SQLiteBackend.open(str(tmp_path / "b.sqlite"))
+async def test_closed_backend_refuses_work(backend):
+    backend = await backend.open()
     watcher = backend.watch([])
     pending = asyncio.ensure_future(watcher.__anext__())
     await asyncio.sleep(0)
@@ -449,7 +443,7 @@ async def test_open_backend(tmp_path):
 
     with pytest.raises(BadParameter) as info:
         await open_backend({"type": "etcd"}, str(tmp_path))
-    assert str(info.value) == "unknown storage type 'etcd'; use sqlite"
+    assert str(info.value) == "unknown storage type 'etcd'; use sqlite or postgresql"
     with pytest.raises(BadParameter, match="unknown storage setting 'pth'"):
         await open_backend({"type": "sqlite", "pth": "x"}, str(tmp_path))
 
@@ -515,8 +509,8 @@ async def test_many_watchers_get_every_event(db):
     assert all(r == list(range(1, 51)) for r in results)
 
 
-async def test_slow_watcher_is_closed_not_blocking(tmp_path):
-    backend = await SQLiteBackend.open(str(tmp_path / "b.sqlite"), watcher_queue=5)
+async def test_slow_watcher_is_closed_not_blocking(backend):
+    backend = await backend.open(watcher_queue=5)
     try:
         slow = backend.watch(["a/"])
         fast = backend.watch(["a/"])
@@ -580,13 +574,12 @@ async def test_wait_for_change_past_revision(db):
     assert await asyncio.wait_for(db.wait_for_change(current + 100, 30), 5) == current
 
 
-async def test_wait_for_change_with_unknown_history_answers_at_once(tmp_path):
-    path = str(tmp_path / "b.sqlite")
-    first = await SQLiteBackend.open(path)
+async def test_wait_for_change_with_unknown_history_answers_at_once(backend):
+    first = await backend.open()
     await first.put("roles/a", {})
     await first.put("users/a", {})
     await first.close()
-    second = await SQLiteBackend.open(path)
+    second = await backend.open()
     try:
         # what happened before this process opened the file is unknown: answer early, not late
         assert await asyncio.wait_for(second.wait_for_change(1, 30, ["users/"]), 5) == 2
@@ -609,8 +602,8 @@ async def test_reads_not_blocked_by_long_poll(db):
     assert not db._feed.active
 
 
-async def test_close_wakes_waiters(tmp_path):
-    backend = await SQLiteBackend.open(str(tmp_path / "b.sqlite"))
+async def test_close_wakes_waiters(backend):
+    backend = await backend.open()
     waiter = asyncio.ensure_future(backend.wait_for_change(0, 30))
     await asyncio.sleep(0.05)
     await backend.close()
@@ -620,11 +613,11 @@ async def test_close_wakes_waiters(tmp_path):
 # --------------------------------------------------------------------------- other writers
 
 WRITER = """
-import asyncio, sys, time
-from gatehouse.backend import SQLiteBackend
+import asyncio, json, sys, time
+from gatehouse.backend import open_backend
 
-async def main(path, action, key):
-    db = await SQLiteBackend.open(path)
+async def main(config, action, key):
+    db = await open_backend(json.loads(config), "/nonexistent")
     try:
         if action == "put":
             item = await db.put(key, {"from": "subprocess"}, expires=time.time() + 3600)
@@ -639,14 +632,14 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-async def test_cross_process_write_wakes_waiter_and_watcher(db, tmp_path):
-    path = str(tmp_path / "backend.sqlite")
+async def test_cross_process_write_wakes_waiter_and_watcher(db, backend):
+    config = backend.config_json
     await db.put("users/local", {})
     since = await db.revision()
     watcher = db.watch(["roles/"])
     waiter = asyncio.ensure_future(db.wait_for_change(since, 60, ["roles/"]))
     await asyncio.sleep(0.1)
-    revision = int(await run_python(WRITER, path, "put", "roles/remote"))
+    revision = int(await run_python(WRITER, config, "put", "roles/remote"))
     assert revision == since + 1
     assert await asyncio.wait_for(waiter, 10) == revision
     event = await next_event(watcher, 10)
@@ -654,17 +647,16 @@ async def test_cross_process_write_wakes_waiter_and_watcher(db, tmp_path):
     assert event.item.value == {"from": "subprocess"} and event.item.expires is not None
     assert (await db.get("roles/remote")).revision == revision
 
-    deleted = int(await run_python(WRITER, path, "delete", "roles/remote"))
+    deleted = int(await run_python(WRITER, config, "delete", "roles/remote"))
     event = await next_event(watcher, 10)
     assert (event.type, event.key, event.revision) == ("delete", "roles/remote", deleted)
     # our own next write continues after the other process's revisions
     assert (await db.put("users/after", {})).revision == deleted + 1
 
 
-async def test_second_connection_writes_interleave_in_order(tmp_path):
-    path = str(tmp_path / "b.sqlite")
-    a = await SQLiteBackend.open(path)
-    b = await SQLiteBackend.open(path)
+async def test_second_connection_writes_interleave_in_order(backend):
+    a = await backend.open()
+    b = await backend.open()
     try:
         watcher = a.watch([])
         await b.put("k/1", {})          # other connection
@@ -680,11 +672,11 @@ async def test_second_connection_writes_interleave_in_order(tmp_path):
         await b.close()
 
 
-async def test_missed_history_ends_watchers_and_wakes_waiters(tmp_path, monkeypatch):
+async def test_missed_history_ends_watchers_and_wakes_waiters(backend, monkeypatch):
     monkeypatch.setattr(sqlite_mod, "CHANGES_KEEP", 3)
-    path = str(tmp_path / "b.sqlite")
-    a = await SQLiteBackend.open(path, poll_interval=3600)   # catches up only when asked
-    b = await SQLiteBackend.open(path)
+    monkeypatch.setattr(postgres_mod, "EVENTS_KEEP", 3)
+    a = await backend.open(poll_interval=3600, listen=False)   # catches up only when asked
+    b = await backend.open()
     try:
         await a.put("x/0", {})
         watcher = a.watch(["roles/"])
@@ -729,13 +721,13 @@ async def test_concurrent_cas_increments_are_exact(db):
 
 
 INCREMENTER = """
-import asyncio, sys
+import asyncio, json, sys
 sys.path.insert(0, sys.argv[3])
-from gatehouse.backend import SQLiteBackend
+from gatehouse.backend import open_backend
 from gatehouse.errors import CompareFailed
 
-async def main(path, times):
-    db = await SQLiteBackend.open(path)
+async def main(config, times):
+    db = await open_backend(json.loads(config), "/nonexistent")
     try:
         async def one():
             for _ in range(times):
@@ -754,10 +746,10 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-async def test_concurrent_cas_increments_across_processes(db, tmp_path):
-    path = str(tmp_path / "backend.sqlite")
+async def test_concurrent_cas_increments_across_processes(db, backend):
+    config = backend.config_json
     await db.create("counters/c", {"n": 0})
-    others = [asyncio.ensure_future(run_python(INCREMENTER, path, "40", SRC)) for _ in range(2)]
+    others = [asyncio.ensure_future(run_python(INCREMENTER, config, "40", SRC)) for _ in range(2)]
     try:
         await asyncio.gather(*(cas_increment(db, "counters/c", 40) for _ in range(5)))
     finally:
@@ -765,3 +757,392 @@ async def test_concurrent_cas_increments_across_processes(db, tmp_path):
     item = await db.get("counters/c")
     assert item.value == {"n": 600}
     assert await db.revision() == item.revision == 601
+
+
+# --------------------------------------------------------------------------- several instances, one storage
+
+BURST = """
+import asyncio, json, sys
+from gatehouse.backend import Op, open_backend
+
+async def main(config, count):
+    db = await open_backend(json.loads(config), "/nonexistent")
+    try:
+        for i in range(int(count)):
+            key = f"w/proc/{i % 3}"
+            if i % 4 == 3:
+                await db.atomic([Op("delete", key), Op("put", f"w/proc/x{i}", {"i": i}), Op("put", key, {"i": i})])
+            else:
+                await db.put(key, {"i": i})
+    finally:
+        await db.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def write_burst(db, name: str, count: int) -> None:
+    """Puts, and atomic delete+put+put, on keys of its own (so writers never conflict)."""
+    for i in range(count):
+        key = f"w/{name}/{i % 4}"
+        if i % 5 == 4:
+            await db.atomic([Op("delete", key), Op("put", f"w/{name}/x{i}", {"i": i}), Op("put", key, {"i": i})])
+        else:
+            await db.put(key, {"i": i})
+
+
+async def collect_until(watcher, revision: int, timeout: float = 30) -> list:
+    events = []
+    while not events or events[-1].revision < revision:
+        events.append(await next_event(watcher, timeout))
+    return events
+
+
+async def test_feed_gap_free_and_ordered_with_concurrent_writers(backend):
+    a = await backend.open()
+    b = await backend.open()
+    reader = await backend.open()
+    watchers = [inst.watch([]) for inst in (a, b, reader)]
+    start = await reader.revision()
+    await asyncio.gather(run_python(BURST, backend.config_json, "40"),
+                         *(write_burst(a, f"a{i}", 30) for i in range(3)),
+                         *(write_burst(b, f"b{i}", 30) for i in range(3)))
+    final = await reader.revision()
+    assert final > start + 6 * 30 + 40
+    feeds = [await collect_until(w, final) for w in watchers]
+    for events in feeds:
+        # every revision exactly once, in order, whoever wrote it
+        assert [e.revision for e in events] == list(range(start + 1, final + 1))
+        assert [(e.type, e.key, e.item) for e in events] == [(e.type, e.key, e.item) for e in feeds[0]]
+    # replaying the feed gives exactly what is stored
+    state = {}
+    for event in feeds[0]:
+        if event.type == "put":
+            assert event.item.revision == event.revision
+            state[event.key] = event.item
+        else:
+            del state[event.key]
+    assert state == {item.key: item for item in await reader.get_range("")}
+
+
+async def test_wait_for_change_wakes_across_instances(backend):
+    a = await backend.open()
+    b = await backend.open()
+    await b.put("other/x", {})
+    since = await a.revision()
+    watcher = a.watch(["roles/"])
+    waiter = asyncio.ensure_future(a.wait_for_change(since, 60, ["roles/"]))
+    await asyncio.sleep(0.1)
+    await b.put("users/y", {})          # not under the prefix
+    await asyncio.sleep(0.3)
+    assert not waiter.done()
+    written = await b.put("roles/r", {"v": 1})
+    assert await asyncio.wait_for(waiter, 10) == written.revision
+    event = await next_event(watcher, 10)
+    assert (event.type, event.key, event.revision, event.item.value) == ("put", "roles/r", written.revision, {"v": 1})
+
+
+async def test_expiry_is_the_same_for_every_instance(backend):
+    a = await backend.open(reap_interval=0.2)
+    b = await backend.open(reap_interval=0.2)
+    watcher = b.watch(["tokens/"])
+    item = await a.put("tokens/t", {"role": "node"}, expires=time.time() + 0.5)
+    assert (await b.get("tokens/t")).revision == item.revision
+    assert (await next_event(watcher, 10)).revision == item.revision
+    event = await next_event(watcher, 10)    # both instances reap; one delete is announced
+    assert (event.type, event.key, event.item) == ("delete", "tokens/t", None)
+    for inst in (a, b):
+        with pytest.raises(NotFound):
+            await inst.get("tokens/t")
+    assert backend.stored_keys() == []
+    marker = await a.put("tokens/marker", {})
+    assert (await next_event(watcher, 10)).revision == marker.revision   # no second delete
+
+
+async def test_cas_and_create_races_between_instances_have_one_winner(backend):
+    a = await backend.open()
+    b = await backend.open()
+    current = await a.create("locks/l", {"owner": None})
+    for round_ in range(10):
+        results = await asyncio.gather(
+            a.compare_and_swap("locks/l", current.revision, {"owner": "a", "round": round_}),
+            b.compare_and_swap("locks/l", current.revision, {"owner": "b", "round": round_}),
+            return_exceptions=True)
+        winners = [r for r in results if not isinstance(r, BaseException)]
+        assert len(winners) == 1 and sum(isinstance(r, CompareFailed) for r in results) == 1, results
+        current = winners[0]
+        assert await a.get("locks/l") == await b.get("locks/l") == current
+        created = await asyncio.gather(a.create(f"once/{round_}", {"by": "a"}),
+                                       b.create(f"once/{round_}", {"by": "b"}), return_exceptions=True)
+        assert sum(isinstance(r, AlreadyExists) for r in created) == 1, created
+
+
+async def test_cas_increments_across_instances_are_exact(backend):
+    a = await backend.open()
+    b = await backend.open()
+    await a.create("counters/c", {"n": 0})
+    retries = await asyncio.gather(*(cas_increment(inst, "counters/c", 20) for inst in (a, b) for _ in range(4)))
+    item = await b.get("counters/c")
+    assert item.value == {"n": 160}
+    assert await a.revision() == item.revision == 161
+    assert sum(retries) > 0
+
+
+# --------------------------------------------------------------------------- PostgreSQL only
+
+
+
+def pg_error(err: BaseException) -> str:
+    """The message, after checking it is one line without the password."""
+    message = str(err)
+    assert "\n" not in message and PG_PASSWORD not in message, message
+    return message
+
+
+def test_redact_masks_passwords():
+    redact = postgres_mod.redact
+    assert redact("host=db password=s3cret user=gh") == "host=db password=*** user=gh"
+    assert redact("host=db PASSWORD = 's3 cr\\'et' user=gh") == "host=db PASSWORD = *** user=gh"
+    assert redact("postgresql://gh:p%40ss@db:5432/gh") == "postgresql://gh:***@db:5432/gh"
+    assert redact("postgres://gh:pa@ss@db/gh?sslmode=require") == "postgres://gh:***@db/gh?sslmode=require"
+    assert redact("postgresql://gh@db/gh?password=zz&sslmode=require") == "postgresql://gh@db/gh?password=***"
+    assert redact("postgresql://db/gh") == "postgresql://db/gh"
+    assert redact("auth failed for p4ss-w0rd today", "host=db password=p4ss-w0rd") == "auth failed for *** today"
+    assert redact("no secrets here", "host=db") == "no secrets here"
+
+
+@pytest.mark.parametrize("conn_string, fragment", [
+    ("host=db password = my secret", "missing"),                 # stray spaces: libpq quotes "secret"
+    ("host=db pasword=hunter2", 'invalid connection option "pasword"'),
+    ("postgresql://gh:hunter2@db/gh?sslmode", 'URI query parameter: "sslmode"'),
+])
+async def test_bad_conn_strings_are_refused_without_secrets(conn_string, fragment):
+    with pytest.raises(BadParameter) as info:
+        await open_backend({"type": "postgresql", "conn_string": conn_string}, "/nonexistent")
+    message = str(info.value)
+    assert message.startswith("storage.conn_string is not a valid PostgreSQL connection string")
+    assert fragment in message and "secret" not in message and "hunter2" not in message, message
+
+
+async def test_postgres_config_is_checked():
+    with pytest.raises(BadParameter) as info:
+        await open_backend({"type": "postgresql"}, "/nonexistent")
+    assert str(info.value).startswith("storage.conn_string is missing or not a string;")
+    with pytest.raises(BadParameter, match="missing or not a string"):
+        await open_backend({"type": "postgresql", "conn_string": 42}, "/nonexistent")
+    with pytest.raises(BadParameter) as info:
+        await open_backend({"type": "postgresql", "conn_string": "host=db", "pool_size": 3}, "/nonexistent")
+    assert str(info.value) == ("unknown storage setting 'pool_size'; postgresql storage takes only "
+                               "'type' and 'conn_string'")
+
+
+async def test_open_backend_postgresql(pg_server, pg_database):
+    config = {"type": "postgresql", "conn_string": pg_server.conn_string(pg_database)}
+    first = await open_backend(config, "/nonexistent")
+    try:
+        assert isinstance(first, postgres_mod.PostgresBackend)
+        await first.put("a/b", {"v": 1})
+    finally:
+        await first.close()
+    second = await open_backend(config, "/nonexistent")
+    try:
+        assert (await second.get("a/b")).value == {"v": 1}
+    finally:
+        await second.close()
+    assert pg_server.query(pg_database, "SELECT version FROM gatehouse_schema_version") == [(1,)]
+
+
+async def test_unreachable_database_names_host_not_password(pg_server):
+    port = free_port()
+    for conn_string in (f"host=127.0.0.1 port={port} dbname=gh user=gh password={PG_PASSWORD}",
+                        f"postgresql://gh:{PG_PASSWORD}@127.0.0.1:{port}/gh"):
+        with pytest.raises(postgres_mod.ConnectionProblem) as info:
+            await open_backend({"type": "postgresql", "conn_string": conn_string}, "/nonexistent")
+        message = pg_error(info.value)
+        assert message.startswith(f'cannot reach the PostgreSQL database "gh" at 127.0.0.1:{port} (')
+        assert "check that the server runs" in message and "storage.conn_string" in message
+
+
+async def test_wrong_password_is_reported_without_it(pg_server, pg_database):
+    conn_string = pg_server.conn_string(pg_database).replace(PG_PASSWORD, "Wrong-Secret-99")
+    with pytest.raises(postgres_mod.ConnectionProblem) as info:
+        await postgres_mod.PostgresBackend.open(conn_string)
+    message = pg_error(info.value)
+    assert "password authentication failed" in message and "Wrong-Secret-99" not in message
+
+
+async def test_tls_verify_full(pg_server, pg_database, tmp_path):
+    ca = os.path.join(pg_server.tls, "ca.pem")
+    conn_string = pg_server.conn_string(pg_database, host="localhost", sslmode="verify-full", sslrootcert=ca)
+    db = await postgres_mod.PostgresBackend.open(conn_string)
+    try:
+        await db.put("a/b", {"tls": True})
+        rows = pg_server.query("postgres", "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a"
+                               " ON a.pid = s.pid WHERE a.datname = %s AND a.application_name = 'gatehouse'",
+                               (pg_database,))
+        assert rows and all(ssl for (ssl,) in rows)
+    finally:
+        await db.close()
+    # a CA that did not sign the server's certificate: refused, and said why
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(open(os.path.join(pg_server.tls, "server.crt"), "rb").read())
+    with pytest.raises(postgres_mod.ConnectionProblem) as info:
+        await postgres_mod.PostgresBackend.open(conn_string.replace(ca, str(other)))
+    assert "certificate verify failed" in pg_error(info.value)
+
+
+async def test_multi_host_conn_strings(pg_server, pg_database):
+    dead = free_port()
+    live = pg_server.port
+    keyword = (f"host=127.0.0.1,127.0.0.1 port={dead},{live} dbname={pg_database} user=gatehouse "
+               f"password={PG_PASSWORD} sslmode=disable target_session_attrs=read-write")
+    uri = (f"postgresql://gatehouse:{PG_PASSWORD}@127.0.0.1:{dead},127.0.0.1:{live}/{pg_database}"
+           f"?target_session_attrs=read-write&sslmode=disable")
+    for conn_string in (keyword, uri):
+        db = await postgres_mod.PostgresBackend.open(conn_string)
+        try:
+            assert repr(db) == (f"PostgresBackend('database \"{pg_database}\" at 127.0.0.1:{dead}, "
+                                f"127.0.0.1:{live}')")
+            await db.put("a/b", {"via": conn_string[:9]})
+            assert (await db.get("a/b")).value == {"via": conn_string[:9]}
+        finally:
+            await db.close()
+    # and over the Unix socket in the server's directory
+    db = await postgres_mod.PostgresBackend.open(pg_server.admin_conn_string(pg_database))
+    try:
+        assert (await db.get("a/b")).value == {"via": uri[:9]}
+    finally:
+        await db.close()
+
+
+async def test_newer_schema_is_refused(pg_server, pg_database):
+    conn_string = pg_server.conn_string(pg_database)
+    db = await postgres_mod.PostgresBackend.open(conn_string)
+    await db.put("a/b", {})
+    await db.close()
+    pg_server.query(pg_database, "UPDATE gatehouse_schema_version SET version = 99")
+    with pytest.raises(GatehouseError) as info:
+        await postgres_mod.PostgresBackend.open(conn_string)
+    assert pg_error(info.value) == (
+        f'the PostgreSQL database "{pg_database}" at 127.0.0.1:{pg_server.port} holds Gatehouse storage '
+        f'schema version 99, newer than version 1 this agent knows; upgrade Gatehouse on this host to '
+        f'the release that wrote it')
+    assert pg_server.query(pg_database, "SELECT key FROM gatehouse_items") == [("a/b",)]
+
+
+async def test_older_schema_is_migrated(pg_server, pg_database, monkeypatch):
+    conn_string = pg_server.conn_string(pg_database)
+    db = await postgres_mod.PostgresBackend.open(conn_string)
+    await db.put("a/b", {"kept": True})
+    await db.close()
+    newer = postgres_mod.MIGRATIONS + [("CREATE TABLE gatehouse_test_extra (x integer)",
+                                        "INSERT INTO gatehouse_test_extra VALUES (42)")]
+    monkeypatch.setattr(postgres_mod, "MIGRATIONS", newer)
+    db = await postgres_mod.PostgresBackend.open(conn_string)
+    try:
+        assert (await db.get("a/b")).value == {"kept": True}
+        assert (await db.put("a/c", {})).revision == 2
+    finally:
+        await db.close()
+    assert pg_server.query(pg_database, "SELECT version FROM gatehouse_schema_version") == [(2,)]
+    assert pg_server.query(pg_database, "SELECT x FROM gatehouse_test_extra") == [(42,)]
+    monkeypatch.undo()   # the older code now refuses the upgraded database
+    with pytest.raises(GatehouseError, match="schema version 2, newer than version 1"):
+        await postgres_mod.PostgresBackend.open(conn_string)
+
+
+async def test_concurrent_first_opens_create_the_schema_once(pg_server, pg_database):
+    conn_string = pg_server.conn_string(pg_database)
+    instances = await asyncio.gather(*(postgres_mod.PostgresBackend.open(conn_string) for _ in range(4)))
+    try:
+        written = await asyncio.gather(*(inst.put(f"k/{i}", {}) for i, inst in enumerate(instances)))
+        assert sorted(item.revision for item in written) == [1, 2, 3, 4]
+    finally:
+        for inst in instances:
+            await inst.close()
+    assert pg_server.query(pg_database, "SELECT version FROM gatehouse_schema_version") == [(1,)]
+
+
+async def waiting(db, timeout: float = 10) -> None:
+    """Until a wait_for_change() call has checked the database and waits on the feed."""
+    deadline = time.monotonic() + timeout
+    while not db._feed._waiters:
+        assert time.monotonic() < deadline, "wait_for_change() did not start waiting"
+        await asyncio.sleep(0.02)
+
+
+async def test_recovers_after_the_server_restarts(pg_server, pg_database, caplog):
+    caplog.set_level(logging.DEBUG)
+    conn_string = pg_server.conn_string(pg_database)
+    db = await postgres_mod.PostgresBackend.open(conn_string, reconnect_max=0.5)
+    try:
+        watcher = db.watch(["r/"])
+        first = await db.put("r/1", {})
+        assert (await next_event(watcher)).revision == first.revision
+        waiter = asyncio.ensure_future(db.wait_for_change(first.revision, 60, ["r/"]))
+        await waiting(db)
+        await asyncio.to_thread(pg_server.stop)
+        try:
+            for call in (db.get("r/1"), db.put("r/2", {}), db.get_range("r/"), db.revision()):
+                with pytest.raises(postgres_mod.ConnectionProblem) as info:
+                    await call
+                assert f"at 127.0.0.1:{pg_server.port}" in pg_error(info.value)
+            assert not waiter.done()
+        finally:
+            await asyncio.to_thread(pg_server.start)
+        # back by itself: the first call after the restart works
+        second = await db.put("r/2", {})
+        other = await postgres_mod.PostgresBackend.open(conn_string)
+        try:
+            third = await other.put("r/3", {})
+        finally:
+            await other.close()
+        events = [await next_event(watcher, 10) for _ in range(2)]
+        assert [(e.key, e.revision) for e in events] == [("r/2", second.revision), ("r/3", third.revision)]
+        assert await asyncio.wait_for(waiter, 10) >= second.revision
+    finally:
+        await db.close()
+    assert "lost the connection to the PostgreSQL" in caplog.text
+    assert all(PG_PASSWORD not in record.getMessage() for record in caplog.records)
+
+
+async def test_gap_reported_when_history_was_pruned_during_an_outage(pg_server, pg_database):
+    conn_string = pg_server.conn_string(pg_database)
+    db = await postgres_mod.PostgresBackend.open(conn_string, reconnect_max=0.5)
+    try:
+        await db.put("x/0", {})
+        watcher = db.watch(["roles/"])
+        waiter = asyncio.ensure_future(db.wait_for_change(1, 60, ["roles/"]))
+        await waiting(db)
+        await asyncio.to_thread(pg_server.stop)
+        await asyncio.to_thread(pg_server.start)
+        other = await postgres_mod.PostgresBackend.open(conn_string, history=3)
+        try:
+            # ten writes, of which the history keeps three, in one commit: whenever the
+            # first instance catches up, seven of them are gone
+            await other.atomic([Op("put", f"other/{i}", {}) for i in range(10)])
+        finally:
+            await other.close()
+        with pytest.raises(GatehouseError, match="changes were missed"):
+            await next_event(watcher, 10)
+        assert await asyncio.wait_for(waiter, 10) == 11
+        fresh = db.watch(["roles/"])
+        await db.put("roles/r", {})
+        assert (await next_event(fresh, 10)).revision == 12
+    finally:
+        await db.close()
+
+
+async def test_stored_layout(pg_server, pg_database):
+    db = await postgres_mod.PostgresBackend.open(pg_server.conn_string(pg_database), history=2)
+    try:
+        await db.put("a/1", {"v": 1}, expires=time.time() + 3600)
+        await db.atomic([Op("put", "a/2", {}), Op("delete", "a/1"), Op("put", "a/3", {})])
+    finally:
+        await db.close()
+    assert pg_server.query(pg_database, "SELECT key, revision FROM gatehouse_items ORDER BY key") == [
+        ("a/2", 2), ("a/3", 4)]
+    assert pg_server.query(pg_database, "SELECT revision FROM gatehouse_revision") == [(4,)]
+    # events are pruned to the history, and written with their items
+    assert pg_server.query(pg_database, "SELECT revision, type, key FROM gatehouse_events ORDER BY 1") == [
+        (3, "delete", "a/1"), (4, "put", "a/3")]
