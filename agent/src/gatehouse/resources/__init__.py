@@ -12,10 +12,12 @@ from .schema import (DEFAULT_MAX_SESSION_TTL, DEFAULT_VERSIONS, KIND_ALIASES, KI
                      READ_ONLY_KINDS, SECRET_FIELDS, VERSIONS, canonical_kind, parse_labels_arg, parse_ref,
                      tunnel_addr_is_discovered, tunnel_dial_addr, validate, validate_labels, validate_name,
                      validate_password)
+from .schema import is_name_suffix, validate_dial_addr, validate_leaf_name
 
 __all__ = [
     "KINDS", "READ_ONLY_KINDS", "KIND_ALIASES", "VERSIONS", "DEFAULT_VERSIONS", "DEFAULT_MAX_SESSION_TTL",
     "MIN_TOKEN_LENGTH", "SECRET_FIELDS", "canonical_kind", "parse_ref", "validate_name", "parse_documents",
     "validate", "render", "redact", "same", "parse_labels_arg", "validate_labels", "tunnel_addr_is_discovered",
-    "tunnel_dial_addr", "validate_password",
+    "tunnel_dial_addr", "validate_password", "validate_leaf_name", "is_name_suffix",
+    "validate_dial_addr",
 ]
