@@ -21,12 +21,14 @@ CERT_EXTENSIONS_SHOWN = ("permit-agent-forwarding", "permit-port-forwarding", "p
 
 def cmd_login(args) -> int:
     from .. import pki
-    from ..client import APIClient
+    from ..client import APIClient, server_cert_sha256
     from ..config import split_hostport
     from ..profile import save_profile
     host, port = split_hostport(args.proxy, WEB_PORT)
     web = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-    api = APIClient(f"https://{web}", insecure=args.insecure)
+    # Unverified on first use only: the certificate seen now is pinned for this login and every later call.
+    pin = server_cert_sha256(host, port) if args.insecure else ""
+    api = APIClient(f"https://{web}", insecure=args.insecure, pin_sha256=pin)
     try:
         api.get(PING_PATH)
     except TLSProblem:
@@ -40,7 +42,7 @@ def cmd_login(args) -> int:
     from ..durations import parse_ttl
     result = api.post("/webapi/login", {"user": user, "password": password, "ssh_public_key": ssh_key.public_line,
                                          "tls_public_key": tls_pub, "ttl": parse_ttl(args.ttl) if args.ttl else 0})
-    profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure)
+    profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure, pin)
     _print_status(profile)
     return 0
 
@@ -150,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     login = sub.add_parser("login", help="log in to a cluster through its proxy")
     login.add_argument("--proxy", required=True, help=f"proxy web address HOST:PORT (default port {WEB_PORT})")
     login.add_argument("--user", help="Gatehouse user name (default: $USER)")
-    login.add_argument("--insecure", action="store_true", help="accept a self-signed proxy certificate (tests only)")
+    login.add_argument("--insecure", action="store_true",
+                       help="accept a self-signed proxy certificate, pinned for later calls (tests only)")
     login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (bounded by your roles)")
     login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     login.set_defaults(func=cmd_login)
