@@ -68,7 +68,7 @@ def check_leaf_name(leaf: str, root_name: str, root_hosts=(), other_clusters=())
     try:
         validate_leaf_name(leaf)
     except BadParameter as exc:
-        raise TrustError(f"{exc.message}; rename the leaf's auth_service.cluster_name") from None
+        raise TrustError(exc.message) from None  # it says how to rename the leaf
     if is_name_suffix(leaf, root_name) or is_name_suffix(root_name, leaf):
         raise TrustError(f'the leaf cluster name "{leaf}" overlaps the root cluster\'s name "{root_name}", so users\' '
                          f"machines could trust the leaf's host CA for the root's hosts (or the root's for the "

@@ -209,8 +209,8 @@ def validate_dial_addr(value: Any, what: str) -> str:
     IP address and a port from 1 to 65535, at most 261 characters; BadParameter naming WHAT otherwise."""
     import ipaddress
     text = value if isinstance(value, str) else ""
-    if not text or len(text) > 261 or not text.isprintable() or " " in text:
-        raise BadParameter(f"{what} is not a host:port address")
+    if not text or len(text) > 261 or not text.isprintable():
+        raise BadParameter(f"{what} is not a host:port address of at most 261 printable characters")
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
