@@ -254,6 +254,10 @@ class TrustManager:
         for other in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX):
             raise TrustError(f'this cluster already trusts "{other.value["metadata"]["name"]}"; a leaf trusts one '
                              f"root — remove that trusted_cluster first")
+        if await self.backend.get_range(keys.cas_of(name)):
+            raise TrustError(f'a cluster named "{name}" is already registered here (a leaf of this cluster); a root '
+                             f"and a leaf of this cluster cannot share a name — remove it with 'gatectl rm rc/{name}' "
+                             f"or check metadata.name")
         if dry_run:
             return True
         answer = await self._handshake(name, spec)
@@ -333,9 +337,9 @@ class TrustManager:
         base = {"cluster_name": name, "active": spec["enabled"], "local": False}
         await self.backend.atomic([
             Op("create", keys.trusted_cluster(name), stored),
-            Op("put", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
-            Op("put", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
-                                           "role_map": spec["role_map"]}),
+            Op("create", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
+            Op("create", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
+                                              "role_map": spec["role_map"]}),
         ])
 
     async def _update(self, ident, current, res: dict) -> None:
