@@ -99,11 +99,20 @@ class FakeLeaf:
         return post_json(f"https://{root_web_addr}{VALIDATE_PATH}", body)
 
     def open_tunnel(self, loop: LoopThread, root_tunnel_addr: str, *, interval=1.0,
-                    proxy: str = "fakeproxy") -> "FakeLeafTunnel":
-        """Dial the root's tunnel listener as this leaf's proxy; heartbeats carry INTERVAL as given."""
-        tunnel = FakeLeafTunnel(self, interval, proxy)
-        loop.run(tunnel.connect(root_tunnel_addr))
-        return tunnel
+                    proxy: str = "fakeproxy", wait: float = 30.0) -> "FakeLeafTunnel":
+        """Dial the root's tunnel listener as this leaf's proxy; heartbeats carry INTERVAL as given.
+        Until WAIT seconds after joining, the root proxy may not know this leaf's CA yet (its cache
+        follows auth within a second or so): redial then, as a real leaf does."""
+        deadline = time.monotonic() + wait
+        while True:
+            tunnel = FakeLeafTunnel(self, interval, proxy)
+            try:
+                loop.run(tunnel.connect(root_tunnel_addr))
+                return tunnel
+            except asyncssh.HostKeyNotVerifiable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
 
 
 class FakeLeafTunnel:
