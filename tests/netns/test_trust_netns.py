@@ -81,8 +81,16 @@ def site():
 
 def _bring_up(s: TrustSite) -> None:
     lb = f"{NET}.12"
+    # Both root proxies behind the load balancer serve one web certificate, as they must for
+    # `gate login --insecure`, which pins the certificate it sees (issue 13).
+    from gatehouse import pki
+    key_pem, cert_pem = pki.self_signed_web_cert(["localhost"], [lb, f"{NET}.10", f"{NET}.11"])
+    for host in ("root1", "rootp2"):
+        (s.net[host].etc_dir / "web.crt").write_text(cert_pem)
+        (s.net[host].etc_dir / "web.key").write_text(key_pem)
     proxy_common = (f"  web_listen_addr: 0.0.0.0:3080\n  public_addr: {lb}:3080\n  ssh_public_addr: {lb}:3023\n"
-                    f"  tunnel_public_addr: {lb}:3024\n")
+                    f"  tunnel_public_addr: {lb}:3024\n  https_cert_file: /etc/gatehouse/web.crt\n"
+                    f"  https_key_file: /etc/gatehouse/web.key\n")
     s.start("root1", f"gatehouse: {{nodename: proxy-a, data_dir: /var/lib/gatehouse}}\n"
                      f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: 0.0.0.0:3025, "
                      f"login_rate: 600}}\nproxy_service:\n  enabled: true\n{proxy_common}"

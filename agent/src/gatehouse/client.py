@@ -26,6 +26,23 @@ def _tls_problem(url: str, exc: Exception) -> TLSProblem:
                              f"match this cluster — log in again or check the identity files")
 
 
+def server_cert_sha256(host: str, port: int, timeout: float = 10.0) -> str:
+    """SHA-256 (hex) of the DER certificate the TLS server at HOST:PORT presents, unverified: what
+    `gate login --insecure` pins, so later calls reach the same server."""
+    import hashlib
+    import socket
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise _unreachable(f"https://{host}:{port}", exc) from None
+    return hashlib.sha256(der).hexdigest()
+
+
 class APIClient:
     """Synchronous client; lazily imports requests so CLI start-up stays fast.
 
@@ -37,7 +54,7 @@ class APIClient:
 
     def __init__(self, base_url: str, *, cert_file: str | None = None, key_file: str | None = None,
                  ca_file: str | None = None, insecure: bool = False, check_hostname: bool = True,
-                 timeout: float = 30.0, forwarded_user: str | None = None):
+                 timeout: float = 30.0, forwarded_user: str | None = None, pin_sha256: str = ""):
         import requests
         from requests.adapters import HTTPAdapter
 
@@ -45,10 +62,13 @@ class APIClient:
             def init_poolmanager(self, *args, **kwargs):
                 if not check_hostname:
                     kwargs["assert_hostname"] = False
+                if pin_sha256:  # the server's certificate must be this one (SHA-256 of its DER form)
+                    kwargs["assert_fingerprint"] = pin_sha256
                 super().init_poolmanager(*args, **kwargs)
 
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.pin_sha256 = pin_sha256
         self.session = requests.Session()
         # Environment CA bundles and proxies must not override the pinned cluster CA.
         self.session.trust_env = False
@@ -76,6 +96,10 @@ class APIClient:
         try:
             resp = self.session.request(method, url, json=body, params=params, timeout=timeout or self.timeout)
         except requests.exceptions.SSLError as exc:
+            if self.pin_sha256 and "Fingerprints did not match" in str(exc):
+                raise TLSProblem(f"{self.base_url} presented a TLS certificate other than the one pinned when you "
+                                 f"logged in with --insecure (SHA-256 {self.pin_sha256[:16]}…), so the connection "
+                                 f"may be intercepted; if the proxy's certificate was replaced, log in again") from None
             raise _tls_problem(self.base_url, exc) from None
         except requests.exceptions.RequestException as exc:
             raise _unreachable(self.base_url, exc) from None

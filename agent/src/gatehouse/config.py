@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadParameter
-from .wire import AUTH_PORT, NODE_PORT, PROXY_SSH_PORT, TOKEN_TYPES, TUNNEL_PORT, WEB_PORT
+from .wire import (AUTH_PORT, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, NODE_PORT, PROXY_SSH_PORT, TOKEN_TYPES,
+                   TUNNEL_PORT, WEB_PORT, heartbeat_interval)
 
 DEFAULT_CONFIG_PATH = "/etc/gatehouse.yaml"
 DEFAULT_DATA_DIR = "/var/lib/gatehouse"
@@ -163,6 +164,9 @@ def _validate(cfg: Config, path: str) -> None:
         raise BadParameter(f"{path}: this process runs no auth service, so gatehouse.auth_servers must list the auth server address (host:3025)")
     elif not cfg.join_token and not os.path.exists(os.path.join(cfg.data_dir, "identity")):
         raise BadParameter(f"{path}: set gatehouse.join_token to a node or proxy token from 'gatectl tokens add' so this process can join the cluster")
+    if heartbeat_interval(cfg.proxy.tunnel_heartbeat_interval) is None:
+        raise BadParameter(f"{path}: proxy_service.tunnel_heartbeat_interval must be from {MIN_HEARTBEAT_INTERVAL:g} "
+                           f"to {MAX_HEARTBEAT_INTERVAL:g} seconds, not {cfg.proxy.tunnel_heartbeat_interval:g}")
     for addr_field in ("auth.listen_addr", "proxy.web_listen_addr", "proxy.listen_addr",
                        "proxy.tunnel_listen_addr", "ssh.listen_addr"):
         section, name = addr_field.split(".")

@@ -87,6 +87,34 @@ def ssh_fingerprint(public_line: str) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+#: A CA public key line that crosses the network (trust handshake) is at most this long.
+MAX_CA_LINE = 1024
+
+
+def ca_public_key(line) -> str:
+    """The canonical ``ssh-ed25519 BASE64`` of a certificate authority's public key line.
+
+    BadParameter (a sentence without a final fix) unless LINE is exactly one Ed25519
+    public key: one line, bounded, the key data well formed and 32 bytes long. Every
+    SSH CA of a Gatehouse cluster is Ed25519, and comments never take part in matching.
+    """
+    if not isinstance(line, str):
+        raise BadParameter(f"it is {type(line).__name__}, not a public key line")
+    text = line.strip()
+    if len(text) > MAX_CA_LINE:
+        raise BadParameter(f"it is {len(text)} characters long, more than {MAX_CA_LINE}")
+    if not text.isprintable():
+        raise BadParameter("it is not one line of printable text (one key per certificate authority)")
+    try:
+        raw = _load_ssh_public_raw(text)
+    except ValueError as exc:  # BadParameter is a ValueError too; truncation in the key data is one
+        reason = exc.message.rstrip(".") if isinstance(exc, BadParameter) else "its key data is truncated"
+        raise BadParameter(reason) from None
+    if len(raw) != 32:
+        raise BadParameter(f"its {KEY_TYPE} key is {len(raw)} bytes long, not 32")
+    return _public_line(ed25519.Ed25519PublicKey.from_public_bytes(raw))
+
+
 def _split_line(line: str) -> tuple[str, bytes]:
     parts = (line or "").split()
     if len(parts) < 2:

@@ -2,6 +2,7 @@
 
   ~/.gate/current                         name of the active profile (the proxy host)
   ~/.gate/profiles/<proxy>/profile.json   proxy addresses, user, cluster (and the selected one), insecure flag
+                                          (with the SHA-256 of the proxy certificate pinned at an --insecure login)
   ~/.gate/profiles/<proxy>/key            Ed25519 private key (0600)
   ~/.gate/profiles/<proxy>/key-cert.pub   OpenSSH user certificate
   ~/.gate/profiles/<proxy>/tls.key|tls.crt|tls-ca.crt   X.509 client identity
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from . import pki
 from .config import split_hostport
-from .errors import AccessDenied, BadParameter, GatehouseError
+from .errors import AccessDenied, BadParameter, GatehouseError, TLSProblem
 from .wire import NODE_PORT, PROXY_SSH_PORT, WEB_PORT
 
 
@@ -90,12 +91,20 @@ class Profile:
         return info
 
     def api(self):
+        """The proxy's web API with this login's client certificate. After `gate login --insecure` the
+        proxy must present the certificate pinned at login (its SHA-256), never just any one."""
         from .client import APIClient
+        pin = str(self.data.get("web_cert_sha256") or "")
+        if self.insecure and not pin:
+            raise TLSProblem(f"this login (made with --insecure by an older gate) has no pinned proxy certificate, "
+                             f"so the proxy cannot be checked; run 'gate login --proxy={self.web_addr} --insecure' "
+                             f"again")
         return APIClient(f"https://{self.web_addr}", cert_file=self.path("tls.crt"), key_file=self.path("tls.key"),
-                         insecure=self.insecure)
+                         insecure=self.insecure, pin_sha256=pin if self.insecure else "")
 
 
-def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_key: str, insecure: bool) -> Profile:
+def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_key: str, insecure: bool,
+                 web_cert_sha256: str = "") -> Profile:
     host, _ = split_hostport(proxy_web_addr, WEB_PORT)
     directory = os.path.join(gate_home(), "profiles", host)
     ssh_addr = login_result["proxy"]["ssh"]["public_addr"]
@@ -103,6 +112,8 @@ def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_
             "cluster_name": login_result["cluster_name"], "insecure": insecure,
             "logins": login_result["user"]["logins"], "roles": login_result["user"]["roles"],
             "connector": login_result["user"].get("connector", "")}
+    if insecure:
+        data["web_cert_sha256"] = web_cert_sha256  # the proxy certificate accepted unverified at login
     profile = Profile(directory, data)
     pki.write_secret(profile.key_path, private_key)
     pki.write_secret(profile.cert_path, login_result["ssh_cert"])
@@ -126,6 +137,26 @@ def known_hosts(login_result: dict, proxy_host: str) -> str:
         key = " ".join(ca["public"].split()[:2])
         lines.append(f"@cert-authority {','.join(patterns)} {key} {cluster}")
     return "\n".join(lines) + "\n"
+
+
+def host_ca_keys(profile: Profile, cluster: str) -> list[str]:
+    """The host CA keys (``TYPE BASE64``) the profile trusts for CLUSTER's proxy and nodes.
+
+    Read from the ``@cert-authority`` lines gate writes, by the cluster named at the end of
+    each line, never by their host patterns: `gate ssh` to NODE.CLUSTER accepts only
+    CLUSTER's host CA, even when another cluster's pattern would match that name.
+    """
+    try:
+        with open(profile.known_hosts_path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return []
+    keys = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 5 and parts[0] == "@cert-authority" and parts[4] == cluster:
+            keys.append(f"{parts[2]} {parts[3]}")
+    return keys
 
 
 def refresh_known_hosts(profile: Profile) -> bool:

@@ -16,9 +16,10 @@ An expansion that ends up empty is dropped.
 
 Every entry applies (no first-match-wins). Results come out entry by entry,
 then per remote role in the given order, then per local template, with
-duplicates removed (first occurrence kept). A user with no remote roles is
-matched as the single empty name "", so ``remote: "*"`` (or ``^.*$``) still
-admits them while named entries do not.
+duplicates removed (first occurrence kept). An identity with no remote roles
+maps to nothing, whatever the entries: ``remote: "*"`` admits every root user
+holding some role, never a role-less certificate such as a root proxy's tunnel
+certificate.
 """
 
 from __future__ import annotations
@@ -246,9 +247,8 @@ def validate_role_map(role_map, existing_local_roles: set[str] | None = None) ->
 
 
 def _candidates(remote_roles) -> list[str]:
-    # No remote roles: match the empty name so that "*" still admits the user.
-    roles = [r for r in (remote_roles or []) if isinstance(r, str)]
-    return roles or [""]
+    # No remote roles: nothing to match, so nothing maps (not even "*").
+    return [r for r in (remote_roles or []) if isinstance(r, str) and r]
 
 
 def _entry_results(entry: dict, remote_roles: list[str]):
@@ -283,7 +283,7 @@ def no_mapping_message(cluster_name: str, remote_roles: list[str]) -> str:
     """The denial sentence when the role map yields no local role."""
     where = f'trusted cluster "{cluster_name}"' if cluster_name else "the trusted cluster"
     if not remote_roles:
-        return (f"access denied: the user holds no roles at {where} and no entry of its role map "
-                f'matches that; add a role_map entry with remote "*" to admit such users')
+        return (f"access denied: the user holds no roles at {where}, and a user without roles maps to no "
+                f"local role; give the user a role at the root cluster")
     return (f"access denied: no role in the role map of {where} matches the remote roles "
             f"[{', '.join(remote_roles)}]; add a role_map entry for one of them")

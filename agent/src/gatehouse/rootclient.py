@@ -8,14 +8,19 @@ auth service uses `validate`; its tunnel agent uses `tunnel_addr` when its dial 
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 
 from .client import decode_response
-from .errors import ConnectionProblem, TLSProblem, TrustError
+from .errors import BadParameter, ConnectionProblem, TLSProblem, TrustError
+from .resources import validate_dial_addr
 from .wire import PING_PATH, VALIDATE_PATH
 
 log = logging.getLogger("gatehouse.trust")
+
+#: The most a root may answer a handshake or a ping with; anything longer is refused unread.
+MAX_ANSWER = 64 * 1024
 
 _TLS_HINT = ("install a certificate from a CA the leaf trusts on the root proxy (proxy_service.https_cert_file), "
              "or for tests start the leaf with --insecure")
@@ -49,6 +54,17 @@ def tls_error(addr: str, exc: Exception) -> TLSProblem:
     return TLSProblem(f"the trusted cluster uses misconfigured HTTP/TLS certificate: {cause} ({addr}); {_TLS_HINT}")
 
 
+async def read_bounded(resp, limit: int = MAX_ANSWER) -> bytes | None:
+    """The body of RESP, or None as soon as it grows beyond LIMIT bytes."""
+    chunks, total = [], 0
+    async for chunk in resp.content.iter_chunked(16384):
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class RootWebClient:
     """One root's public web API, as its leaf sees it."""
 
@@ -70,7 +86,10 @@ class RootWebClient:
         try:
             async with self._session(warn=True) as session:
                 async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                    body = await resp.read()
+                    body = await read_bounded(resp)
+                    if body is None:
+                        raise TrustError(f"{self.web_proxy_addr} answered the trust handshake with more than "
+                                         f"{MAX_ANSWER // 1024} KiB; is web_proxy_addr a Gatehouse root proxy?")
                     if resp.status == 404 and not body.startswith(b"{"):
                         raise TrustError(f"{self.web_proxy_addr} answered 404 for the trust handshake; is "
                                          f"web_proxy_addr the root's proxy web address (port 3080)?")
@@ -93,10 +112,16 @@ class RootWebClient:
                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                     if resp.status != 200:
                         return None
-                    body = await resp.json(content_type=None)
+                    raw = await read_bounded(resp)
+                    body = json.loads(raw) if raw is not None else None
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             log.debug("cannot ask %s for its tunnel address: %s", self.web_proxy_addr, exc)
             return None
-        addr = ((body.get("proxy") or {}).get("ssh") or {}).get("ssh_tunnel_public_addr") \
-            if isinstance(body, dict) else None
-        return str(addr) if addr else None
+        try:
+            addr = body["proxy"]["ssh"]["ssh_tunnel_public_addr"]
+            return validate_dial_addr(addr, f"the tunnel address {self.web_proxy_addr} advertises")
+        except (TypeError, KeyError):
+            return None
+        except BadParameter as exc:
+            log.warning("trust: %s; keeping the tunnel address the leaf has", exc)
+            return None

@@ -5,7 +5,8 @@ connection that asks for the proxy's `proxy:NODE:PORT@CLUSTER` subsystem, so the
 proxy only pipes encrypted bytes, routes by the cluster named on the command line,
 and does not need the certificate's `permit-port-forwarding` (which asyncssh
 enforces on `direct-tcpip` channels, the route `ssh -J` takes). Host keys are
-checked against the `@cert-authority` lines written at login, for `NODE.CLUSTER`.
+checked against the host CA of CLUSTER alone (the `@cert-authority` lines written at
+login, picked by the cluster each names, not by pattern), for `NODE.CLUSTER`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 from . import sshtuning
 from .errors import AccessDenied, ConnectionProblem, GatehouseError, NotFound
-from .profile import refresh_known_hosts
+from .profile import host_ca_keys, refresh_known_hosts
 from .sshparams import CARRIER_MAX_PKTSIZE, SESSION_MAX_PKTSIZE, client_options
 from .wire import NODE_PORT, proxy_subsystem
 
@@ -212,14 +213,17 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
     key = asyncssh.import_private_key(open(profile.key_path, encoding="utf-8").read())
     cert = asyncssh.import_certificate(open(profile.cert_path, encoding="utf-8").read())
     banners: list[str] = []
-    def options(max_pktsize: int) -> dict:
-        return client_options((key, cert), max_pktsize=max_pktsize, known_hosts=profile.known_hosts_path,
+    def options(max_pktsize: int, host_cluster: str) -> dict:
+        # Only HOST_CLUSTER's host CA vouches for its proxy and nodes (read again after a refresh);
+        # asyncssh still checks that the certificate names the host dialled.
+        trusted = ([], [asyncssh.import_public_key(k) for k in host_ca_keys(profile, host_cluster)], [])
+        return client_options((key, cert), max_pktsize=max_pktsize, known_hosts=trusted,
                               client_factory=_client_factory(banners), ignore_encrypted=True)
 
     proxy_host, proxy_port = profile.ssh_addr
     try:
         proxy = await _trusting_current_host_cas(profile, lambda: asyncssh.connect(
-            proxy_host, proxy_port, username=login, **options(CARRIER_MAX_PKTSIZE)))
+            proxy_host, proxy_port, username=login, **options(CARRIER_MAX_PKTSIZE, profile.cluster)))
     except asyncssh.HostKeyNotVerifiable as exc:
         raise ConnectionProblem(f"the proxy at {proxy_host}:{proxy_port} presented a host key not signed by cluster "
                                 f"\"{profile.cluster}\" ({exc}); if the cluster was re-created, run 'gate login "
@@ -235,7 +239,7 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
     async def to_node():
         tunnel = _SubsystemTunnel(proxy, proxy_subsystem(node, port, cluster), node, cluster)
         return await asyncssh.connect(target, port, tunnel=tunnel, username=login,
-                                      **options(SESSION_MAX_PKTSIZE))
+                                      **options(SESSION_MAX_PKTSIZE, cluster))
 
     try:
         conn = await _trusting_current_host_cas(profile, to_node)

@@ -17,6 +17,7 @@ import asyncssh
 
 from . import pki
 from .errors import GatehouseError
+from .wire import TUNNEL_LOGIN
 
 log = logging.getLogger("gatehouse.ssh")
 
@@ -101,6 +102,12 @@ class CertAuthServer(CertificateOnlyServer):
                          f"in cluster \"{self.cluster_name}\" does not trust (or trust was disabled); "
                          f"log in to the right cluster with 'gate login'")
             log.info("rejected %s@%s: untrusted certificate authority", username, self.peer)
+            return False
+        if TUNNEL_LOGIN in cert.principals:
+            # A root proxy's role-less tunnel certificate: it opens tunnels, never sessions or routes.
+            self._banner(f"a root proxy's tunnel certificate cannot log in as a user on {self.server_kind} "
+                         f"in cluster \"{self.cluster_name}\"; users log in with 'gate login'")
+            log.warning("rejected a tunnel certificate (%r) presented as a user from %s", cert.key_id, self.peer)
             return False
         now = time.time()
         if cert.valid_before < now:

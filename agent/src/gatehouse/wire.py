@@ -45,6 +45,11 @@ NODES_SUBSYSTEM = "gatehouse-nodes@gatehouse"
 ACCESS_SUBSYSTEM = "gatehouse-access@gatehouse"
 #: A peer that misses this many heartbeat intervals in a row is offline.
 MISSED_HEARTBEATS = 3
+#: Heartbeat intervals (seconds) a member may report: shorter ones flood, longer ones would
+#: keep a dead peer "online" for hours. Reports outside them are refused.
+MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL = 0.5, 300.0
+#: The most root proxies a root announces on a tunnel heartbeat (a leaf refuses a longer list).
+MAX_ANNOUNCED_PROXIES = 64
 
 # -- HTTP -----------------------------------------------------------------------
 #: Header with which a proxy tells auth which verified user it calls for.
@@ -99,10 +104,22 @@ SSO_API_DEVICE = "/v1/sso/oidc/device"
 SSO_API_DEVICE_POLL = "/v1/sso/oidc/device/poll"
 
 
+def heartbeat_interval(value) -> float | None:
+    """VALUE as a heartbeat interval in seconds, or None unless it is a number within the bounds above."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        interval = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return interval if MIN_HEARTBEAT_INTERVAL <= interval <= MAX_HEARTBEAT_INTERVAL else None
+
+
 def is_live(last_seen: float, interval: float, now: float | None = None) -> bool:
-    """Whether a peer that last reported at ``last_seen`` (every ``interval`` s) still counts as up."""
+    """Whether a peer that last reported at ``last_seen`` (every ``interval`` s) still counts as up.
+    An interval beyond the bounds (a record written before they existed) counts as the maximum."""
     now = time.time() if now is None else now
-    return now - last_seen <= MISSED_HEARTBEATS * interval
+    return now - last_seen <= MISSED_HEARTBEATS * min(interval, MAX_HEARTBEAT_INTERVAL)
 
 
 def connection_status(records: list[dict], now: float | None = None) -> tuple[str, float]:

@@ -306,8 +306,8 @@ def test_checker_for_remote_user_invalid_map_denies_instead_of_raising():
                              "expression or drop the leading ^ and trailing $ to match it as text")
 
 
-def test_checker_for_remote_user_without_roles_uses_wildcard():
+def test_checker_for_remote_user_without_roles_is_denied_even_by_wildcard():
     checker, mapped, denial = checker_for_remote_user([{"remote": "*", "local": ["visitor"]}], [], LEAF_ROLES,
                                                       remote_user_traits(["guest"], {}))
-    assert denial is None and mapped == ["visitor"]
-    assert checker.check_ssh("guest", "n", {}).allowed
+    assert checker is None and mapped == []
+    assert denial.reason.startswith("access denied: the user holds no roles at the trusted cluster")

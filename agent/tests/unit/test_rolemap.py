@@ -57,9 +57,11 @@ def entry(remote, *local):
     # duplicates removed, first occurrence kept
     ([entry("a", "x", "y"), entry("b", "y", "x", "z")], ["a", "b"], ["x", "y", "z"]),
     ([entry("*", "same")], ["a", "b", "c"], ["same"]),
-    # no remote roles: matched as "" so only patterns that accept "" map
-    ([entry("*", "guest")], [], ["guest"]),
-    ([entry("^.*$", "guest")], [], ["guest"]),
+    # no remote roles map to nothing, not even through "*" (a root proxy's role-less tunnel
+    # certificate must never become a leaf user; issue 13)
+    ([entry("*", "guest")], [], []),
+    ([entry("^.*$", "guest")], [], []),
+    ([entry("*", "guest")], [""], []),
     ([entry("access", "visitor")], [], []),
     ([entry("^.+$", "x")], [], []),
     # local written as a single string
@@ -191,8 +193,8 @@ def test_explain_mapping_shows_matches_that_produce_nothing():
     assert explain_mapping([entry("^r-(.*)$", "$2")], ["r-a"]) == [({"remote": "^r-(.*)$", "local": ["$2"]}, "r-a", [])]
 
 
-def test_explain_mapping_with_no_remote_roles_uses_empty_name():
-    assert explain_mapping([entry("*", "guest")], []) == [({"remote": "*", "local": ["guest"]}, "", ["guest"])]
+def test_explain_mapping_with_no_remote_roles_maps_nothing():
+    assert explain_mapping([entry("*", "guest")], []) == []
 
 
 @pytest.mark.parametrize("cluster, roles, message", [
@@ -200,8 +202,8 @@ def test_explain_mapping_with_no_remote_roles_uses_empty_name():
                                 "remote roles [access, dev]; add a role_map entry for one of them"),
     ("", ["access"], "access denied: no role in the role map of the trusted cluster matches the remote roles "
                      "[access]; add a role_map entry for one of them"),
-    ("root", [], 'access denied: the user holds no roles at trusted cluster "root" and no entry of its role map '
-                 'matches that; add a role_map entry with remote "*" to admit such users'),
+    ("root", [], 'access denied: the user holds no roles at trusted cluster "root", and a user without roles maps '
+                 "to no local role; give the user a role at the root cluster"),
 ])
 def test_no_mapping_message(cluster, roles, message):
     assert no_mapping_message(cluster, roles) == message

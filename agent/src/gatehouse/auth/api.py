@@ -119,7 +119,8 @@ class AuthAPI:
         body = await read_json(request)
         value, res = await self.svc.tokens.add(self.ident(request), body.get("roles") or body.get("type"),
                                                parse_ttl(body.get("ttl", "30m")), body.get("labels") or {},
-                                               name=str(body.get("name") or ""), value=str(body.get("token") or ""))
+                                               name=str(body.get("name") or ""), value=str(body.get("token") or ""),
+                                               leaf_name=str(body.get("leaf_name") or ""))
         return web.json_response({"token": value, "resource": res})
 
     async def list_tokens(self, request):
@@ -180,7 +181,9 @@ class AuthAPI:
         ident = self.ident(request)
         body = await read_json(request)
         client_addr = str(body.pop("client_addr", "") or request.remote)
-        return web.json_response(await self.svc.trust.validate(ident, body, client_addr))
+        proxy_hosts = body.pop("proxy_hosts", None)
+        proxy_hosts = [str(h) for h in proxy_hosts][:32] if isinstance(proxy_hosts, list) else []
+        return web.json_response(await self.svc.trust.validate(ident, body, client_addr, proxy_hosts))
 
     async def set_cluster_labels(self, request):
         ident = self.ident(request)
@@ -191,15 +194,15 @@ class AuthAPI:
     async def tunnel_heartbeat(self, request):
         body = await read_json(request)
         await self.svc.trust.tunnel_heartbeat(self.ident(request), str(_need(body, "cluster")[0]),
-                                              bool(body.get("connected")), float(body.get("interval") or 5.0))
+                                              bool(body.get("connected")), body.get("interval", 5.0))
         return web.json_response({})
 
     async def tunnel_agent_status(self, request):
         body = await read_json(request)
+        proxies = body.get("proxies") or []
         await self.svc.trust.tunnel_agent_status(self.ident(request), str(_need(body, "cluster")[0]),
-                                                 [str(p) for p in body.get("proxies") or []],
-                                                 float(body.get("interval") or 5.0),
-                                                 str(body.get("tunnel_addr") or ""))
+                                                 [str(p) for p in proxies] if isinstance(proxies, list) else [],
+                                                 body.get("interval", 5.0), str(body.get("tunnel_addr") or ""))
         return web.json_response({})
 
     async def tunnel_cert(self, request):
@@ -208,15 +211,14 @@ class AuthAPI:
         return web.json_response({"ssh_cert": cert})
 
     async def proxy_heartbeat(self, request):
+        """Auth reaches a proxy's web port (relay.py) at the address it sees the proxy call from, never at
+        one the proxy names: only the port comes from the proxy's web_listen_addr."""
         body = await read_json(request)
-        web_addr = ""
+        port = WEB_PORT
         if body.get("web_listen_addr"):
-            host, port = split_hostport(str(body["web_listen_addr"]), WEB_PORT)
-            if host in ("0.0.0.0", "::", ""):
-                host = request.remote or ""  # the proxy listens everywhere: use the address it calls from
-            web_addr = join_hostport(host, port) if host else ""
-        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), float(body.get("interval") or 5.0),
-                                                       web_addr)
+            _, port = split_hostport(str(body["web_listen_addr"])[:300], WEB_PORT, what="web_listen_addr")
+        web_addr = join_hostport(request.remote, port) if request.remote else ""
+        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), body.get("interval", 5.0), web_addr)
         return web.json_response({"proxies": proxies})
 
     async def clusters(self, request):

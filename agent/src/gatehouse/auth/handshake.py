@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .. import __version__
 from ..errors import BadParameter, TrustError
+from ..resources import is_name_suffix, validate_leaf_name
 
 
 def major(version: str) -> int:
@@ -49,3 +50,36 @@ def check_request(body: dict, root_name: str) -> tuple[str, str]:
                          f'"{root_name}"; set metadata.name: {root_name}')
     check_version(__version__, str(body.get("version") or "0"))
     return leaf, cas[0].strip()
+
+
+#: At most this many host names of its own proxies a root checks a leaf name against.
+MAX_ROOT_HOSTS = 32
+
+
+def check_leaf_name(leaf: str, root_name: str, root_hosts=(), other_clusters=()) -> None:
+    """A leaf's name must not reach into another's namespace on users' machines.
+
+    `gate login` trusts a leaf's host CA for "*.LEAF" and `gate config` routes
+    "Host *.LEAF" through the root, so the name must be a DNS-style name of two labels
+    or more (validate_leaf_name), must not cover the root's name or one of its proxy
+    host names, and must neither cover nor fall under another cluster this root knows
+    (its leaves, and the root it trusts itself). TrustError otherwise.
+    """
+    try:
+        validate_leaf_name(leaf)
+    except BadParameter as exc:
+        raise TrustError(exc.message) from None  # it says how to rename the leaf
+    if is_name_suffix(leaf, root_name) or is_name_suffix(root_name, leaf):
+        raise TrustError(f'the leaf cluster name "{leaf}" overlaps the root cluster\'s name "{root_name}", so users\' '
+                         f"machines could trust the leaf's host CA for the root's hosts (or the root's for the "
+                         f"leaf's); rename the leaf's auth_service.cluster_name")
+    for host in list(root_hosts)[:MAX_ROOT_HOSTS]:
+        if is_name_suffix(leaf, host):
+            raise TrustError(f'the leaf cluster name "{leaf}" is a suffix of the root proxy address "{host}", so '
+                             f'users\' machines would trust the leaf\'s host CA for it ("*.{leaf}"); rename the '
+                             f"leaf's auth_service.cluster_name")
+    for other in other_clusters:
+        if other != leaf and (is_name_suffix(leaf, other) or is_name_suffix(other, leaf)):
+            raise TrustError(f'the leaf cluster name "{leaf}" overlaps the name of another cluster the root '
+                             f'knows ("*.{leaf}" and "*.NAME" would cover each other\'s hosts); rename the '
+                             f"leaf's auth_service.cluster_name")

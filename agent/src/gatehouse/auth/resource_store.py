@@ -168,7 +168,8 @@ class ResourceStore:
         if exists and not force:
             raise AlreadyExists(f'token "{name}" already exists; use \'gatectl create -f\' to replace it')
         if not dry_run:
-            await self.svc.tokens.add(ident, spec["roles"], ttl, spec["labels"], name=name, value=spec["token"])
+            await self.svc.tokens.add(ident, spec["roles"], ttl, spec["labels"], name=name, value=spec["token"],
+                                      leaf_name=spec.get("leaf_name", ""))
         return not exists
 
     # ------------------------------------------------------------------ delete

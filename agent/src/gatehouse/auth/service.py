@@ -18,7 +18,7 @@ from ..audit import AuditLog
 from ..backend import open_backend
 from ..clock import now_iso
 from ..config import Config, is_ip, public_addr
-from ..errors import AccessDenied, AlreadyExists, BadParameter, NotFound
+from ..errors import AccessDenied, AlreadyExists, BadParameter, GatehouseError, NotFound
 from ..ratelimit import RateLimiter
 from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, NOLOGIN_PRINCIPAL, TUNNEL_PRINCIPAL
 from . import keys, passwords
@@ -105,13 +105,17 @@ class AuthService:
         return self._ca_cache[ca_type]
 
     async def cert_authorities(self) -> list[dict]:
-        """Public parts of every CA this cluster knows (its own and trusted clusters')."""
+        """Public parts of every CA this cluster knows (its own and trusted clusters').
+
+        A record that does not parse is left out and logged, so one bad record never
+        breaks the snapshot, logins or status."""
         out = []
         for item in await self.backend.get_range(keys.CAS_PREFIX):
-            v = item.value
-            out.append({"cluster_name": v["cluster_name"], "type": v["type"], "public": v["public"],
-                        "active": v.get("active", True), "local": v.get("local", False),
-                        "role_map": v.get("role_map", []), "fingerprint": _fingerprint(v)})
+            try:
+                out.append(_public_ca(item.value))
+            except (GatehouseError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.error("skipping the certificate authority record %r, which does not parse (%s); remove it "
+                          "or re-create the trust it belongs to", item.key, exc)
         return out
 
     # ----------------------------------------------------------------- identities
@@ -387,6 +391,20 @@ def user_cert_ttl(requested: int, role_ttl: int) -> int:
     """A user certificate's lifetime: the request (or the roles' limit), never past the roles' shortest
     max_session_ttl nor USER_CERT_MAX_TTL, and at least a minute."""
     return max(60, min(requested or role_ttl, role_ttl, USER_CERT_MAX_TTL))
+
+
+def _public_ca(v: dict) -> dict:
+    """The public view of a stored CA record; raises when the record does not parse."""
+    if not isinstance(v["cluster_name"], str) or v["type"] not in ("host", "user", "tls"):
+        raise ValueError("it has no cluster name or no known type")
+    if v["type"] != "tls":
+        pki.ca_public_key(v["public"])  # one valid key on one line (its comment is kept)
+    role_map = v.get("role_map", [])
+    if not isinstance(role_map, list):
+        raise ValueError("its role_map is not a list")
+    return {"cluster_name": v["cluster_name"], "type": v["type"], "public": v["public"].strip(),
+            "active": bool(v.get("active", True)), "local": bool(v.get("local", False)),
+            "role_map": role_map, "fingerprint": _fingerprint(v)}
 
 
 def _fingerprint(ca: dict) -> str:

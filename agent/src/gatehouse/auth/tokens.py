@@ -13,7 +13,7 @@ import time
 
 from ..clock import now_iso
 from ..errors import AccessDenied, AlreadyExists, BadParameter, NotFound
-from ..resources import MIN_TOKEN_LENGTH, validate_name
+from ..resources import MIN_TOKEN_LENGTH, validate_leaf_name, validate_name
 from ..wire import TOKEN_TYPES
 from . import keys
 from .authz import Identity, require_admin
@@ -44,9 +44,31 @@ def token_types(roles) -> list[str]:
 
 
 def token_resource(record: dict) -> dict:
-    return {"kind": "token", "version": "v2",
-            "metadata": {"name": record["name"], "expires": record["expires"]},
-            "spec": {"roles": record["roles"], "labels": record["labels"]}}
+    res = {"kind": "token", "version": "v2",
+           "metadata": {"name": record["name"], "expires": record["expires"]},
+           "spec": {"roles": record["roles"], "labels": record["labels"]}}
+    if record.get("leaf_name"):
+        res["spec"]["leaf_name"] = record["leaf_name"]
+    return res
+
+
+# -- the leaf name a trusted_cluster token admits (kept apart from node/proxy token rules)
+def check_leaf_name_binding(roles: list[str], leaf_name: str) -> str:
+    """The leaf name a new token binds (`--leaf-name`), checked; "" when it binds none."""
+    if not leaf_name:
+        return ""
+    if roles != ["trusted_cluster"]:
+        raise BadParameter("--leaf-name applies to trusted_cluster tokens only; create the token with "
+                           "--type=trusted_cluster alone")
+    return validate_leaf_name(leaf_name, "--leaf-name")
+
+
+def check_token_admits_leaf(record: dict, leaf: str) -> None:
+    """A trusted_cluster token bound to a leaf name admits a handshake under that name only."""
+    bound = str(record.get("leaf_name") or "")
+    if bound and bound.lower() != leaf.lower():
+        raise AccessDenied(f'this trusted_cluster join token admits only the leaf cluster "{bound}", not "{leaf}"; '
+                           f"ask the root's admin for a token for \"{leaf}\" or name the leaf \"{bound}\"")
 
 
 class TokenStore:
@@ -56,12 +78,13 @@ class TokenStore:
         self.static = parse_static_tokens(static_entries)
 
     async def add(self, ident: Identity, roles, ttl: int, labels: dict | None = None, name: str = "",
-                  value: str = "") -> tuple[str, dict]:
+                  value: str = "", leaf_name: str = "") -> tuple[str, dict]:
         """Create a token; returns (secret, resource). The secret is random unless VALUE is given."""
         require_admin(ident, "create join tokens")
         roles = token_types(roles)
         if ttl <= 0:
             raise BadParameter("token TTL must be positive, e.g. --ttl=15m")
+        leaf_name = check_leaf_name_binding(roles, leaf_name)
         value = value or secrets.token_hex(16)
         if len(value) < MIN_TOKEN_LENGTH:
             raise BadParameter("a join token must be at least 16 characters long; omit it to get a random one")
@@ -74,8 +97,11 @@ class TokenStore:
         expires = time.time() + ttl
         record = {"name": name, "hash": digest, "roles": roles, "labels": dict(labels or {}),
                   "expires": now_iso(expires), "created": now_iso()}
+        if leaf_name:
+            record["leaf_name"] = leaf_name
         await self.backend.put(keys.token(name), record, expires=expires)
-        self.audit.emit("token.create", user=ident.name, token_name=name, roles=roles, expires=record["expires"])
+        self.audit.emit("token.create", user=ident.name, token_name=name, roles=roles, expires=record["expires"],
+                        **({"leaf_name": leaf_name} if leaf_name else {}))
         return value, token_resource(record)
 
     async def list(self, ident: Identity) -> list[dict]:

@@ -23,12 +23,15 @@ import time
 from .. import __version__, pki, resources
 from ..backend.base import Op
 from ..clock import now_iso
+from ..config import split_hostport
 from ..errors import AlreadyExists, BadParameter, ConnectionProblem, GatehouseError, NotFound, TrustError
 from ..rolemap import validate_role_map
 from ..rootclient import RootWebClient
-from ..wire import MISSED_HEARTBEATS, TUNNEL_LOGIN, VALIDATE_PATH, connection_status, is_live
+from ..wire import (MAX_ANNOUNCED_PROXIES, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS,
+                    TUNNEL_LOGIN, VALIDATE_PATH, connection_status, heartbeat_interval, is_live)
 from . import handshake, keys
 from .authz import Identity, require_kind
+from .tokens import check_token_admits_leaf
 
 log = logging.getLogger("gatehouse.trust")
 
@@ -46,20 +49,36 @@ class TrustManager:
         return self.svc.cluster_name
 
     # ================================================================ root side
-    async def validate(self, ident: Identity, body: dict, client_addr: str) -> dict:
-        """Answer a leaf's handshake; every refusal is audited with its reason."""
+    async def validate(self, ident: Identity, body: dict, client_addr: str, proxy_hosts=()) -> dict:
+        """Answer a leaf's handshake; every refusal is audited with its reason.
+
+        PROXY_HOSTS are the public host names of the root proxy that carried the request:
+        a leaf may not be named so that "*.LEAF" covers one of them (nor the root's name,
+        nor another cluster's); a token bound to a leaf name admits only that name; the
+        leaf's host CA must be one valid key that no cluster (this one included) holds.
+        """
         require_kind(ident, ("proxy",), f"trust handshakes arrive through the root proxy's {VALIDATE_PATH}")
         self.svc.validate_limiter.check(f"validate:{client_addr}", "trust validation")
-        leaf = str(body.get("cluster_name") or "")
+        leaf = str(body.get("cluster_name") or "")[:253]
         try:
             leaf, host_ca = handshake.check_request(body, self.cluster_name)
             resources.validate_name(leaf, "leaf cluster name")
             token = await self.svc.tokens.check(str(body.get("token") or ""), "trusted_cluster")
+            check_token_admits_leaf(token, leaf)
+            handshake.check_leaf_name(leaf, self.cluster_name, await self._root_hosts(proxy_hosts),
+                                      await self._other_clusters(leaf))
             try:
-                pki.ssh_fingerprint(host_ca)
-            except GatehouseError:
-                raise TrustError("the leaf's host certificate authority is not a valid SSH public key; "
-                                 "check the leaf's auth service") from None
+                host_ca = pki.ca_public_key(host_ca)
+            except BadParameter as exc:
+                raise TrustError(f"the leaf's host certificate authority is not a valid SSH public key ({exc}); "
+                                 f"check the leaf's auth service") from None
+            owner = await self.ca_owner(host_ca)
+            if owner is not None and (owner.get("cluster_name"), owner.get("type")) != (leaf, "host"):
+                log.warning("trust: leaf %r offered the %s CA of cluster %r as its host CA", leaf,
+                            owner.get("type"), owner.get("cluster_name"))
+                raise TrustError("the leaf's host certificate authority is already registered here for another "
+                                 "cluster; every cluster needs its own CA keys — check that the leaf's auth "
+                                 "service data was not copied from another cluster")
             await self._register_leaf(leaf, host_ca, token.get("labels") or {})
         except GatehouseError as exc:
             self.audit.emit("trusted_cluster.validate", success=False, leaf=leaf, addr=client_addr, error=str(exc))
@@ -70,6 +89,40 @@ class TrustManager:
         return {"cluster_name": self.cluster_name, "version": __version__,
                 "host_ca": host["public"], "user_ca": user["public"]}
 
+    async def ca_owner(self, public_key: str) -> dict | None:
+        """The stored SSH CA record (any cluster, this one included; host or user) holding PUBLIC_KEY
+        (canonical, see pki.ca_public_key), or None. A record that does not parse holds no key."""
+        for item in await self.backend.get_range(keys.CAS_PREFIX):
+            record = item.value
+            if not isinstance(record, dict) or record.get("type") not in ("host", "user"):
+                continue
+            try:
+                if pki.ca_public_key(record.get("public")) == public_key:
+                    return record
+            except BadParameter:
+                continue
+        return None
+
+    async def _root_hosts(self, proxy_hosts) -> list[str]:
+        """Host names (and addresses) under which users reach this root's proxies."""
+        cfg = self.svc.cfg
+        addrs = [cfg.proxy.public_addr, cfg.proxy.ssh_public_addr, cfg.proxy.tunnel_public_addr, cfg.auth.public_addr]
+        addrs += [i.value.get("web_addr") or "" for i in await self.backend.get_range(keys.PROXIES_PREFIX)]
+        hosts = [str(h) for h in proxy_hosts if isinstance(h, str)]
+        for addr in addrs:
+            try:
+                hosts.append(split_hostport(addr, 1)[0])
+            except (BadParameter, TypeError):
+                continue
+        return sorted({h for h in hosts if h and h not in ("0.0.0.0", "::")})
+
+    async def _other_clusters(self, leaf: str) -> list[str]:
+        """Every other cluster this root knows: registered leaves, CA owners and the roots it trusts."""
+        names = {keys.name_of(i.key) for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)}
+        names |= {keys.name_of(i.key) for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)}
+        names |= {keys.name_of(i.key).split("/", 1)[0] for i in await self.backend.get_range(keys.CAS_PREFIX)}
+        return sorted(names - {leaf, self.cluster_name})
+
     async def _register_leaf(self, leaf: str, host_ca: str, labels: dict) -> None:
         key = keys.ca(leaf, "host")
         try:
@@ -77,7 +130,7 @@ class TrustManager:
         except NotFound:
             existing = None
         if existing is not None:
-            if pki.ssh_fingerprint(existing["public"]) == pki.ssh_fingerprint(host_ca):
+            if _same_key(existing.get("public"), host_ca):
                 return  # the same leaf retrying a handshake whose answer it lost
             raise AlreadyExists(f'a cluster named "{leaf}" is already registered with the root; remove it there '
                                 f"with 'gatectl rm rc/{leaf}' or rename the leaf")
@@ -131,9 +184,10 @@ class TrustManager:
         self.audit.emit("remote_cluster.delete", user=ident.name, name=name)
         log.info("trust: remote cluster %s removed; its tunnels will be dropped", name)
 
-    async def tunnel_heartbeat(self, ident, leaf: str, connected: bool, interval: float) -> None:
+    async def tunnel_heartbeat(self, ident, leaf: str, connected: bool, interval) -> None:
         """A root proxy reports its tunnel to `leaf` (on connect, every heartbeat, on disconnect)."""
         require_kind(ident, ("proxy",), "only proxies report tunnel heartbeats")
+        interval = reported_interval(interval)
         if not await self.backend.exists(keys.remote_cluster(leaf)):
             raise NotFound(f'remote_cluster "{leaf}" is not registered; the tunnel will be closed')
         key = keys.tunnel(leaf, ident.name)
@@ -143,14 +197,16 @@ class TrustManager:
         except NotFound:
             pass
         now = time.time()
-        await self.backend.put(key, {"proxy": ident.name, "connected": bool(connected), "interval": float(interval),
+        await self.backend.put(key, {"proxy": ident.name, "connected": bool(connected), "interval": interval,
                                      "last_heartbeat": now if connected else (previous or {}).get("last_heartbeat", 0.0)})
         if previous is None or bool(previous.get("connected")) != bool(connected):
             self.audit.emit("tunnel.connect" if connected else "tunnel.disconnect", leaf=leaf, proxy=ident.name)
 
-    async def proxy_heartbeat(self, ident, interval: float, web_addr: str = "") -> list[str]:
-        """A root proxy is alive; `web_addr` is where this auth service reaches its web port (see ask_leaf)."""
+    async def proxy_heartbeat(self, ident, interval, web_addr: str = "") -> list[str]:
+        """A root proxy is alive; `web_addr` is where this auth service reaches its web port (see ask_leaf):
+        the API passes the address the proxy called from, with the port it says it listens on."""
         require_kind(ident, ("proxy",), "only proxies send proxy heartbeats")
+        interval = reported_interval(interval)
         await self.backend.put(keys.proxy(ident.name), {"name": ident.name, "last_heartbeat": now_iso(),
                                                         "web_addr": web_addr},
                                expires=time.time() + MISSED_HEARTBEATS * interval)
@@ -198,6 +254,10 @@ class TrustManager:
         for other in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX):
             raise TrustError(f'this cluster already trusts "{other.value["metadata"]["name"]}"; a leaf trusts one '
                              f"root — remove that trusted_cluster first")
+        if await self.backend.get_range(keys.cas_of(name)):
+            raise TrustError(f'a cluster named "{name}" is already registered here (a leaf of this cluster); a root '
+                             f"and a leaf of this cluster cannot share a name — remove it with 'gatectl rm rc/{name}' "
+                             f"or check metadata.name")
         if dry_run:
             return True
         answer = await self._handshake(name, spec)
@@ -220,18 +280,54 @@ class TrustManager:
         except ConnectionProblem:
             raise
         except GatehouseError as exc:
+            # The root's own words, shown to this cluster's admin: one bounded line.
+            reason = " ".join(str(exc).split())[:400]
+            self.audit.emit("trusted_cluster.create", success=False, name=name, error=reason)
+            raise type(exc)(f"the root cluster refused trust: {reason}") from None
+        try:
+            answer = await self._check_answer(name, spec["web_proxy_addr"], answer)
+        except GatehouseError as exc:
             self.audit.emit("trusted_cluster.create", success=False, name=name, error=str(exc))
-            raise type(exc)(f"the root cluster refused trust: {exc}") from None
-        for field in ("cluster_name", "host_ca", "user_ca"):
-            if not isinstance(answer.get(field), str) or not answer[field]:
-                raise TrustError(f"the root's answer to the handshake has no {field}; is {spec['web_proxy_addr']} "
-                                 f"a Gatehouse root proxy?")
-        if answer["cluster_name"] != name:
-            raise TrustError(f'the root cluster is called "{answer["cluster_name"]}", not "{name}"; set '
-                             f'metadata.name: {answer["cluster_name"]}')
-        handshake.check_version(answer.get("version", "0"), __version__)
+            raise
         log.debug("trust: handshake with %s succeeded", name)
         return answer
+
+    async def _check_answer(self, name: str, web: str, answer: dict) -> dict:
+        """The root's answer, validated: its name, version, two distinct CA keys that no cluster known
+        here holds (this cluster's own included) and a host:port tunnel address; the CA lines come
+        back canonical. TrustError naming the first problem otherwise."""
+        for field in ("cluster_name", "host_ca", "user_ca"):
+            if not isinstance(answer.get(field), str) or not answer[field]:
+                raise TrustError(f"the root's answer to the handshake has no {field}; is {web} a Gatehouse root proxy?")
+        if answer["cluster_name"] != name:
+            raise TrustError(f'the root cluster is called "{answer["cluster_name"][:253]}", not "{name}"; set '
+                             f'metadata.name: {answer["cluster_name"][:253]}')
+        handshake.check_version(str(answer.get("version", "0"))[:64], __version__)
+        checked = dict(answer)
+        for ca_type in ("host", "user"):
+            try:
+                checked[f"{ca_type}_ca"] = pki.ca_public_key(answer[f"{ca_type}_ca"])
+            except BadParameter as exc:
+                raise TrustError(f"the root's {ca_type} certificate authority is not one valid SSH public key "
+                                 f"({exc}); refusing trust — is {web} a Gatehouse root proxy?") from None
+        if checked["host_ca"] == checked["user_ca"]:
+            raise TrustError("the root answered with one key as both its host and its user certificate authority; "
+                             "refusing trust — a root cluster has two distinct CA keys")
+        for ca_type in ("host", "user"):
+            owner = await self.ca_owner(checked[f"{ca_type}_ca"])
+            if owner is not None:
+                whose = ("this cluster's own" if owner.get("local") or owner.get("cluster_name") == self.cluster_name
+                         else f'cluster "{owner.get("cluster_name")}"\'s')
+                raise TrustError(f"the root's {ca_type} certificate authority is {whose} {owner.get('type')} "
+                                 f"certificate authority; refusing trust — a root must use its own CA keys")
+        if answer.get("tunnel_addr") not in (None, ""):
+            try:
+                checked["tunnel_addr"] = resources.validate_dial_addr(answer["tunnel_addr"],
+                                                                      "the root's tunnel_addr")
+            except BadParameter as exc:
+                raise TrustError(f"{exc}; refusing trust — set spec.tunnel_addr, or check the root's "
+                                 f"proxy_service.tunnel_public_addr") from None
+        return checked
 
     async def _store_root(self, res: dict, answer: dict) -> None:
         name, spec = res["metadata"]["name"], res["spec"]
@@ -241,9 +337,9 @@ class TrustManager:
         base = {"cluster_name": name, "active": spec["enabled"], "local": False}
         await self.backend.atomic([
             Op("create", keys.trusted_cluster(name), stored),
-            Op("put", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
-            Op("put", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
-                                           "role_map": spec["role_map"]}),
+            Op("create", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
+            Op("create", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
+                                              "role_map": spec["role_map"]}),
         ])
 
     async def _update(self, ident, current, res: dict) -> None:
@@ -302,14 +398,33 @@ class TrustManager:
         self.audit.emit("trusted_cluster.delete", user=ident.name, name=name)
         log.info("trust: removed trust with root cluster %s", name)
 
-    async def tunnel_agent_status(self, ident, root: str, proxies: list[str], interval: float,
+    async def tunnel_agent_status(self, ident, root: str, proxies: list[str], interval,
                                   tunnel_addr: str = "") -> None:
         """A leaf proxy reports which root proxies it holds tunnels to, and the address it dials."""
         require_kind(ident, ("proxy",), "only proxies report tunnel status")
+        interval = reported_interval(interval)
+        proxies = [str(p)[:253] for p in proxies][:MAX_ANNOUNCED_PROXIES]
         await self.backend.put(keys.tunnel_agent(root, ident.name),
-                               {"proxies": sorted(proxies), "interval": float(interval), "updated": time.time(),
-                                "tunnel_addr": tunnel_addr},
+                               {"proxies": sorted(proxies), "interval": interval, "updated": time.time(),
+                                "tunnel_addr": str(tunnel_addr)[:261]},
                                expires=time.time() + 10 * interval + 60)
+
+
+def reported_interval(value) -> float:
+    """A heartbeat interval a member reports, within wire's bounds; BadParameter otherwise."""
+    interval = heartbeat_interval(value)
+    if interval is None:
+        raise BadParameter(f"the heartbeat interval must be a number of seconds from {MIN_HEARTBEAT_INTERVAL:g} to "
+                           f"{MAX_HEARTBEAT_INTERVAL:g}, not {str(value)[:40]!r}; check "
+                           f"proxy_service.tunnel_heartbeat_interval on the proxy")
+    return interval
+
+
+def _same_key(stored, public_key: str) -> bool:
+    try:
+        return pki.ca_public_key(stored) == public_key
+    except BadParameter:
+        return False
 
 
 def _without_token(res: dict) -> dict:

@@ -21,7 +21,7 @@ CERT_EXTENSIONS_SHOWN = ("permit-agent-forwarding", "permit-port-forwarding", "p
 
 def cmd_login(args) -> int:
     from .. import pki
-    from ..client import APIClient
+    from ..client import APIClient, server_cert_sha256
     from ..config import split_hostport
     from ..durations import parse_ttl
     from ..profile import save_profile
@@ -29,7 +29,9 @@ def cmd_login(args) -> int:
         return _select_cluster(args.cluster)
     host, port = split_hostport(args.proxy, WEB_PORT)
     web = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-    api = APIClient(f"https://{web}", insecure=args.insecure)
+    # Unverified on first use only: the certificate seen now is pinned for this login and every later call.
+    pin = server_cert_sha256(host, port) if args.insecure else ""
+    api = APIClient(f"https://{web}", insecure=args.insecure, pin_sha256=pin)
     try:
         api.get(PING_PATH)
     except TLSProblem:
@@ -51,7 +53,7 @@ def cmd_login(args) -> int:
         result = api.post("/webapi/login", {"user": user, "password": password,
                                              "ssh_public_key": ssh_key.public_line, "tls_public_key": tls_pub,
                                              "ttl": ttl})
-    profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure)
+    profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure, pin)
     if args.cluster:
         _check_cluster(profile, args.cluster)
         profile.select_cluster(args.cluster)
@@ -230,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --auth: 'none' only prints the URL to open instead of opening a browser")
     login.add_argument("--device", action="store_true",
                        help="with --auth: the device flow, for machines without a browser (approve on another device)")
-    login.add_argument("--insecure", action="store_true", help="accept a self-signed proxy certificate (tests only)")
+    login.add_argument("--insecure", action="store_true",
+                       help="accept a self-signed proxy certificate, pinned for later calls (tests only)")
     login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (bounded by your roles)")
     login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     login.set_defaults(func=cmd_login)

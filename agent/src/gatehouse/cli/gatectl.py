@@ -69,6 +69,8 @@ def cmd_tokens_add(args) -> int:
         body["name"] = args.name
     if args.value_stdin:
         body["token"] = sys.stdin.readline().strip()
+    if args.leaf_name:
+        body["leaf_name"] = args.leaf_name
     resp = _client(args).post("/v1/tokens", body)
     res = resp["resource"]
     if args.format == "json":
@@ -81,6 +83,8 @@ def cmd_tokens_add(args) -> int:
         print(f"The invite token: {resp['token']}")
     print(f"This token will expire at {_expiry_text(res['metadata']['expires'])}")
     print(f"Token name (for 'gatectl tokens rm'): {res['metadata']['name']}; type: {types}")
+    if res["spec"].get("leaf_name"):
+        print(f"Only a leaf cluster named {res['spec']['leaf_name']} can join with it")
     return 0
 
 
@@ -307,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     t_add.add_argument("--ttl", default="30m", help="time to live, e.g. 5m, 15m, 1h (default 30m)")
     t_add.add_argument("--labels", help="labels applied on join, k=v,k2=v2")
     t_add.add_argument("--name", help="a stable name for the token (default: derived from its hash)")
+    t_add.add_argument("--leaf-name", help="trusted_cluster tokens: the only leaf cluster name that may join with it")
     t_add.add_argument("--value-stdin", action="store_true", help="read the token value from stdin")
     add(tokens, "ls", cmd_tokens_ls, "list tokens")
     t_rm = add(tokens, "rm", cmd_tokens_rm, "delete a token (by name or value)")

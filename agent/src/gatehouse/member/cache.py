@@ -35,6 +35,8 @@ class ClusterCache:
         self._host_cas: dict[str, dict] = {}
         self._nodes: dict[str, dict] = {}
         self._remote_clusters: dict[str, dict] = {}
+        self._trusted_clusters: dict[str, dict] = {}
+        self._roles: dict[str, dict] = {}
 
     def on_change(self, callback: Callable[[], Optional[Awaitable[None]]]) -> None:
         """Call ``callback()`` (a function or coroutine function) after every new revision."""
@@ -78,12 +80,19 @@ class ClusterCache:
                 await result
 
     def _apply(self, snap: dict) -> None:
+        # One record that does not parse is skipped (and logged), never the whole snapshot.
+        self._user_cas, self._host_cas = {}, {}
+        for ca in _records(snap, "cas"):
+            try:
+                if ca["active"] and ca["type"] in ("user", "host"):
+                    (self._user_cas if ca["type"] == "user" else self._host_cas)[key_only(ca["public"])] = ca
+            except (KeyError, TypeError, AttributeError):
+                log.error("skipping a certificate authority of the snapshot that does not parse: %.200r", ca)
+        self._nodes = _by_name(snap, "nodes")
+        self._remote_clusters = _by_name(snap, "remote_clusters")
+        self._trusted_clusters = _by_name(snap, "trusted_clusters")
+        self._roles = _by_name(snap, "roles")
         self._snapshot, self.revision = snap, snap["revision"]
-        active = [c for c in snap["cas"] if c["active"]]
-        self._user_cas = {key_only(c["public"]): c for c in active if c["type"] == "user"}
-        self._host_cas = {key_only(c["public"]): c for c in active if c["type"] == "host"}
-        self._nodes = {n["metadata"]["name"]: n for n in snap.get("nodes", [])}
-        self._remote_clusters = {rc["metadata"]["name"]: rc for rc in snap.get("remote_clusters", [])}
         self._ready.set()
 
     # -- this cluster ----------------------------------------------------------
@@ -92,7 +101,7 @@ class ClusterCache:
         return self._snapshot.get("cluster_name", "")
 
     def roles(self) -> dict[str, dict]:
-        return {r["metadata"]["name"]: r for r in self._snapshot.get("roles", [])}
+        return dict(self._roles)
 
     def nodes(self) -> list[dict]:
         return list(self._nodes.values())
@@ -117,8 +126,8 @@ class ClusterCache:
     def trusted_roots(self) -> list[dict]:
         """The trusted_cluster records of the roots whose trust is enabled and whose CAs are active."""
         active = {c["cluster_name"] for c in self._user_cas.values() if not c.get("local")}
-        return [tc for tc in self._snapshot.get("trusted_clusters", [])
-                if tc["spec"].get("enabled") and tc["metadata"]["name"] in active]
+        return [tc for name, tc in self._trusted_clusters.items()
+                if isinstance(tc.get("spec"), dict) and tc["spec"].get("enabled") and name in active]
 
     # -- root side: the leaves that trust this cluster -----------------------------
     def remote_cluster(self, name: str) -> dict | None:
@@ -137,9 +146,24 @@ class ClusterCache:
 
     def cluster_names(self) -> list[str]:
         """This cluster and every cluster it trusts or is trusted by: the suffixes `node.CLUSTER` may use."""
-        snap = self._snapshot
-        return [self.cluster_name] + [c["metadata"]["name"] for c in
-                                      snap.get("remote_clusters", []) + snap.get("trusted_clusters", [])]
+        return [self.cluster_name, *self._remote_clusters, *self._trusted_clusters]
+
+
+def _records(snap: dict, field: str) -> list:
+    value = snap.get(field)
+    return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+
+
+def _by_name(snap: dict, field: str) -> dict[str, dict]:
+    """Records of one snapshot field by metadata.name; one that has no name is skipped and logged."""
+    out = {}
+    for record in _records(snap, field):
+        name = (record.get("metadata") or {}).get("name") if isinstance(record.get("metadata"), dict) else None
+        if isinstance(name, str) and name:
+            out[name] = record
+        else:
+            log.error("skipping a record of the snapshot's %s that has no name: %.200r", field, record)
+    return out
 
 
 def key_only(line: str) -> str:

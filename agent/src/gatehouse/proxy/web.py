@@ -141,10 +141,18 @@ class ProxyWeb:
         fields = ("user", "roles", "traits", "logins", "login", "node")
         return web.json_response(await self.tunnels.tunnel_for(cluster).check_access({k: body.get(k) for k in fields}))
 
+    def _public_hosts(self) -> list[str]:
+        """The host names and addresses users and leaves reach this proxy by."""
+        ssh = self.ping_payload()["proxy"]["ssh"]
+        addrs = [ssh["public_addr"], ssh["ssh_tunnel_public_addr"]]
+        hosts = {self._web_host(), *(split_hostport(a, 1)[0] for a in addrs if a)}
+        return sorted(h for h in hosts if h and h not in ("0.0.0.0", "::"))
+
     async def validate_trust(self, request):
         """A leaf's trust handshake: public, so auth rate-limits it and checks the token."""
         body = await read_json(request)
         body["client_addr"] = request.remote or ""
+        body["proxy_hosts"] = self._public_hosts()  # a leaf may not be named after them (auth/handshake.py)
         answer = await self.client.call("POST", "/v1/trustedclusters/validate", body)
         answer["tunnel_addr"] = self.ping_payload()["proxy"]["ssh"]["ssh_tunnel_public_addr"]
         return web.json_response(answer)

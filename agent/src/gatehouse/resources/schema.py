@@ -182,6 +182,61 @@ def validate_name(name: Any, what: str = "name", *, kind: str | None = None) -> 
     return name
 
 
+# A leaf's name becomes a host-name suffix on users' machines: `gate login` trusts its
+# host CA for "*.NAME" (known_hosts) and `gate config` writes "Host *.NAME". So it must
+# be a DNS-style name of two labels or more that never ends in a number (IP addresses).
+_DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+
+
+def validate_leaf_name(name: Any, what: str = "leaf cluster name") -> str:
+    """Check a name a leaf cluster is registered under at its root; return it unchanged."""
+    validate_name(name, what)
+    labels = name.split(".")
+    if len(labels) < 2:
+        raise BadParameter(f'{what} "{name}" is a single label, and users\' machines would trust it for every '
+                           f'host matching "*.{name}"; use a name of two labels or more, e.g. {name}.example.com')
+    if not all(_DNS_LABEL_RE.fullmatch(label) for label in labels):
+        raise BadParameter(f'{what} "{name}" is not a DNS-style name; use labels of 1-63 letters, digits, \'-\' or '
+                           f"'_' joined by single dots, each starting and ending with a letter or digit")
+    if labels[-1].isdigit():
+        raise BadParameter(f'{what} "{name}" ends in a number, so "*.{name}" would match IP addresses; end it '
+                           f"with a name, e.g. {name}.example")
+    return name
+
+
+def is_name_suffix(suffix: str, name: str) -> bool:
+    """Whether NAME is SUFFIX or ends in ".SUFFIX" (so the pattern "*.SUFFIX" covers it); case-blind."""
+    suffix, name = suffix.lower().rstrip("."), name.lower().rstrip(".")
+    return bool(suffix) and (name == suffix or name.endswith("." + suffix))
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
+
+
+def validate_dial_addr(value: Any, what: str) -> str:
+    """A host:port another cluster tells this one to dial (a root's tunnel address): one host name or
+    IP address and a port from 1 to 65535, at most 261 characters; BadParameter naming WHAT otherwise."""
+    import ipaddress
+    text = value if isinstance(value, str) else ""
+    if not text or len(text) > 261 or not text.isprintable():
+        raise BadParameter(f"{what} is not a host:port address of at most 261 printable characters")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = text.rpartition(":")
+    try:
+        if text.startswith("["):
+            host_ok = ipaddress.ip_address(host).version == 6
+        else:  # an IPv6 address must be in brackets, or its port would be ambiguous
+            host_ok = ":" not in host and bool(_HOST_RE.fullmatch(host)) and ".." not in host
+    except ValueError:
+        host_ok = False
+    if not host_ok or not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
+        raise BadParameter(f'{what} "{text[:80]}" is not a host:port address with a port from 1 to 65535')
+    return text
+
+
 PASSWORD_MIN_LENGTH = 8
 
 
@@ -637,7 +692,7 @@ def _validate_user(ctx: _Ctx, res: dict, metadata: dict) -> dict:
 def _validate_token(ctx: _Ctx, res: dict, metadata: dict) -> dict:
     meta = _metadata(ctx, metadata, ("expires",))
     spec = _mapping(ctx, res.get("spec"), "spec")
-    _check_fields(ctx, spec, ("roles", "labels", "token"), "spec",
+    _check_fields(ctx, spec, ("roles", "labels", "token", "leaf_name"), "spec",
                   hints={"type": 'unknown field "{path}"; list token types under spec.roles, '
                                  'e.g. roles: [trusted_cluster]'})
     types = ", ".join(TOKEN_TYPES)
@@ -656,6 +711,13 @@ def _validate_token(ctx: _Ctx, res: dict, metadata: dict) -> dict:
             ctx.fail(f"spec.token must be at least {MIN_TOKEN_LENGTH} characters long; use a longer secret "
                      f"or leave spec.token out to get a random one")
         out_spec["token"] = secret
+    if spec.get("leaf_name") not in (None, ""):
+        if out_spec["roles"] != ["trusted_cluster"]:
+            ctx.fail("spec.leaf_name applies to trusted_cluster tokens only; set roles: [trusted_cluster]")
+        try:
+            out_spec["leaf_name"] = validate_leaf_name(spec.get("leaf_name"), "spec.leaf_name")
+        except BadParameter as exc:
+            ctx.fail(exc.message)
     return {"metadata": meta, "spec": out_spec}
 
 

@@ -21,18 +21,22 @@ import asyncssh
 
 from ..access import explain_ssh, node_not_registered
 from ..config import split_hostport
-from ..errors import AccessDenied, GatehouseError, NotFound
+from ..errors import AccessDenied, BadParameter, GatehouseError, NotFound
 from ..member.context import MemberContext
 from ..member.routing import resolve_node
-from ..resources import tunnel_addr_is_discovered, tunnel_dial_addr
+from ..resources import tunnel_addr_is_discovered, tunnel_dial_addr, validate_name
 from ..rootclient import RootWebClient
 from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
 from ..sshserver import CertificateOnlyServer
-from ..wire import ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT
+from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_ANNOUNCED_PROXIES, MISSED_HEARTBEATS, NODES_SUBSYSTEM,
+                    TUNNEL_LOGIN, TUNNEL_PORT)
 
 log = logging.getLogger("gatehouse.tunnel.agent")
 
 MAX_BACKOFF = 10.0
+#: Dials in a row that may land on root proxies this leaf already holds, per held proxy, before it
+#: stops redialling at once and backs off: a root may announce proxies that no dial ever reaches.
+DUPLICATE_DIALS_PER_PROXY = 8
 
 
 class _LeafSide(CertificateOnlyServer):
@@ -83,6 +87,8 @@ class RootLink:
         self.discover_from = discover_from
         self.links: dict[str, asyncssh.SSHServerConnection] = {}
         self.announced: set[str] = set()
+        #: Dials in a row that landed on a proxy already held (reset by a new proxy or a new announcement).
+        self.duplicates = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -117,13 +123,20 @@ class RootLink:
             outcome = await self._dial()
             if outcome == "new":
                 backoff = 0.5
+                self.duplicates = 0
                 continue
             if outcome == "unreachable":
                 await self._rediscover()
-            # "duplicate": the load balancer sent us to a proxy we already hold; retry soon.
-            delay = 0.1 if outcome == "duplicate" else backoff
-            if outcome != "duplicate":
-                backoff = min(backoff * 2, MAX_BACKOFF)
+            if outcome == "duplicate":
+                self.duplicates += 1
+            if outcome == "duplicate" and self.duplicates < DUPLICATE_DIALS_PER_PROXY * max(1, len(self.links)):
+                delay = 0.1  # the load balancer sent us to a proxy we already hold: retry soon
+            else:
+                if outcome == "duplicate" and self.duplicates == DUPLICATE_DIALS_PER_PROXY * max(1, len(self.links)):
+                    log.warning("tunnel: root %s announces proxies (%s) that %d dials in a row to %s did not reach; "
+                                "dialling with backoff", self.root,
+                                ", ".join(sorted(self.announced - set(self.links))), self.duplicates, self.addr)
+                delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
             await asyncio.sleep(delay * (0.5 + random.random()))
 
     async def _dial(self) -> str:
@@ -144,6 +157,9 @@ class RootLink:
             proxy = await asyncio.wait_for(asyncio.shield(ready), MISSED_HEARTBEATS * self.pool.interval + 5)
         except asyncio.TimeoutError:
             log.info("tunnel: root %s at %s did not start heartbeats; retrying", self.root, self.addr)
+            conn.close()
+            return "failed"
+        if not proxy:  # its first heartbeat was refused (_check_hello logged why) and the tunnel closed
             conn.close()
             return "failed"
         if proxy in self.links:
@@ -213,18 +229,41 @@ class RootLink:
                 raw = await asyncio.wait_for(process.stdin.readline(), MISSED_HEARTBEATS * interval + 1)
                 if not raw:
                     return
-                hello = json.loads(raw)
+                proxy, announced = self._check_hello(raw)
                 if not ready.done():
-                    ready.set_result(str(hello.get("proxy") or ""))
-                announced = {str(p) for p in hello.get("proxies") or []}
+                    ready.set_result(proxy)
                 if announced != self.announced:
                     self.announced = announced
+                    self.duplicates = 0
                     self._wake.set()
         except asyncio.TimeoutError:
             log.warning("tunnel: root %s missed %d heartbeats; reconnecting", self.root, MISSED_HEARTBEATS)
             process.channel.get_connection().close()
+        except ValueError as exc:
+            log.warning("tunnel: root %s at %s: %s; closing this tunnel", self.root, self.addr, exc)
+            process.channel.get_connection().close()
         finally:
+            if not ready.done():
+                ready.set_result("")
             sender.cancel()
+
+    def _check_hello(self, raw: bytes) -> tuple[str, set[str]]:
+        """(proxy, announced proxies) of one root heartbeat; ValueError saying what is wrong with it.
+        Proxy names are resource names and a root announces at most MAX_ANNOUNCED_PROXIES of them."""
+        hello = json.loads(raw)
+        if not isinstance(hello, dict):
+            raise ValueError("the root sent a heartbeat that is not a JSON object")
+        names = hello.get("proxies") or []
+        if not isinstance(names, list):
+            raise ValueError("the root's heartbeat announces its proxies as something other than a list")
+        if len(names) > MAX_ANNOUNCED_PROXIES:
+            raise ValueError(f"the root's heartbeat announces {len(names)} proxies, more than {MAX_ANNOUNCED_PROXIES}")
+        for name in [hello.get("proxy"), *names]:
+            try:
+                validate_name(name, "root proxy name")
+            except BadParameter as exc:
+                raise ValueError(f"the root's heartbeat names a proxy badly ({str(exc)[:120]!r})") from None
+        return hello["proxy"], set(names)
 
     @staticmethod
     async def _read_request(process) -> dict:

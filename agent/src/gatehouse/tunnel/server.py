@@ -20,8 +20,9 @@ from ..config import split_hostport
 from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
 from ..member.context import MemberContext
 from ..sshparams import CARRIER_MAX_PKTSIZE, client_options
-from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN,
-                    TUNNEL_PORT, TUNNEL_PRINCIPAL)
+from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL,
+                    MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT, TUNNEL_PRINCIPAL,
+                    heartbeat_interval)
 
 log = logging.getLogger("gatehouse.tunnel.server")
 
@@ -71,13 +72,12 @@ class LeafTunnel:
                     line = await asyncio.wait_for(reader.readline(), MISSED_HEARTBEATS * interval + 1)
                     if not line:
                         break
-                    beat = json.loads(line)
-                    self.leaf_proxy = str(beat.get("proxy") or "")
+                    beat_interval = self._check_beat(json.loads(line), interval)
                     self.last_seen = time.monotonic()
                     if not registered:
                         registered = True
                         self.server.register(self)
-                    await self.server.report(self.leaf, True, float(beat.get("interval") or interval))
+                    await self.server.report(self.leaf, True, beat_interval)
             finally:
                 sender.cancel()
         except asyncio.TimeoutError:
@@ -92,6 +92,18 @@ class LeafTunnel:
             self.closed.set()
             if registered:
                 await self.server.unregister(self)
+
+    def _check_beat(self, beat, default: float) -> float:
+        """The leaf's heartbeat: a JSON object whose interval is within the bounds (it decides how long
+        the leaf counts as online); ValueError, which closes the tunnel, otherwise."""
+        if not isinstance(beat, dict):
+            raise ValueError("the leaf sent a heartbeat that is not a JSON object")
+        beat_interval = heartbeat_interval(beat.get("interval", default))
+        if beat_interval is None:
+            raise ValueError(f"the leaf sent the heartbeat interval {str(beat.get('interval'))[:40]!r}, not a number "
+                             f"of seconds from {MIN_HEARTBEAT_INTERVAL:g} to {MAX_HEARTBEAT_INTERVAL:g}")
+        self.leaf_proxy = str(beat.get("proxy") or "")[:253]
+        return beat_interval
 
     async def _send_hello(self, writer, interval: float) -> None:
         while True:
