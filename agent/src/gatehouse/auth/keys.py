@@ -11,6 +11,9 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     tunnels/<leaf>/<root proxy>   root side: a root proxy's tunnel to a leaf
     tunnel_agents/<root>/<proxy>  leaf side: which root proxies a leaf proxy holds tunnels to
     proxies/<name>                root proxies (expire without heartbeats)
+    members/<kind>/<name>         joined nodes and proxies: the name's holder and its keys (until its
+                                  certificates expire or it is revoked)
+    locks/<kind>/<name>           revoked member identities (their keys), until their certificates expire
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ NODES_PREFIX = "nodes/"
 TRUSTED_CLUSTERS_PREFIX = "trusted_clusters/"
 REMOTE_CLUSTERS_PREFIX = "remote_clusters/"
 PROXIES_PREFIX = "proxies/"
+MEMBERS_PREFIX = "members/"
+LOCKS_PREFIX = "locks/"
 
 #: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
 SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PREFIX, REMOTE_CLUSTERS_PREFIX,
-                     NODES_PREFIX]
+                     NODES_PREFIX, LOCKS_PREFIX]
 
 #: Resource kinds stored one record per name under a prefix.
 _KIND_PREFIXES = {"user": USERS_PREFIX, "role": ROLES_PREFIX, "token": TOKENS_PREFIX, "node": NODES_PREFIX,
@@ -101,3 +106,15 @@ def tunnel_agents_of(root: str) -> str:
 
 def proxy(name: str) -> str:
     return PROXIES_PREFIX + name
+
+
+def member(kind: str, name: str) -> str:
+    return f"{MEMBERS_PREFIX}{kind}/{name}"
+
+
+def members_of(kind: str) -> str:
+    return f"{MEMBERS_PREFIX}{kind}/"
+
+
+def lock(kind: str, name: str) -> str:
+    return f"{LOCKS_PREFIX}{kind}/{name}"

@@ -35,6 +35,7 @@ class ClusterCache:
         self._host_cas: dict[str, dict] = {}
         self._nodes: dict[str, dict] = {}
         self._remote_clusters: dict[str, dict] = {}
+        self._revoked: dict[str, set[str]] = {}
 
     def on_change(self, callback: Callable[[], Optional[Awaitable[None]]]) -> None:
         """Call ``callback()`` (a function or coroutine function) after every new revision."""
@@ -84,6 +85,9 @@ class ClusterCache:
         self._host_cas = {key_only(c["public"]): c for c in active if c["type"] == "host"}
         self._nodes = {n["metadata"]["name"]: n for n in snap.get("nodes", [])}
         self._remote_clusters = {rc["metadata"]["name"]: rc for rc in snap.get("remote_clusters", [])}
+        self._revoked = {}
+        for lock in snap.get("locks", []):
+            self._revoked.setdefault(lock["kind"], set()).update(lock["ssh_keys"])
         self._ready.set()
 
     # -- this cluster ----------------------------------------------------------
@@ -99,6 +103,11 @@ class ClusterCache:
 
     def node(self, name: str) -> dict | None:
         return self._nodes.get(name)
+
+    # -- revoked members (`gatectl rm node/NAME`, `gatectl rm proxy/NAME`) ---------
+    def revoked_keys(self, kind: str) -> list[str]:
+        """SSH key fingerprints of this cluster's revoked members of KIND (node or proxy)."""
+        return sorted(self._revoked.get(kind, ()))
 
     # -- certificate authorities ------------------------------------------------
     def user_ca(self, public_line: str) -> dict | None:
