@@ -26,17 +26,21 @@ def _tls_problem(url: str, exc: Exception) -> TLSProblem:
     wrong_kind = _find_cause(exc, PeerKindError)
     if wrong_kind is not None:
         return TLSProblem(f"refused {url}: {wrong_kind.message}")
+    refused = _find_cause(exc, ssl.SSLCertVerificationError)
+    if refused is not None and getattr(refused, "verify_message", ""):
+        return TLSProblem(f"TLS handshake with {url} failed: its certificate was refused ({refused.verify_message}); "
+                          f"the certificate or CA does not match this cluster, or the server is not the service it "
+                          f"should be — check the address and the identity files")
     return TLSProblem(f"TLS handshake with {url} failed ({str(exc)[:160]}); the certificate or CA does not "
                              f"match this cluster — log in again or check the identity files")
 
 
-def _find_cause(exc: BaseException, kind: type, depth: int = 8):
+def _find_cause(exc: BaseException, kind: type, limit: int = 24):
     """The KIND exception somewhere inside EXC (requests and aiohttp wrap the ssl error in their own)."""
     seen, todo = set(), [exc]
-    while todo and depth > 0:
-        depth -= 1
+    while todo and len(seen) < limit:
         current = todo.pop(0)
-        if current is None or id(current) in seen:
+        if not isinstance(current, BaseException) or id(current) in seen:
             continue
         seen.add(id(current))
         if isinstance(current, kind):
