@@ -79,7 +79,7 @@ class GatehouseProcess:
         for role, ident in idents.items():
             renewer = identity_renewer(ident, clients[role], role)
             renewer.start()
-            self.closers.insert(0, renewer.stop)  # stopped last-in, first-out: before its client closes
+            self.closers.append(renewer.stop)  # closers run in reverse: renewals stop before anything else
 
     def _principals(self, role: str) -> list[str]:
         cfg = self.cfg

@@ -16,10 +16,10 @@ from .. import __version__, pki, resources
 from ..access import AccessChecker, explain_ssh, node_not_registered
 from ..audit import AuditLog
 from ..backend import open_backend
+from ..backend.base import Op
 from ..clock import now_iso
 from ..config import Config, public_addr
 from ..errors import AccessDenied, AlreadyExists, BadParameter, NotFound
-from ..backend.base import Op
 from ..ratelimit import RateLimiter
 from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NOLOGIN_PRINCIPAL
 from . import keys, passwords

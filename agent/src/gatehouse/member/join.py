@@ -90,7 +90,7 @@ async def _pinned_ca(cfg: Config) -> str:
         raise AccessDenied(f"the server at {cfg.auth_addr} answered {CA_PATH} without a valid CA certificate; "
                            f"check gatehouse.auth_servers") from None
     if cfg.ca_pin:
-        if _pin(actual) != _pin(cfg.ca_pin):
+        if normal_pin(actual) != normal_pin(cfg.ca_pin):
             raise AccessDenied(f"the auth server's CA fingerprint {actual} does not match gatehouse.ca_pin "
                                f"{cfg.ca_pin}; check the auth_servers address and the pin")
     else:
@@ -108,7 +108,7 @@ def _check_not_expired(ident: IdentityFiles, role: str, name: str) -> None:
                            f"and start again with a new join token")
 
 
-def _pin(text: str) -> str:
+def normal_pin(text: str) -> str:
     """A fingerprint compared the way people write it: case, `sha256:` and colons do not matter."""
     text = text.strip().lower()
     return text.removeprefix("sha256:").replace(":", "")
