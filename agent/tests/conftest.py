@@ -235,6 +235,13 @@ class Cluster:
     def log_text(self) -> str:
         return self.daemon.log_text()
 
+    @property
+    def ca_pin(self) -> str:
+        """The cluster's TLS CA fingerprint ('gatectl status'): what a member joining it sets as gatehouse.ca_pin."""
+        from gatehouse import pki
+        with open(os.path.join(self.data_dir, "admin", "ca.crt"), encoding="utf-8") as fh:
+            return pki.tls_fingerprint(fh.read())
+
 
 @contextlib.contextmanager
 def unix_user(name: str):

@@ -112,6 +112,13 @@ class Site:
         assert r.returncode == 0, f"gatectl {' '.join(args)} on {host}: {r.stderr}{r.stdout}"
         return r.stdout
 
+    def ca_pin(self, host: str) -> str:
+        """The TLS CA fingerprint `gatectl status` shows in HOST: what a member joining it pins (gatehouse.ca_pin)."""
+        for line in self.ok(host, "status").splitlines():
+            if line.startswith("tls CA ") and not line.endswith("(inactive)"):
+                return line.split()[-1]
+        raise AssertionError(f"no TLS CA fingerprint in gatectl status on {host}")
+
     def create(self, host: str, name: str, docs: list[dict], *flags) -> str:
         """Write DOCS as /etc/gatehouse/NAME in HOST and `gatectl create` it."""
         (self.net[host].etc_dir / name).write_text("\n---\n".join(json.dumps(d) for d in docs))

@@ -125,7 +125,7 @@ def _bring_up(s: AccessSite) -> None:
                   f"login_rate: 600}}\n")
     token = json.loads(s.ok(AUTH, "tokens", "add", "--type=proxy", "--format", "json"))["token"]
     s.start(PROXY, f"gatehouse: {{nodename: root-proxy, data_dir: /var/lib/gatehouse, "
-                   f"auth_servers: ['{NET}.10:3025'], join_token: {token}}}\n"
+                   f"auth_servers: ['{NET}.10:3025'], join_token: {token}, ca_pin: '{s.ca_pin(AUTH)}'}}\n"
                    f"proxy_service: {{enabled: true, public_addr: '{WEB}'}}\n")
     s.create(AUTH, "roles.yaml", ROOT_ROLES)
     for user, roles, extra in USERS:
@@ -135,7 +135,7 @@ def _bring_up(s: AccessSite) -> None:
                        f"proxy_service: {{enabled: true}}\n")
     node_token = json.loads(s.ok(LEAF_HOST, "tokens", "add", "--type=node", "--format", "json"))["token"]
     s.start(NODE, f"gatehouse: {{nodename: web1, data_dir: /var/lib/gatehouse, auth_servers: ['{NET}.20:3025'], "
-                  f"join_token: {node_token}}}\nssh_service: {{enabled: true, labels: {{env: demo, team: web}}}}\n")
+                  f"join_token: {node_token}, ca_pin: '{s.ca_pin(LEAF_HOST)}'}}\nssh_service: {{enabled: true, labels: {{env: demo, team: web}}}}\n")
     s.create(LEAF_HOST, "roles.yaml", LEAF_ROLES)
     trust_token = json.loads(s.ok(AUTH, "tokens", "add", "--type=trusted_cluster", "--ttl=15m",
                                   "--labels=env=staging", "--format", "json"))["token"]

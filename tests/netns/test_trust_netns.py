@@ -95,9 +95,11 @@ def _bring_up(s: TrustSite) -> None:
                      f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: 0.0.0.0:3025, "
                      f"login_rate: 600}}\nproxy_service:\n  enabled: true\n{proxy_common}"
                      f"ssh_service: {{enabled: true, labels: {{site: root}}}}\n")
-    token = json.loads(s.ok("root1", "tokens", "add", "--type=proxy", "--format", "json"))["token"]
+    # proxy-b answers users at the load balancer's address: the token approves that name for its certificates.
+    token = json.loads(s.ok("root1", "tokens", "add", "--type=proxy", f"--principals={lb}", "--format",
+                            "json"))["token"]
     s.start("rootp2", f"gatehouse: {{nodename: proxy-b, data_dir: /var/lib/gatehouse, "
-                      f"auth_servers: ['{NET}.10:3025'], join_token: {token}}}\n"
+                      f"auth_servers: ['{NET}.10:3025'], join_token: {token}, ca_pin: '{s.ca_pin('root1')}'}}\n"
                       f"proxy_service:\n  enabled: true\n{proxy_common}")
     (s.net["lb"].etc_dir / "haproxy.cfg").write_text(HAPROXY.format(sections=_haproxy_sections()))
     log = open(os.path.join(s.tmp, "haproxy.log"), "ab")
@@ -109,7 +111,8 @@ def _bring_up(s: TrustSite) -> None:
                      f"proxy_service: {{enabled: true}}\n")
     node_token = json.loads(s.ok("leaf1", "tokens", "add", "--type=node", "--format", "json"))["token"]
     s.start("node1", f"gatehouse: {{nodename: node1, data_dir: /var/lib/gatehouse, "
-                     f"auth_servers: ['{NET}.20:3025'], join_token: {node_token}}}\n"
+                     f"auth_servers: ['{NET}.20:3025'], join_token: {node_token}, "
+                     f"ca_pin: '{s.ca_pin('leaf1')}'}}\n"
                      f"ssh_service: {{enabled: true, labels: {{env: demo}}}}\n")
     s.ok("root1", "users", "add", "alice", "--roles=access", "--logins=visitor,root", "--password-stdin",
          input=PASSWORD + "\n")

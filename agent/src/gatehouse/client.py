@@ -10,7 +10,8 @@ import json
 import ssl
 
 from .errors import ConnectionProblem, GatehouseError, TLSProblem, from_dict
-from .wire import FORWARDED_IDENTITY
+from .identity import PeerKindError, client_context
+from .wire import AUTH_KIND, FORWARDED_IDENTITY
 
 
 
@@ -22,6 +23,14 @@ def _unreachable(url: str, exc: Exception) -> ConnectionProblem:
 
 
 def _tls_problem(url: str, exc: Exception) -> TLSProblem:
+    wrong_kind = _find_cause(exc, PeerKindError)
+    if wrong_kind is not None:
+        return TLSProblem(f"refused {url}: {wrong_kind.message}")
+    refused = _find_cause(exc, ssl.SSLCertVerificationError)
+    if refused is not None and getattr(refused, "verify_message", ""):
+        return TLSProblem(f"TLS handshake with {url} failed: its certificate was refused ({refused.verify_message}); "
+                          f"the certificate or CA does not match this cluster, or the server is not the service it "
+                          f"should be — check the address and the identity files")
     return TLSProblem(f"TLS handshake with {url} failed ({str(exc)[:160]}); the certificate or CA does not "
                              f"match this cluster — log in again or check the identity files")
 
@@ -43,6 +52,22 @@ def server_cert_sha256(host: str, port: int, timeout: float = 10.0) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _find_cause(exc: BaseException, kind: type, limit: int = 24):
+    """The KIND exception somewhere inside EXC (requests and aiohttp wrap the ssl error in their own)."""
+    seen, todo = set(), [exc]
+    while todo and len(seen) < limit:
+        current = todo.pop(0)
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        todo += [current.__cause__, current.__context__, getattr(current, "reason", None),
+                 getattr(current, "certificate_error", None), getattr(current, "os_error", None)]
+        todo += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+    return None
+
+
 class APIClient:
     """Synchronous client; lazily imports requests so CLI start-up stays fast.
 
@@ -54,9 +79,16 @@ class APIClient:
 
     def __init__(self, base_url: str, *, cert_file: str | None = None, key_file: str | None = None,
                  ca_file: str | None = None, insecure: bool = False, check_hostname: bool = True,
-                 timeout: float = 30.0, forwarded_user: str | None = None, pin_sha256: str = ""):
+                 timeout: float = 30.0, forwarded_user: str | None = None, pin_sha256: str = "",
+                 peer_kind: str | None = None):
         import requests
         from requests.adapters import HTTPAdapter
+
+        # A server of the cluster must also be the kind of member it is called as (identity.client_context).
+        context = None
+        if peer_kind and ca_file and not insecure:
+            with open(ca_file, encoding="utf-8") as fh:
+                context = client_context(None, None, fh.read(), peer_kind=peer_kind)
 
         class _Adapter(HTTPAdapter):
             def init_poolmanager(self, *args, **kwargs):
@@ -64,6 +96,8 @@ class APIClient:
                     kwargs["assert_hostname"] = False
                 if pin_sha256:  # the server's certificate must be this one (SHA-256 of its DER form)
                     kwargs["assert_fingerprint"] = pin_sha256
+                if context is not None:
+                    kwargs["ssl_context"] = context
                 super().init_poolmanager(*args, **kwargs)
 
         self.base_url = base_url.rstrip("/")
@@ -86,6 +120,7 @@ class APIClient:
     def for_identity(cls, ident, base_url: str | None = None, **kw) -> "APIClient":
         """Client for the auth API with an on-disk identity (see identity.IdentityFiles)."""
         ident.read("ca.crt")  # clear error when the identity is missing
+        kw.setdefault("peer_kind", AUTH_KIND)
         return cls(base_url or f"https://{ident.auth_addr}", cert_file=ident.path("identity.crt"),
                    key_file=ident.path("identity.key"), ca_file=ident.path("ca.crt"), check_hostname=False, **kw)
 

@@ -40,6 +40,8 @@ class AuthConfig:
     storage: dict = field(default_factory=dict)
     login_rate: float = 5.0          # password attempts per minute per user and per client
     validate_rate: float = 10.0      # trusted-cluster validations per minute per client
+    identity_ttl: str = "8760h"      # node and proxy certificates (members renew them at half-life)
+    tunnel_cert_ttl: str = "168h"    # a root proxy's tunnel certificate (renewed at half-life)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Config:
     auth_servers: list = field(default_factory=list)
     join_token: str = ""
     ca_pin: str = ""
+    join_insecure: bool = False
     heartbeat_interval: float = 5.0
     insecure: bool = False
     debug: bool = False
@@ -90,7 +93,7 @@ class Config:
 
 
 _SECTIONS = {
-    "gatehouse": {"nodename", "data_dir", "auth_servers", "auth_token", "join_token", "ca_pin",
+    "gatehouse": {"nodename", "data_dir", "auth_servers", "auth_token", "join_token", "ca_pin", "join_insecure",
                   "log", "heartbeat_interval", "insecure"},
     "auth_service": {f.name for f in dataclasses.fields(AuthConfig)},
     "proxy_service": {f.name for f in dataclasses.fields(ProxyConfig)},
@@ -130,6 +133,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
     cfg.auth_servers = [str(a) for a in _list(general.get("auth_servers"), path, "gatehouse.auth_servers")]
     cfg.join_token = str(general.get("join_token") or general.get("auth_token") or "")
     cfg.ca_pin = str(general.get("ca_pin") or "")
+    cfg.join_insecure = _bool(general.get("join_insecure", False), path, "gatehouse.join_insecure")
     cfg.heartbeat_interval = _positive(general.get("heartbeat_interval", 5.0), path, "gatehouse.heartbeat_interval")
     cfg.insecure = bool(general.get("insecure", False))
     log = general.get("log") or {}
@@ -154,12 +158,17 @@ def _validate(cfg: Config, path: str) -> None:
     if cfg.auth.enabled:
         if not cfg.auth.cluster_name:
             raise BadParameter(f"{path}: auth_service.cluster_name is required; name the cluster, e.g. cluster_name: root.example.com")
-        from .resources import validate_name  # cluster names follow the resource naming rule
+        from .resources import MIN_TOKEN_LENGTH, validate_name  # the rules resources follow too
         validate_name(cfg.auth.cluster_name, "auth_service.cluster_name")
         for tok in cfg.auth.tokens:
             kind, _, secret = str(tok).partition(":")
             if kind not in TOKEN_TYPES or not secret:
                 raise BadParameter(f"{path}: static token {kind or tok!r} must look like trusted_cluster:SECRET, node:SECRET or proxy:SECRET")
+            if len(secret) < MIN_TOKEN_LENGTH:
+                raise BadParameter(f"{path}: the secret of static {kind} token is shorter than {MIN_TOKEN_LENGTH} "
+                                   f"characters; use a longer random secret, e.g. from 'openssl rand -hex 16'")
+        for ttl_field in ("identity_ttl", "tunnel_cert_ttl"):
+            _certificate_ttl(getattr(cfg.auth, ttl_field), path, f"auth_service.{ttl_field}")
     elif not cfg.auth_servers:
         raise BadParameter(f"{path}: this process runs no auth service, so gatehouse.auth_servers must list the auth server address (host:3025)")
     elif not cfg.join_token and not os.path.exists(os.path.join(cfg.data_dir, "identity")):
@@ -172,6 +181,33 @@ def _validate(cfg: Config, path: str) -> None:
         section, name = addr_field.split(".")
         value = getattr(getattr(cfg, section), name)
         split_hostport(value, 0, what=f"{path}: {name}")
+
+
+MIN_CERT_TTL = 10
+
+
+def _certificate_ttl(value, path: str, where: str) -> int:
+    """A certificate lifetime setting (``8760h``, ``30m``): at least MIN_CERT_TTL seconds."""
+    from .durations import parse_duration
+    try:
+        seconds = parse_duration(value, where)
+    except BadParameter as exc:
+        raise BadParameter(f"{path}: {exc}") from None
+    if seconds < MIN_CERT_TTL:
+        raise BadParameter(f"{path}: {where} must be at least {MIN_CERT_TTL}s, not {value!r}; certificates are "
+                           f"renewed at half their lifetime")
+    return seconds
+
+
+def certificate_ttl(value) -> int:
+    """Seconds of a certificate lifetime setting already checked by load()."""
+    return _certificate_ttl(value, "<config>", "ttl")
+
+
+def _bool(value, path: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadParameter(f"{path}: {where} must be true or false, not {value!r}")
+    return value
 
 
 def split_hostport(addr: str, default_port: int, what: str = "address") -> tuple[str, int]:

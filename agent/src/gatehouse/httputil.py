@@ -52,6 +52,12 @@ def peer_subject(request: web.Request) -> dict[str, str]:
     return {k: v for rdn in (cert or {}).get("subject", ()) for k, v in rdn}
 
 
+def peer_certificate(request: web.Request) -> bytes | None:
+    """The verified client certificate (DER), or None when none was presented."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+
+
 async def read_json(request: web.Request) -> dict:
     try:
         body = await request.json()

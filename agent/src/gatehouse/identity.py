@@ -9,17 +9,38 @@ The auth server writes `data_dir/admin/` for gatectl; joined processes keep
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import pki
 from .errors import BadParameter
+from .wire import AUTH_KIND
+
+
+log = logging.getLogger("gatehouse.identity")
 
 
 @dataclass
 class IdentityFiles:
     dir: str
+    #: Called after the certificates on disk were renewed, so servers and clients load them.
+    _renewed: list = field(default_factory=list, repr=False, compare=False)
+
+    def on_renewed(self, callback) -> None:
+        """Call ``callback()`` (a function or coroutine function) after every renewal of this identity."""
+        self._renewed.append(callback)
+
+    async def notify_renewed(self) -> None:
+        for callback in list(self._renewed):
+            try:
+                result = callback()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # noqa: BLE001 - one listener's trouble must not stop the others
+                log.exception("reloading the renewed identity in %s failed", self.dir)
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -56,16 +77,25 @@ class IdentityFiles:
         import asyncssh
         return self.ssh_key(), asyncssh.import_certificate(self.read("ssh_key-cert.pub"))
 
-    def client_context(self) -> ssl.SSLContext:
-        return client_context(self.path("identity.crt"), self.path("identity.key"), self.read("ca.crt"))
+    def client_context(self, peer_kind: str = AUTH_KIND) -> ssl.SSLContext:
+        """Context for calling a server of this cluster that must be PEER_KIND (auth, or a proxy)."""
+        return client_context(self.path("identity.crt"), self.path("identity.key"), self.read("ca.crt"),
+                              peer_kind=peer_kind)
+
+    def reload(self, ctx: ssl.SSLContext) -> None:
+        """Make CTX present this identity's current (renewed) certificate on its next connections."""
+        ctx.load_cert_chain(self.path("identity.crt"), self.path("identity.key"))
 
 
 def client_context(cert_file: str | None, key_file: str | None, ca_pem: str | None,
-                   insecure: bool = False) -> ssl.SSLContext:
+                   insecure: bool = False, peer_kind: str | None = None) -> ssl.SSLContext:
     """TLS client context pinned to the cluster's private CA.
 
     Host names are not checked: only certificates issued by this cluster's own CA are
     accepted, and members reach each other by addresses the CA cannot know in advance.
+    What the server is, is checked instead: with PEER_KIND, a server whose certificate's
+    OU names another kind (a node or proxy playing auth) is refused right after the
+    handshake, before a request is sent.
     """
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -74,6 +104,44 @@ def client_context(cert_file: str | None, key_file: str | None, ca_pem: str | No
         ctx.verify_mode = ssl.CERT_NONE
     else:
         ctx.load_verify_locations(cadata=ca_pem)
+        if peer_kind:
+            require_peer_kind(ctx, peer_kind)
     if cert_file:
         ctx.load_cert_chain(cert_file, key_file)
     return ctx
+
+
+class PeerKindError(ssl.SSLCertVerificationError):
+    """The server's certificate is from the cluster CA but names another kind of member."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_peer_kind(peercert: dict, kind: str) -> None:
+    """Raise PeerKindError unless the verified server certificate's OU is KIND."""
+    subject = {k: v for rdn in (peercert or {}).get("subject", ()) for k, v in rdn}
+    actual = subject.get("organizationalUnitName", "")
+    if actual != kind:
+        who = f'{actual or "unknown"} "{subject.get("commonName", "?")}"'
+        raise PeerKindError(f"the server is {who} of cluster \"{subject.get('organizationName', '?')}\", not the "
+                            f"{kind} service it must be; a member of the cluster may be impersonating it — check the "
+                            f"address you were given for the {kind} service")
+
+
+def require_peer_kind(ctx: ssl.SSLContext, kind: str) -> None:
+    """Make CTX check, once each handshake completes, that the server's certificate is a KIND's."""
+    def checking(base):
+        class Checked(base):
+            def do_handshake(self, *args):
+                result = super().do_handshake(*args)
+                check_peer_kind(self.getpeercert(), kind)
+                return result
+        Checked.__name__ = f"{base.__name__}For{kind.capitalize()}"
+        return Checked
+    ctx.sslobject_class = checking(ssl.SSLObject)   # asyncio (aiohttp)
+    ctx.sslsocket_class = checking(ssl.SSLSocket)   # blocking sockets (requests)

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from .errors import BadParameter
-from .wire import EXT_CLUSTER, EXT_CONNECTOR, EXT_ROLES, EXT_TRAITS
+from .wire import EXT_CLUSTER, EXT_CONNECTOR, EXT_MEMBER_KIND, EXT_ROLES, EXT_TRAITS, MEMBER_KINDS
 
 
 class _LazyModule:
@@ -302,6 +302,29 @@ class SSHCertInfo:
         """The single sign-on connector that logged the user in ("oidc/NAME"); "" after a password login."""
         return self._json(EXT_CONNECTOR, "")
 
+    @property
+    def member_kind(self) -> str:
+        """``node`` or ``proxy`` for a host certificate auth issued to a cluster member, else "".
+
+        The key id (``KIND:NAME``) and, when present, the kind extension must agree; a
+        certificate that says neither, or both differently, is no member's.
+        """
+        kind, sep, name = self.key_id.partition(":")
+        if self.cert_type != "host" or not sep or kind not in MEMBER_KINDS or not name:
+            return ""
+        if EXT_MEMBER_KIND in self.extensions:
+            try:
+                if self._json(EXT_MEMBER_KIND, None) != kind:
+                    return ""
+            except BadParameter:
+                return ""
+        return kind
+
+    @property
+    def member_name(self) -> str:
+        """The member's name in a member host certificate's key id (``proxy:NAME``), else ""."""
+        return self.key_id.partition(":")[2] if self.member_kind else ""
+
 
 def parse_ssh_cert(cert_line: str) -> SSHCertInfo:
     """Decode an Ed25519 OpenSSH certificate and verify its CA signature."""
@@ -434,6 +457,11 @@ def new_tls_key() -> tuple[str, str]:
     return _private_pem(key), _public_pem(key)
 
 
+def tls_public_from_private(key_pem: str) -> str:
+    """The SubjectPublicKeyInfo PEM of a private key (what a renewal request sends)."""
+    return _public_pem(_load_key(key_pem))
+
+
 def _private_pem(key) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
@@ -536,6 +564,26 @@ def tls_identity(cert_pem: str) -> dict:
     return {"name": attr(x509.NameOID.COMMON_NAME), "cluster": attr(x509.NameOID.ORGANIZATION_NAME),
             "kind": attr(x509.NameOID.ORGANIZATIONAL_UNIT_NAME),
             "expires": int(cert.not_valid_after_utc.timestamp())}
+
+
+def tls_key_fingerprint(pem_or_der: str | bytes) -> str:
+    """``sha256:<hex>`` of the SubjectPublicKeyInfo of a certificate (PEM or DER) or PEM public key.
+
+    A member keeps its key pair when its certificates are renewed, so this names the
+    member's identity across renewals (and is what a revocation locks).
+    """
+    data = pem_or_der.encode() if isinstance(pem_or_der, str) else pem_or_der
+    try:
+        if b"-----BEGIN PUBLIC KEY-----" in data:
+            public = serialization.load_pem_public_key(data)
+        elif data.lstrip().startswith(b"-----"):
+            public = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            public = x509.load_der_x509_certificate(data).public_key()
+    except ValueError:
+        raise BadParameter("the certificate or public key is not valid PEM or DER.") from None
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def tls_fingerprint(cert_pem: str) -> str:

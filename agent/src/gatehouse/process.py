@@ -64,12 +64,22 @@ class GatehouseProcess:
             await tunnels.start()
             await agents.start()
             self.closers += [web.stop, ssh.stop, tunnels.stop, agents.stop]
+        clients = {roles[0]: client}
         if cfg.ssh.enabled:
             from .node.server import NodeService
-            node_client = api_client(idents["node"])
+            node_client = clients["node"] = api_client(idents["node"])
             node = NodeService(ctx.for_identity(idents["node"], node_client))
             await node.start()
             self.closers += [node.stop, node_client.close]
+        self._renew_identities(idents, clients)
+
+    def _renew_identities(self, idents: dict, clients: dict) -> None:
+        """Each identity renews itself at half-life through the client that calls auth as it."""
+        from .member.renew import identity_renewer
+        for role, ident in idents.items():
+            renewer = identity_renewer(ident, clients[role], role)
+            renewer.start()
+            self.closers.append(renewer.stop)  # closers run in reverse: renewals stop before anything else
 
     def _principals(self, role: str) -> list[str]:
         cfg = self.cfg

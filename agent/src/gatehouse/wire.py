@@ -22,6 +22,15 @@ WEB_PORT = 3080           # proxy web API (HTTPS)
 IDENTITY_KINDS = ("admin", "user", "node", "proxy")
 #: Join-token types, and so the kinds of member a token can admit.
 TOKEN_TYPES = ("trusted_cluster", "node", "proxy")
+#: Kinds of member that join a cluster with a token and can be revoked (`gatectl rm node/NAME`).
+MEMBER_KINDS = ("node", "proxy")
+#: The OU of the auth server's own TLS certificate: members talking to auth require it.
+AUTH_KIND = "auth"
+#: Kinds whose X.509 certificates may serve TLS (serverAuth); a node's is for clients only.
+SERVER_KINDS = (AUTH_KIND, "proxy")
+#: Unauthenticated auth API path that returns the cluster's TLS CA, so a joining member can
+#: check `gatehouse.ca_pin` before it sends its token.
+CA_PATH = "/v1/ca"
 
 # -- SSH certificates ------------------------------------------------------------
 #: Custom user-certificate extensions (values are JSON).
@@ -34,6 +43,8 @@ EXT_CONNECTOR = "gatehouse-connector@gatehouse"
 #: The only principal of a user certificate whose roles allow no login: an empty
 #: principal list would mean "any login" to OpenSSH.
 NOLOGIN_PRINCIPAL = "-gatehouse-nologin-"
+#: Host-certificate extension naming the kind of member (node or proxy) auth issued it to (JSON string).
+EXT_MEMBER_KIND = "gatehouse-kind@gatehouse"
 
 # -- reverse tunnels ------------------------------------------------------------
 #: Host-certificate principal a leaf proxy presents on its tunnels to the root.

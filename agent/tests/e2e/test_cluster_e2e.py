@@ -349,7 +349,7 @@ def _node_config(c: Cluster, name: str, token: str, data_dir: str) -> str:
     port = free_port()
     return create_file(c, f"{name}.yaml", (
         f"gatehouse: {{nodename: {name}, data_dir: {data_dir}, auth_servers: ['{c.auth_addr}'], "
-        f"join_token: '{token}', log: {{severity: DEBUG}}}}\n"
+        f"join_token: '{token}', ca_pin: '{c.ca_pin}', log: {{severity: DEBUG}}}}\n"
         f"ssh_service: {{enabled: true, listen_addr: '127.0.0.1:{port}', labels: {{env: dev, role: extra}}}}\n"))
 
 

@@ -101,7 +101,7 @@ def test_json_log_file_with_debug_flag_holds_no_secrets(tmp_path, visitor_login)
         node_data = str(tmp_path / "node2")
         node_cfg = write_yaml(str(tmp_path / "node2.yaml"), (
             f"gatehouse: {{nodename: node2, data_dir: {node_data}, auth_servers: ['{c.auth_addr}'], "
-            f"join_token: '{CHOSEN_TOKEN}', log: {{severity: DEBUG}}}}\n"
+            f"join_token: '{CHOSEN_TOKEN}', ca_pin: '{c.ca_pin}', log: {{severity: DEBUG}}}}\n"
             f"ssh_service: {{enabled: true, listen_addr: '127.0.0.1:{free_port()}'}}\n"))
         node = Daemon(node_cfg, str(tmp_path / "node2.log")).start()
         c.wait_node("node2")

@@ -30,6 +30,14 @@ NOW = int(time.time())
 
 # ------------------------------------------------------------------ helpers
 
+@pytest.fixture(scope="module", autouse=True)
+def _now():
+    """Certificates here live minutes: count from when this module's tests start, not from collection
+    (a long suite can run them more than ten minutes after it imported this module)."""
+    global NOW
+    NOW = int(time.time())
+
+
 @pytest.fixture(scope="module")
 def user_ca():
     return pki.new_ssh_key(comment="test user CA")
@@ -45,8 +53,9 @@ def alice():
     return pki.new_ssh_key(comment="alice@laptop")
 
 
-def _user_cert(ca, key, principals=("alice", "root"), valid_after=NOW - 60, valid_before=NOW + 3600,
-               **kw):
+def _user_cert(ca, key, principals=("alice", "root"), valid_after=None, valid_before=None, **kw):
+    valid_after = NOW - 60 if valid_after is None else valid_after
+    valid_before = NOW + 3600 if valid_before is None else valid_before
     ext = pki.user_cert_extensions(["access", "dev"], {"logins": ["alice", "root"], "team": ["ops"]},
                                    "root.example")
     return pki.sign_ssh_cert(ca.private_openssh, key.public_line, cert_type="user", key_id="alice",

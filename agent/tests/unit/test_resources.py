@@ -165,11 +165,11 @@ ERRORS = [
                  id="missing-kind"),
     pytest.param({"kind": "rolez", "metadata": {"name": "x"}}, {},
                  'unknown kind "rolez"; expected one of: role, user, token, trusted_cluster, remote_cluster, '
-                 'oidc, node, cert_authority',
+                 'oidc, node, cert_authority, proxy',
                  id="unknown-kind"),
     pytest.param({"kind": "rolez"}, {"where": "resource 1 in a.yaml"},
                  'resource 1 in a.yaml: unknown kind "rolez"; expected one of: role, user, token, trusted_cluster, '
-                 'remote_cluster, oidc, node, cert_authority',
+                 'remote_cluster, oidc, node, cert_authority, proxy',
                  id="unknown-kind-where"),
     pytest.param({"kind": "role"}, {},
                  'role: missing "metadata.name"; give the role a name, e.g. metadata: {name: NAME}',
@@ -578,7 +578,7 @@ def test_parse_ref(ref, expected):
               'for all of them'),
     ("/alice", 'resource reference "/alice" has no kind before "/"; use KIND/NAME, e.g. user/alice'),
     ("rolez/x", 'unknown kind "rolez"; expected one of: role, user, token, trusted_cluster, remote_cluster, '
-                'oidc, node, cert_authority'),
+                'oidc, node, cert_authority, proxy'),
     ("role/a@b", 'role name "a@b" is not valid; use 1-253 letters, digits, \'.\', \'-\' or \'_\', starting with '
                  'a letter or digit'),
     ("ca/root/ssh", 'resource reference "ca/root/ssh" names CA type "ssh"; use ca/CLUSTER/TYPE with TYPE one of '

@@ -8,6 +8,7 @@ the error's HTTP status.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -18,8 +19,8 @@ from .. import __version__, pki
 from ..config import is_ip, join_hostport, split_hostport
 from ..durations import parse_ttl
 from ..errors import AccessDenied, BadParameter
-from ..httputil import error_middleware, make_server_context, peer_subject, read_json
-from ..wire import AUTH_PORT, FORWARDED_IDENTITY, NODE_PORT, WEB_PORT
+from ..httputil import error_middleware, make_server_context, peer_certificate, peer_subject, read_json
+from ..wire import AUTH_KIND, AUTH_PORT, CA_PATH, FORWARDED_IDENTITY, MEMBER_KINDS, NODE_PORT, WEB_PORT
 from . import sso_api
 from .authz import Identity
 from .service import AuthService
@@ -29,12 +30,8 @@ log = logging.getLogger("gatehouse.auth.api")
 
 def identity_from_request(request: web.Request, cluster_name: str) -> Identity | None:
     """The verified caller, or the user a proxy forwards on behalf of."""
-    subject = peer_subject(request)
-    if not subject:
-        return None
-    ident = Identity(name=subject.get("commonName", ""), kind=subject.get("organizationalUnitName", ""),
-                     cluster=subject.get("organizationName", ""))
-    if ident.cluster != cluster_name:
+    ident = certificate_identity(request, cluster_name)
+    if ident is None:
         return None
     forwarded = request.headers.get(FORWARDED_IDENTITY)
     if forwarded:
@@ -42,6 +39,38 @@ def identity_from_request(request: web.Request, cluster_name: str) -> Identity |
             raise AccessDenied("only proxies may forward a user identity")
         return Identity(name=forwarded, kind="user", cluster=cluster_name)
     return ident
+
+
+def certificate_identity(request: web.Request, cluster_name: str) -> Identity | None:
+    """Who the verified client certificate names (None without one, or from another cluster)."""
+    subject = peer_subject(request)
+    if not subject:
+        return None
+    kind = subject.get("organizationalUnitName", "")
+    ident = Identity(name=subject.get("commonName", ""), kind=kind, cluster=subject.get("organizationName", ""),
+                     key=_key_of(peer_certificate(request)) if kind in MEMBER_KINDS else "",
+                     registered=int(request.get(_REGISTERED) or 0))
+    return ident if ident.cluster == cluster_name else None
+
+
+_REGISTERED = "gatehouse.member_registered"
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_of(der: bytes | None) -> str:
+    return pki.tls_key_fingerprint(der) if der else ""
+
+
+def member_check_middleware(svc: AuthService):
+    """Every call of a node or proxy identity is checked against its member record: a revoked or
+    superseded certificate is refused before any handler runs (members.py)."""
+    @web.middleware
+    async def check(request: web.Request, handler):
+        ident = certificate_identity(request, svc.cluster_name)  # a proxy forwarding for a user, too
+        if ident is not None and ident.kind in MEMBER_KINDS:
+            request[_REGISTERED] = await svc.members.check_caller(ident)
+        return await handler(request)
+    return check
 
 
 def _need(body: dict, *names: str) -> list:
@@ -54,9 +83,12 @@ def _need(body: dict, *names: str) -> list:
 class AuthAPI:
     def __init__(self, svc: AuthService):
         self.svc = svc
-        self.app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+        self.app = web.Application(middlewares=[error_middleware, member_check_middleware(svc)],
+                                   client_max_size=1024 * 1024)
         r = self.app.router
         r.add_get("/v1/ping", self.ping)
+        r.add_get(CA_PATH, self.cluster_ca)
+        r.add_post("/v1/renew", self.renew)
         r.add_get("/v1/status", self.status)
         r.add_get("/v1/resources/{kind}", self.get_resources)
         r.add_get("/v1/resources/{kind}/{name:.+}", self.get_resources)
@@ -94,6 +126,11 @@ class AuthAPI:
     async def ping(self, request):
         return web.json_response({"cluster_name": self.svc.cluster_name, "version": __version__})
 
+    async def cluster_ca(self, request):
+        """Public: the cluster's TLS CA, which a joining member checks against its ca_pin before sending a token."""
+        return web.json_response({"cluster_name": self.svc.cluster_name,
+                                  "tls_ca": (await self.svc.local_ca("tls"))["public"]})
+
     async def status(self, request):
         return web.json_response(await self.svc.status(self.ident(request)))
 
@@ -112,15 +149,19 @@ class AuthAPI:
         return web.json_response(answer)
 
     async def delete_resource(self, request):
-        await self.svc.resources.delete(self.ident(request), request.match_info["kind"], request.match_info["name"])
-        return web.json_response({})
+        message = await self.svc.resources.delete(self.ident(request), request.match_info["kind"],
+                                                  request.match_info["name"])
+        return web.json_response({"message": message} if message else {})
 
     async def add_token(self, request):
         body = await read_json(request)
         value, res = await self.svc.tokens.add(self.ident(request), body.get("roles") or body.get("type"),
                                                parse_ttl(body.get("ttl", "30m")), body.get("labels") or {},
                                                name=str(body.get("name") or ""), value=str(body.get("token") or ""),
-                                               leaf_name=str(body.get("leaf_name") or ""))
+                                               leaf_name=str(body.get("leaf_name") or ""),
+                                               bind_name=str(body.get("bind_name") or ""),
+                                               single_use=body.get("single_use") is True,
+                                               principals=body.get("principals") or [])
         return web.json_response({"token": value, "resource": res})
 
     async def list_tokens(self, request):
@@ -146,12 +187,16 @@ class AuthAPI:
     async def join(self, request):
         body = await read_json(request)
         token, role, name, ssh_pub, tls_pub = _need(body, "token", "role", "name", "ssh_public_key", "tls_public_key")
-        principals = [str(p) for p in body.get("principals") or []]
-        if request.remote:
-            principals.append(request.remote)
-        result = await self.svc.join(str(token), str(role), str(name), ssh_pub, tls_pub, principals,
+        # Principals a member asks for are ignored: auth picks them (members.member_principals).
+        result = await self.svc.join(str(token), str(role), str(name), str(ssh_pub), str(tls_pub),
                                      request.remote or "")
         return web.json_response(result)
+
+    async def renew(self, request):
+        body = await read_json(request)
+        ssh_pub, tls_pub = _need(body, "ssh_public_key", "tls_public_key")
+        return web.json_response(await self.svc.members.renew(self.ident(request), str(ssh_pub), str(tls_pub),
+                                                              request.remote or ""))
 
     async def heartbeat(self, request):
         body = await read_json(request)
@@ -250,7 +295,7 @@ async def server_tls_context(svc: AuthService, host: str) -> ssl.SSLContext:
     for h in (host, pub_host):
         if h and h not in ("0.0.0.0", "::"):
             (ips if is_ip(h) else names).add(h)
-    cert = await svc.issue_tls(pub_pem, name="auth", kind="auth", ttl=365 * 24 * 3600, server=True,
+    cert = await svc.issue_tls(pub_pem, name="auth", kind=AUTH_KIND, ttl=365 * 24 * 3600, server=True, client=False,
                                dns_names=sorted(names), ip_addresses=sorted(ips))
     ca = (await svc.local_ca("tls"))["public"]
     return make_server_context(cert, key_pem, ca)

@@ -19,6 +19,10 @@ class Identity:
     name: str
     kind: str            # admin | user | node | proxy (wire.IDENTITY_KINDS)
     cluster: str
+    #: For nodes and proxies: the fingerprint of the certificate's public key (pki.tls_key_fingerprint),
+    #: and the revision of the member record that holds the name for that key (0: none; auth/members.py).
+    key: str = ""
+    registered: int = 0
 
     @property
     def is_admin(self) -> bool:

@@ -9,16 +9,25 @@ the leaf. These checks are pure, so they are unit-tested without a network.
 
 from __future__ import annotations
 
+import re
+
 from .. import __version__
 from ..errors import BadParameter, TrustError
 from ..resources import is_name_suffix, validate_leaf_name
 
 
+#: MAJOR.MINOR.PATCH, each a number without leading zeros, optionally after one "v"; nothing else.
+_VERSION_RE = re.compile(r"v?(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
+
+
 def major(version: str) -> int:
-    try:
-        return int(str(version).lstrip("v").split(".")[0])
-    except ValueError:
-        raise BadParameter(f'version "{version}" is not a valid version like 1.2.3') from None
+    """The major number of a strict MAJOR.MINOR.PATCH version (``1.2.3``, ``v1.2.3``)."""
+    match = _VERSION_RE.fullmatch(str(version)) if isinstance(version, str) else None
+    if match is None:
+        shown = str(version)[:40]
+        raise BadParameter(f'version "{shown}" is not a valid version like 1.2.3 (three numbers without leading '
+                           f"zeros or suffixes)")
+    return int(match.group(1))
 
 
 def check_version(root_version: str, leaf_version: str) -> None:

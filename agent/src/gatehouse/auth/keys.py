@@ -15,6 +15,9 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     sso_requests/<id>             SSO logins in progress (expire; single use)
     sso_users/<name>              which connector and subject a single sign-on user came from
                                   (expires with the user record it describes)
+    members/<kind>/<name>         joined nodes and proxies: the name's holder and its keys (until its
+                                  certificates expire or it is revoked)
+    locks/<kind>/<name>           revoked member identities (their keys), until their certificates expire
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ PROXIES_PREFIX = "proxies/"
 OIDC_PREFIX = "oidc_connectors/"
 SSO_REQUESTS_PREFIX = "sso_requests/"
 SSO_USERS_PREFIX = "sso_users/"
+MEMBERS_PREFIX = "members/"
+LOCKS_PREFIX = "locks/"
 
 #: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
 SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PREFIX, REMOTE_CLUSTERS_PREFIX,
-                     NODES_PREFIX]
+                     NODES_PREFIX, LOCKS_PREFIX]
 
 #: Resource kinds stored one record per name under a prefix.
 _KIND_PREFIXES = {"user": USERS_PREFIX, "role": ROLES_PREFIX, "token": TOKENS_PREFIX, "node": NODES_PREFIX,
@@ -121,3 +126,15 @@ def sso_request(request_id: str) -> str:
 
 def sso_user(name: str) -> str:
     return SSO_USERS_PREFIX + name
+
+
+def member(kind: str, name: str) -> str:
+    return f"{MEMBERS_PREFIX}{kind}/{name}"
+
+
+def members_of(kind: str) -> str:
+    return f"{MEMBERS_PREFIX}{kind}/"
+
+
+def lock(kind: str, name: str) -> str:
+    return f"{LOCKS_PREFIX}{kind}/{name}"

@@ -39,7 +39,7 @@ class LeafRelay:
                                     f"so the leaf cannot be asked; check 'gatectl get rc/{leaf}' here and the "
                                     f"leaf's trusted_cluster")
         random.shuffle(proxies)
-        context = IdentityFiles(self.admin_dir).client_context()
+        context = IdentityFiles(self.admin_dir).client_context(peer_kind="proxy")  # a node there is refused
         error: GatehouseError | None = None
         for proxy in proxies:
             client = AsyncAPIClient(f"https://{proxy['web_addr']}", context, timeout=30,

@@ -15,6 +15,7 @@ import time
 from .. import resources
 from ..clock import parse_iso
 from ..errors import AlreadyExists, BadParameter, NotFound
+from ..wire import MEMBER_KINDS
 from . import keys
 from .authz import Identity, require_admin
 
@@ -55,6 +56,9 @@ class ResourceStore:
             nodes = await self.svc.list_nodes(ident)
             return [n for n in nodes if name is None or n["metadata"]["name"] == name] or not_found(kind, name)
         require_admin(ident, f"read {kind} resources")
+        if kind == "proxy":
+            proxies = await self.svc.members.list("proxy")
+            return [p for p in proxies if name is None or p["metadata"]["name"] == name] or not_found(kind, name)
         if kind == "remote_cluster":
             return await self.svc.trust.remote_clusters(name)
         if kind == "trusted_cluster":
@@ -173,9 +177,12 @@ class ResourceStore:
         return not exists
 
     # ------------------------------------------------------------------ delete
-    async def delete(self, ident: Identity, kind: str, name: str) -> None:
+    async def delete(self, ident: Identity, kind: str, name: str) -> str | None:
+        """Remove KIND/NAME; for a node or proxy, revoke its identity (the answer says what that means)."""
         require_admin(ident, "delete resources")
         kind = resources.canonical_kind(kind)
+        if kind in MEMBER_KINDS:
+            return await self.svc.members.revoke(ident, kind, name)
         if kind == "token":
             await self.svc.tokens.delete(ident, name)
         elif kind == "trusted_cluster":

@@ -16,13 +16,15 @@ from .. import __version__, pki, resources
 from ..access import AccessChecker, explain_ssh, node_not_registered
 from ..audit import AuditLog
 from ..backend import open_backend
+from ..backend.base import Op
 from ..clock import now_iso
-from ..config import Config, is_ip, public_addr
+from ..config import Config, public_addr
 from ..errors import AccessDenied, AlreadyExists, BadParameter, GatehouseError, NotFound
 from ..ratelimit import RateLimiter
-from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, NOLOGIN_PRINCIPAL, TUNNEL_PRINCIPAL
+from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NOLOGIN_PRINCIPAL
 from . import keys, passwords
 from .authz import Identity, require_admin, require_kind, require_node_itself
+from .members import MemberRegistry
 from .relay import LeafRelay
 from .resource_store import not_found
 from .tokens import TokenStore
@@ -30,7 +32,7 @@ from .tokens import TokenStore
 log = logging.getLogger("gatehouse.auth")
 
 USER_CERT_MAX_TTL = 30 * 3600
-HOST_CERT_TTL = 365 * 24 * 3600
+HOST_CERT_TTL = 365 * 24 * 3600  # the local admin identity's; members' follow auth_service.identity_ttl
 
 
 class AuthService:
@@ -43,6 +45,7 @@ class AuthService:
         self.validate_limiter = RateLimiter(cfg.auth.validate_rate)
         self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
         self.relay = LeafRelay(backend, cfg.data_dir)
+        self.members = MemberRegistry(self)
         self._ca_cache: dict[str, dict] = {}
         from .resource_store import ResourceStore
         from .sso import SSOLogins
@@ -120,28 +123,16 @@ class AuthService:
 
     # ----------------------------------------------------------------- identities
     async def issue_tls(self, public_pem: str, *, name: str, kind: str, ttl: int, server: bool = False,
-                        dns_names=(), ip_addresses=()) -> str:
+                        client: bool = True, dns_names=(), ip_addresses=()) -> str:
         ca = await self.local_ca("tls")
         return pki.issue_tls_cert(ca["private"], ca["public"], public_pem, common_name=name,
                                   organization=self.cluster_name, unit=kind, dns_names=dns_names,
-                                  ip_addresses=ip_addresses, ttl_seconds=ttl, server=server, client=True)
+                                  ip_addresses=ip_addresses, ttl_seconds=ttl, server=server, client=client)
 
     async def issue_host_identity(self, kind: str, name: str, ssh_public: str, tls_public: str,
                                   principals: list[str]) -> dict:
-        """SSH host cert + X.509 identity for a node or proxy of this cluster."""
-        host_ca = await self.local_ca("host")
-        now = int(time.time())
-        names = [name, f"{name}.{self.cluster_name}", *principals]
-        if kind == "proxy":
-            names.append(TUNNEL_PRINCIPAL)  # leaves' tunnel servers present this name to root proxies
-        ssh_cert = pki.sign_ssh_cert(host_ca["private"], ssh_public, cert_type="host", key_id=f"{kind}:{name}",
-                                     principals=list(dict.fromkeys(p for p in names if p)),
-                                     valid_after=now - 60, valid_before=now + HOST_CERT_TTL)
-        dns = [p for p in names if p and not is_ip(p)]
-        ips = [p for p in names if p and is_ip(p)]
-        tls_cert = await self.issue_tls(tls_public, name=name, kind=kind, ttl=HOST_CERT_TTL, server=True,
-                                        dns_names=dns, ip_addresses=ips)
-        return {"ssh_cert": ssh_cert, "tls_cert": tls_cert, **await self.ca_bundle()}
+        """SSH host cert + X.509 identity for a node or proxy run by this auth process (see members.py)."""
+        return await self.members.issue_local(kind, name, ssh_public, tls_public, principals)
 
     async def ca_bundle(self) -> dict:
         """What a member of this cluster needs to verify everyone else."""
@@ -151,19 +142,18 @@ class AuthService:
                 "user_ca": (await self.local_ca("user"))["public"]}
 
     async def join(self, token: str, role: str, name: str, ssh_public: str, tls_public: str,
-                   principals: list[str], client_addr: str) -> dict:
-        """A node or proxy process exchanges a join token for its identity."""
-        if role not in ("node", "proxy"):
+                   client_addr: str) -> dict:
+        """A node or proxy process exchanges a join token for its identity (auth picks its principals)."""
+        if role not in MEMBER_KINDS:
             raise BadParameter(f"cannot join as {role!r}; use node or proxy")
         self.validate_limiter.check(f"join:{client_addr}", "join")
         try:
-            record = await self.tokens.check(token, role)
-        except AccessDenied as exc:
+            ident = await self.members.join(token, role, name, ssh_public, tls_public, client_addr)
+        except (AccessDenied, BadParameter) as exc:
             self.audit.emit("join", success=False, role=role, name=name, addr=client_addr, error=str(exc))
             raise
-        resources.validate_name(name, f"{role} name")
-        ident = await self.issue_host_identity(role, name, ssh_public, tls_public, principals)
-        self.audit.emit("join", role=role, name=name, addr=client_addr, token_name=record["name"])
+        self.audit.emit("join", role=role, name=name, addr=client_addr,
+                        principals=pki.parse_ssh_cert(ident["ssh_cert"]).principals)
         return ident
 
     # ----------------------------------------------------------------- users and login
@@ -246,7 +236,8 @@ class AuthService:
                     "metadata": {"name": name, "labels": {str(k): str(v) for k, v in labels.items()}},
                     "spec": {"addr": addr, "hostname": hostname, "cluster_name": self.cluster_name},
                     "status": {"last_heartbeat": now_iso()}}
-        await self.backend.put(keys.node(name), resource, expires=time.time() + ttl)
+        # A revocation committed after this caller was checked wins: no record outlives it.
+        await self.members.write_as(ident, [Op("put", keys.node(name), resource, expires=time.time() + ttl)])
 
     async def list_nodes(self, ident: Identity) -> list[dict]:
         nodes = [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)]
@@ -373,7 +364,8 @@ class AuthService:
                 "cas": cas, "roles": list((await self.roles_by_name()).values()),
                 "nodes": [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)],
                 "remote_clusters": [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)],
-                "trusted_clusters": [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)]}
+                "trusted_clusters": [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)],
+                "locks": await self.members.locks()}
 
     # ----------------------------------------------------------------- status
     async def status(self, ident: Identity) -> dict:

@@ -23,7 +23,7 @@ import time
 from .. import __version__, pki, resources
 from ..backend.base import Op
 from ..clock import now_iso
-from ..config import split_hostport
+from ..config import certificate_ttl, split_hostport
 from ..errors import AlreadyExists, BadParameter, ConnectionProblem, GatehouseError, NotFound, TrustError
 from ..rolemap import validate_role_map
 from ..rootclient import RootWebClient
@@ -35,7 +35,6 @@ from .tokens import check_token_admits_leaf
 
 log = logging.getLogger("gatehouse.trust")
 
-TUNNEL_CERT_TTL = 7 * 24 * 3600
 
 
 class TrustManager:
@@ -217,9 +216,10 @@ class TrustManager:
         require_kind(ident, ("proxy",), "only proxies get tunnel certificates")
         ca = await self.svc.local_ca("user")
         now = int(time.time())
+        ttl = certificate_ttl(self.svc.cfg.auth.tunnel_cert_ttl)  # renewed by the proxy at half-life
         return pki.sign_ssh_cert(ca["private"], ssh_public, cert_type="user", key_id=f"proxy:{ident.name}",
                                  principals=[TUNNEL_LOGIN], valid_after=now - 60,
-                                 valid_before=now + TUNNEL_CERT_TTL,
+                                 valid_before=now + ttl,
                                  extensions={"permit-port-forwarding": ""})  # channels to leaf nodes
 
     # ================================================================ leaf side

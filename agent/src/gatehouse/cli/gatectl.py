@@ -67,6 +67,12 @@ def cmd_tokens_add(args) -> int:
     body = {"roles": args.type, "ttl": args.ttl, "labels": parse_labels_arg(args.labels or "")}
     if args.name:
         body["name"] = args.name
+    if args.bind_name:
+        body["bind_name"] = args.bind_name
+    if args.single_use:
+        body["single_use"] = True
+    if args.principals:
+        body["principals"] = [p for p in args.principals.split(",") if p.strip()]
     if args.value_stdin:
         body["token"] = sys.stdin.readline().strip()
     if args.leaf_name:
@@ -83,6 +89,11 @@ def cmd_tokens_add(args) -> int:
         print(f"The invite token: {resp['token']}")
     print(f"This token will expire at {_expiry_text(res['metadata']['expires'])}")
     print(f"Token name (for 'gatectl tokens rm'): {res['metadata']['name']}; type: {types}")
+    spec = res["spec"]
+    if spec.get("bind_name") or spec.get("single_use") or spec.get("principals"):
+        admits = f'only the member named "{spec["bind_name"]}"' if spec.get("bind_name") else "any member name"
+        print(f"It admits {admits}" + (", once (single-use)" if spec.get("single_use") else "")
+              + (f"; approved principals: {', '.join(spec['principals'])}" if spec.get("principals") else ""))
     if res["spec"].get("leaf_name"):
         print(f"Only a leaf cluster named {res['spec']['leaf_name']} can join with it")
     return 0
@@ -200,8 +211,8 @@ def cmd_rm(args) -> int:
     kind, name = parse_ref(args.ref)
     if not name:
         raise BadParameter(f"name the {kind} to remove, e.g. gatectl rm {kind}/NAME")
-    _client(args).delete(f"/v1/resources/{kind}/{name}")
-    print(f'{kind} "{name}" has been deleted')
+    answer = _client(args).delete(f"/v1/resources/{kind}/{name}")
+    print(answer.get("message") or f'{kind} "{name}" has been deleted')
     return 0
 
 
@@ -313,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     t_add.add_argument("--name", help="a stable name for the token (default: derived from its hash)")
     t_add.add_argument("--leaf-name", help="trusted_cluster tokens: the only leaf cluster name that may join with it")
     t_add.add_argument("--value-stdin", action="store_true", help="read the token value from stdin")
+    t_add.add_argument("--bind-name", help="node/proxy tokens: admit only the member with this name")
+    t_add.add_argument("--single-use", action="store_true",
+                       help="node/proxy tokens: admit one process only (its proxy and node identities, once each)")
+    t_add.add_argument("--principals", help="node/proxy tokens: extra host names or addresses approved for the "
+                                            "certificates of the members it admits, comma-separated")
     add(tokens, "ls", cmd_tokens_ls, "list tokens")
     t_rm = add(tokens, "rm", cmd_tokens_rm, "delete a token (by name or value)")
     t_rm.add_argument("token")

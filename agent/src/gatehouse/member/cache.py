@@ -37,6 +37,7 @@ class ClusterCache:
         self._remote_clusters: dict[str, dict] = {}
         self._trusted_clusters: dict[str, dict] = {}
         self._roles: dict[str, dict] = {}
+        self._revoked: dict[str, set[str]] = {}
 
     def on_change(self, callback: Callable[[], Optional[Awaitable[None]]]) -> None:
         """Call ``callback()`` (a function or coroutine function) after every new revision."""
@@ -92,6 +93,12 @@ class ClusterCache:
         self._remote_clusters = _by_name(snap, "remote_clusters")
         self._trusted_clusters = _by_name(snap, "trusted_clusters")
         self._roles = _by_name(snap, "roles")
+        self._revoked = {}
+        for lock in _records(snap, "locks"):
+            try:
+                self._revoked.setdefault(lock["kind"], set()).update(lock["ssh_keys"])
+            except (KeyError, TypeError):
+                log.error("skipping a revocation of the snapshot that does not parse: %.200r", lock)
         self._snapshot, self.revision = snap, snap["revision"]
         self._ready.set()
 
@@ -108,6 +115,11 @@ class ClusterCache:
 
     def node(self, name: str) -> dict | None:
         return self._nodes.get(name)
+
+    # -- revoked members (`gatectl rm node/NAME`, `gatectl rm proxy/NAME`) ---------
+    def revoked_keys(self, kind: str) -> list[str]:
+        """SSH key fingerprints of this cluster's revoked members of KIND (node or proxy)."""
+        return sorted(self._revoked.get(kind, ()))
 
     # -- certificate authorities ------------------------------------------------
     def user_ca(self, public_line: str) -> dict | None:

@@ -125,6 +125,8 @@ class NodeService:
         if port == 0:
             port = self.server.sockets[0].getsockname()[1]
         self.port = port
+        # A renewed host certificate is presented on new connections; running sessions keep theirs.
+        self.ctx.ident.on_renewed(lambda: self.server.update(server_host_keys=[self.ctx.ident.ssh_host_keypair()]))
         await self._send_heartbeat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="node-heartbeat")
         log.info("node %s listening on %s:%d with labels %s", self.name, host, port, self.labels or "{}")

@@ -190,6 +190,8 @@ class ProxySSH:
             lambda: _ProxyConnection(self), host or None, port, reuse_address=True,
             **server_options(self.ctx.ident.ssh_host_keypair(), max_pktsize=CARRIER_MAX_PKTSIZE))
         self.port = self.server.sockets[0].getsockname()[1]
+        # A renewed host certificate is presented on new connections; running ones keep theirs.
+        self.ctx.ident.on_renewed(lambda: self.server.update(server_host_keys=[self.ctx.ident.ssh_host_keypair()]))
         log.info("SSH proxy listening on %s:%d", host, self.port)
 
     async def stop(self) -> None:

@@ -181,8 +181,10 @@ class ProxyWeb:
             key_pem = fh.read()
         ctx = make_server_context(cert_pem, key_pem, self.ident.read("ca.crt"))
         # Cluster members (the root's auth asking a leaf) verify this proxy by its cluster certificate.
-        serve_cluster_identity(ctx, make_server_context(self.ident.read("identity.crt"),
-                                                        self.ident.read("identity.key"), self.ident.read("ca.crt")))
+        cluster_ctx = make_server_context(self.ident.read("identity.crt"), self.ident.read("identity.key"),
+                                          self.ident.read("ca.crt"))
+        serve_cluster_identity(ctx, cluster_ctx)
+        self.ident.on_renewed(lambda: self.ident.reload(cluster_ctx))
         host, port = split_hostport(self.cfg.proxy.web_listen_addr, WEB_PORT)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()

@@ -46,9 +46,9 @@ from ..errors import BadParameter
 from ..wire import OIDC_CALLBACK_PATH, TOKEN_TYPES
 
 # --------------------------------------------------------------------------- kinds
-KINDS = ("role", "user", "token", "trusted_cluster", "remote_cluster", "oidc", "node", "cert_authority")
+KINDS = ("role", "user", "token", "trusted_cluster", "remote_cluster", "oidc", "node", "cert_authority", "proxy")
 #: Kinds the API shows but never takes from a file (remote_cluster takes only its labels).
-READ_ONLY_KINDS = ("node", "cert_authority")
+READ_ONLY_KINDS = ("node", "cert_authority", "proxy")
 
 KIND_ALIASES = {
     "roles": "role",
@@ -57,6 +57,7 @@ KIND_ALIASES = {
     "tc": "trusted_cluster", "trusted_clusters": "trusted_cluster",
     "rc": "remote_cluster", "remote_clusters": "remote_cluster",
     "nodes": "node",
+    "proxies": "proxy",
     "ca": "cert_authority", "cas": "cert_authority", "cert_authorities": "cert_authority",
     "oidc_connector": "oidc", "oidc_connectors": "oidc",
 }
@@ -70,9 +71,10 @@ VERSIONS = {
     "oidc": ("v2", "v3"),
     "node": ("v2",),
     "cert_authority": ("v2",),
+    "proxy": ("v2",),
 }
 DEFAULT_VERSIONS = {"role": "v5", "user": "v2", "token": "v2", "trusted_cluster": "v2",
-                    "remote_cluster": "v3", "oidc": "v3", "node": "v2", "cert_authority": "v2"}
+                    "remote_cluster": "v3", "oidc": "v3", "node": "v2", "cert_authority": "v2", "proxy": "v2"}
 
 CA_TYPES = ("user", "host", "tls")
 CONNECTION_STATES = ("online", "offline")
@@ -596,6 +598,8 @@ _READ_ONLY_MESSAGES = {
             "that host instead of creating the node from a file",
     "cert_authority": "certificate authorities are created by the auth service and exchanged when clusters "
                       "establish trust; create a trusted_cluster resource instead of a cert_authority",
+    "proxy": "proxies join with a proxy token; start gatehouse with proxy_service enabled and a proxy join token "
+             "on that host instead of creating the proxy from a file",
 }
 
 

@@ -220,6 +220,9 @@ class RootLink:
         async def beat():
             while True:
                 line = {"cluster": self.pool.cache.cluster_name, "proxy": self.pool.name, "interval": interval}
+                revoked = self.pool.cache.revoked_keys("proxy")
+                if revoked:  # the root closes and refuses tunnels of this leaf's revoked proxies
+                    line["revoked"] = revoked
                 process.stdout.write(json.dumps(line).encode() + b"\n")
                 await asyncio.sleep(interval)
 
@@ -326,10 +329,16 @@ class TunnelAgentPool:
         self.client = ctx.client
         self.audit = ctx.audit
         self.name = ctx.name
+        self.ident = ctx.ident
         self.interval = ctx.cfg.proxy.tunnel_heartbeat_interval
         self.host_keypair = ctx.ident.ssh_host_keypair()
+        ctx.ident.on_renewed(self._reload_host_keypair)
         self.links: dict[str, RootLink] = {}
         self._lock = asyncio.Lock()
+
+    def _reload_host_keypair(self) -> None:
+        """The renewed host certificate is presented on the next tunnels dialled; open ones keep theirs."""
+        self.host_keypair = self.ident.ssh_host_keypair()
 
     async def start(self) -> None:
         self.cache.on_change(self._reconcile)

@@ -16,9 +16,11 @@ import time
 
 import asyncssh
 
+from .. import pki
 from ..config import split_hostport
 from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
 from ..member.context import MemberContext
+from ..member.renew import Renewer
 from ..sshparams import CARRIER_MAX_PKTSIZE, client_options
 from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL,
                     MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT, TUNNEL_PRINCIPAL,
@@ -26,18 +28,34 @@ from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVA
 
 log = logging.getLogger("gatehouse.tunnel.server")
 
+#: At most this many revoked proxy keys are remembered per leaf.
+MAX_REVOKED = 1024
+
 
 class _RootSide(asyncssh.SSHClient):
-    """Identifies the leaf by the host CA that signed its tunnel certificate."""
+    """Identifies the leaf by the host CA that signed its tunnel certificate, and checks that the
+    certificate is a leaf proxy's: a leaf's nodes hold certificates from the same CA."""
 
     def __init__(self, server: "TunnelServer"):
         self.server = server
         self.leaf = ""
         self.peer = ""
+        self.cert: pki.SSHCertInfo | None = None
 
     def connection_made(self, conn):
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
+        original = conn._validate_openssh_host_certificate  # pylint: disable=protected-access
+
+        def keep_certificate(host, addr, port, cert):
+            # asyncssh hands validate_host_ca_key only the CA key; remember the whole certificate.
+            try:
+                self.cert = pki.parse_ssh_cert(cert.export_certificate().decode())
+            except GatehouseError:
+                self.cert = None
+            return original(host, addr, port, cert)
+
+        conn._validate_openssh_host_certificate = keep_certificate  # pylint: disable=protected-access
 
     def validate_host_ca_key(self, host, addr, port, key) -> bool:
         leaf = self.server.cache.leaf_of_host_ca(key.export_public_key().decode())
@@ -45,18 +63,39 @@ class _RootSide(asyncssh.SSHClient):
             log.info("tunnel: rejected a connection from %s: its host CA belongs to no trusted leaf "
                      "(removed, or never joined)", self.peer)
             return False
+        refusal = tunnel_certificate_refusal(self.cert)
+        if not refusal and self.server.reported_revoked(leaf, self.cert):
+            refusal = "its leaf reported this proxy's key as revoked ('gatectl rm proxy/NAME' on the leaf)"
+        if refusal:
+            log.warning("tunnel: rejected a connection from %s claiming to be leaf %s: %s", self.peer, leaf, refusal)
+            return False
         self.leaf = leaf
         return True
+
+
+def tunnel_certificate_refusal(cert: pki.SSHCertInfo | None) -> str:
+    """Why a leaf's host certificate cannot open a tunnel ("" when it can): only its proxies may."""
+    if cert is None:
+        return "its host certificate is not one a Gatehouse auth service issues"
+    if cert.member_kind != "proxy":
+        holder = f'{cert.key_id.partition(":")[0] or "?"} "{cert.key_id.partition(":")[2] or cert.key_id}"'
+        return (f"its host certificate belongs to {holder}, not to a proxy of the leaf; only leaf proxies open "
+                f"tunnels, so this is a leaf member posing as its proxy")
+    if TUNNEL_PRINCIPAL not in cert.principals:
+        return f"its host certificate does not name {TUNNEL_PRINCIPAL}"
+    return ""
 
 
 class LeafTunnel:
     """One live tunnel to a leaf: heartbeats both ways, status reports, routing."""
 
-    def __init__(self, server: "TunnelServer", leaf: str, conn: asyncssh.SSHClientConnection, peer: str):
+    def __init__(self, server: "TunnelServer", leaf: str, conn: asyncssh.SSHClientConnection, peer: str,
+                 host_key: str = ""):
         self.server = server
         self.leaf = leaf
         self.conn = conn
         self.peer = peer
+        self.host_key = host_key  # SSH fingerprint of the leaf proxy's key
         self.leaf_proxy = ""
         self.last_seen = time.monotonic()
         self.closed = asyncio.Event()
@@ -72,7 +111,9 @@ class LeafTunnel:
                     line = await asyncio.wait_for(reader.readline(), MISSED_HEARTBEATS * interval + 1)
                     if not line:
                         break
-                    beat_interval = self._check_beat(json.loads(line), interval)
+                    beat = json.loads(line)
+                    beat_interval = self._check_beat(beat, interval)
+                    self.server.note_revoked(self.leaf, beat)
                     self.last_seen = time.monotonic()
                     if not registered:
                         registered = True
@@ -160,14 +201,29 @@ class TunnelServer:
         self._acceptor = None
         self._tasks: set[asyncio.Task] = set()
         self._heartbeat_task: asyncio.Task | None = None
+        self._renewer: Renewer | None = None
+        #: Per leaf, the SSH key fingerprints of leaf proxies its tunnels reported revoked (only ever added to).
+        self._revoked: dict[str, set[str]] = {}
         self.port = 0
 
     # -- lifecycle -------------------------------------------------------------
-    async def start(self) -> None:
+    async def _tunnel_certificate(self) -> tuple[tuple, float]:
+        """A fresh tunnel certificate from auth for this proxy's key: (keypair, expiry)."""
         key = self.ident.ssh_key()
         answer = await self.client.call("POST", "/v1/tunnels/cert",
                                         {"ssh_public_key": key.export_public_key().decode().strip()})
-        keypair = (key, asyncssh.import_certificate(answer["ssh_cert"]))
+        info = pki.parse_ssh_cert(answer["ssh_cert"])
+        log.debug("tunnel certificate serial %d, valid until %d", info.serial, info.valid_before)
+        return (key, asyncssh.import_certificate(answer["ssh_cert"])), float(info.valid_before)
+
+    async def _renew_tunnel_certificate(self) -> float:
+        """New tunnels present the renewed certificate; the ones already open keep going."""
+        keypair, valid_before = await self._tunnel_certificate()
+        self._acceptor.update(client_keys=[keypair])
+        return valid_before
+
+    async def start(self) -> None:
+        keypair, valid_before = await self._tunnel_certificate()
         host, port = split_hostport(self.cfg.proxy.tunnel_listen_addr, TUNNEL_PORT)
         self._acceptor = await asyncssh.listen_reverse(
             host or None, port, client_factory=lambda: _RootSide(self), acceptor=self._accepted,
@@ -178,9 +234,13 @@ class TunnelServer:
         self.port = self._acceptor.sockets[0].getsockname()[1]
         self.cache.on_change(self._on_cache_change)
         self._heartbeat_task = asyncio.create_task(self._proxy_heartbeats(), name="proxy-heartbeat")
+        self._renewer = Renewer("the tunnel certificate", self._renew_tunnel_certificate, valid_before)
+        self._renewer.start()
         log.info("reverse tunnel listener on %s:%d", host, self.port)
 
     async def stop(self) -> None:
+        if self._renewer:
+            await self._renewer.stop()
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
         if self._acceptor:
@@ -211,7 +271,7 @@ class TunnelServer:
     # -- tunnels ---------------------------------------------------------------
     def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
         side: _RootSide = conn.get_owner()
-        tunnel = LeafTunnel(self, side.leaf, conn, side.peer)
+        tunnel = LeafTunnel(self, side.leaf, conn, side.peer, pki.ssh_fingerprint(side.cert.public_line))
         log.debug("tunnel: leaf %s connected from %s", side.leaf, side.peer)
         task = asyncio.create_task(tunnel.run(), name=f"tunnel-{side.leaf}")
         self._tasks.add(task)
@@ -244,6 +304,30 @@ class TunnelServer:
                 log.info("tunnel: leaf %s was removed; dropping its %d tunnel(s)", leaf, len(tunnels))
                 for t in list(tunnels):
                     t.close()
+
+    def note_revoked(self, leaf: str, beat) -> None:
+        """A leaf's heartbeat lists its revoked proxies' keys: close their tunnels and refuse them from now on.
+
+        A leaf speaks only about its own proxies (the keys count only for tunnels its host CA
+        signed), and a revocation is never taken back, so a revoked proxy cannot undo it.
+        """
+        listed = beat.get("revoked") if isinstance(beat, dict) else None
+        if not isinstance(listed, list):
+            return
+        known = self._revoked.setdefault(leaf, set())
+        fresh = {k for k in listed[:MAX_REVOKED] if isinstance(k, str) and k.startswith("SHA256:") and len(k) < 100}
+        fresh -= known
+        if not fresh or len(known) >= MAX_REVOKED:
+            return
+        known |= set(sorted(fresh)[:MAX_REVOKED - len(known)])
+        for tunnel in list(self.tunnels.get(leaf, [])):
+            if tunnel.host_key in known:
+                log.warning("tunnel: leaf %s revoked its proxy %s (%s); closing that proxy's tunnel", leaf,
+                            tunnel.leaf_proxy or "?", tunnel.peer)
+                tunnel.close()
+
+    def reported_revoked(self, leaf: str, cert: pki.SSHCertInfo | None) -> bool:
+        return cert is not None and pki.ssh_fingerprint(cert.public_line) in self._revoked.get(leaf, ())
 
     def tunnel_for(self, leaf: str) -> LeafTunnel:
         tunnels = [t for t in self.tunnels.get(leaf, []) if not t.closed.is_set()]
