@@ -17,10 +17,10 @@ from ..access import AccessChecker, explain_ssh, node_not_registered
 from ..audit import AuditLog
 from ..backend import open_backend
 from ..clock import now_iso
-from ..config import Config, is_ip, public_addr
-from ..errors import AccessDenied, AlreadyExists, BadParameter, NotFound
+from ..config import Config, is_ip, join_hostport, public_addr, split_hostport
+from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, NotFound
 from ..ratelimit import RateLimiter
-from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, NOLOGIN_PRINCIPAL, TUNNEL_PRINCIPAL
+from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, NODE_PORT, NOLOGIN_PRINCIPAL, TUNNEL_PRINCIPAL
 from . import keys, passwords
 from .authz import Identity, require_admin, require_kind, require_node_itself
 from .relay import LeafRelay
@@ -39,7 +39,9 @@ class AuthService:
         self.cluster_name = cfg.auth.cluster_name
         self.backend = backend
         self.audit = audit
-        self.login_limiter = RateLimiter(cfg.auth.login_rate)
+        # Addresses and user names are limited apart, so a flood of one kind never pushes out the other.
+        self.login_addr_limiter = RateLimiter(cfg.auth.login_rate)
+        self.login_user_limiter = RateLimiter(cfg.auth.login_rate)
         self.validate_limiter = RateLimiter(cfg.auth.validate_rate)
         self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
         self.relay = LeafRelay(backend, cfg.data_dir)
@@ -184,20 +186,43 @@ class AuthService:
                     client_addr: str) -> dict:
         """Check a password and issue the user's SSH and X.509 certificates."""
         require_kind(ident, ("proxy",), "password logins go through the proxy: use 'gate login --proxy=HOST:3080'")
-        self.login_limiter.check(f"user:{user}", "login")
-        self.login_limiter.check(f"addr:{client_addr}", "login")
+        # The address first: a caller over its limit reaches no per-user bucket, so junk user
+        # names from one address can neither fill the user limiter nor reset a user's bucket.
+        self.login_addr_limiter.check(client_addr, "login")
         try:
-            stored = (await self.backend.get(keys.password(user))).value["hash"]
-        except NotFound:
-            stored = None
-        ok = await asyncio.to_thread(passwords.verify_password, password, stored)
+            resources.validate_name(user, "user name", kind="user")
+        except BadParameter:
+            valid_name = False  # cannot exist: no bucket, no hash, the same answer as a wrong password
+        else:
+            valid_name = True
+            self.login_user_limiter.check(user, "login")
+        record = None
+        if valid_name:
+            try:
+                record = await self.backend.get(keys.password(user))
+            except NotFound:
+                pass
+        stored = record.value["hash"] if record is not None else None
+        ok = valid_name and await asyncio.to_thread(passwords.verify_password, password, stored)
         if not ok:
             self.audit.emit("user.login", success=False, user=user, addr=client_addr,
                             error="invalid user name or password")
             raise AccessDenied("invalid user name or password; check both and try again")
+        if passwords.needs_rehash(stored):
+            await self._rehash_password(user, password, record)
         certs = await self.issue_user_certs(await self.get_user(user), ssh_public, tls_public, ttl)
         self.audit.emit("user.login", user=user, addr=client_addr, method="password")
         return certs
+
+    async def _rehash_password(self, user: str, password: str, record) -> None:
+        """Store a hash with today's parameters after a successful login (unless the password changed meanwhile)."""
+        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        try:
+            await self.backend.compare_and_swap(keys.password(user), record.revision,
+                                                {**record.value, "hash": hashed})
+        except (CompareFailed, NotFound):
+            return
+        log.info("rehashed the password of user %s with the current parameters", user)
 
     async def issue_user_certs(self, user: dict, ssh_public: str, tls_public: str, ttl: int) -> dict:
         name = user["metadata"]["name"]
