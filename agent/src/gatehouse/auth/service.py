@@ -253,15 +253,28 @@ class AuthService:
 
     # ----------------------------------------------------------------- nodes
     async def heartbeat_node(self, ident: Identity, name: str, addr: str, labels: dict, hostname: str,
-                             interval: float | None = None) -> None:
+                             interval: float | None = None, observed: str = "",
+                             approved: frozenset[str] = frozenset()) -> str:
+        """Record a node's heartbeat; returns the address the proxies will dial for it.
+
+        Proxies route by the registered name only, and dial the address this decides: the
+        node's port at the address its heartbeat came from (OBSERVED), or at a host its
+        identity was approved for (APPROVED: the names auth put in its certificate). A node
+        cannot point its record at anyone else's address; its hostname is for display.
+        """
         require_node_itself(ident, name)
+        resources.validate_name(name, "node name")
+        labels = _node_labels(labels)
+        hostname = _display_text(hostname, "hostname")
+        addr = node_dial_addr(name, addr, observed, approved, trusted=ident.kind == "admin")
         # Gone after four missed heartbeats, counted in the node's own interval when it says.
         ttl = (interval or self.cfg.heartbeat_interval) * 4
         resource = {"kind": "node", "version": "v2",
-                    "metadata": {"name": name, "labels": {str(k): str(v) for k, v in labels.items()}},
+                    "metadata": {"name": name, "labels": labels},
                     "spec": {"addr": addr, "hostname": hostname, "cluster_name": self.cluster_name},
                     "status": {"last_heartbeat": now_iso()}}
         await self.backend.put(keys.node(name), resource, expires=time.time() + ttl)
+        return addr
 
     async def list_nodes(self, ident: Identity) -> list[dict]:
         nodes = [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)]
@@ -402,6 +415,59 @@ class AuthService:
 
 
 # --------------------------------------------------------------------- helpers
+MAX_NODE_LABELS = 64
+MAX_LABEL_VALUE = 256
+
+
+def _node_labels(labels) -> dict[str, str]:
+    """A node's reported labels: a bounded mapping of valid names to short printable values."""
+    labels = resources.validate_labels(labels, "node labels")
+    if len(labels) > MAX_NODE_LABELS:
+        raise BadParameter(f"a node may report at most {MAX_NODE_LABELS} labels, not {len(labels)}; "
+                           f"trim ssh_service.labels")
+    for key, value in labels.items():
+        _display_text(value, f'node label "{key}"', MAX_LABEL_VALUE)
+    return labels
+
+
+def _display_text(value, what: str, limit: int = 253) -> str:
+    """A short printable string a member reports for display (its hostname, a label value)."""
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise BadParameter(f"the {what} a node reports must be printable text of at most {limit} characters")
+    return value
+
+
+def _same_host(a: str, b: str) -> bool:
+    import ipaddress
+    try:
+        left, right = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower() == b.lower()
+    mapped = [getattr(ip, "ipv4_mapped", None) or ip for ip in (left, right)]
+    return mapped[0] == mapped[1]
+
+
+def node_dial_addr(name: str, reported: str, observed: str, approved: frozenset[str] = frozenset(),
+                   trusted: bool = False) -> str:
+    """The address proxies dial for node NAME, from the address it REPORTED.
+
+    The port is the node's. The host must be the address auth saw the heartbeat come
+    from (an unspecified host means exactly that), or one approved for the node's
+    identity; anything else is refused (an admin, TRUSTED, may register any address).
+    """
+    host, port = split_hostport(str(reported), NODE_PORT, what=f'node "{name}" address')
+    if host in ("0.0.0.0", "::", ""):
+        if not observed:
+            raise BadParameter(f'node "{name}" reported no host in its address and auth cannot tell where it '
+                               f"connects from; set ssh_service.public_addr")
+        host = observed
+    elif not trusted and not (observed and _same_host(host, observed)) and \
+            not any(_same_host(host, ok) for ok in approved):
+        raise AccessDenied(f'node "{name}" may advertise only the address its heartbeats come from '
+                           f"({observed or 'unknown'}) or one approved in its identity, not {host}; leave "
+                           f"ssh_service.public_addr unset, or join the node with that address approved")
+    return join_hostport(host, port)
+
 def _fingerprint(ca: dict) -> str:
     return pki.tls_fingerprint(ca["public"]) if ca["type"] == "tls" else pki.ssh_fingerprint(ca["public"])
 
