@@ -82,14 +82,15 @@ def raw_call(api: APIClient, method: str, path: str, body=None, params=None) -> 
 class HostileNode:
     """A node with a real identity, joined to CLUSTER with a node token, that lies in its heartbeats."""
 
-    def __init__(self, cluster: Cluster, name: str):
+    def __init__(self, cluster: Cluster, name: str, principals: list[str] = ()):
+        """PRINCIPALS: the names it asks auth to put in its certificates (auth decides what it signs)."""
         self.cluster = cluster
         self.name = name
         data_dir = os.path.join(cluster.tmp, f"hostile-{name}")
         cfg = parse({"gatehouse": {"nodename": name, "data_dir": data_dir, "auth_servers": [cluster.auth_addr],
                                    "join_token": node_token(cluster), "ca_pin": ca_pin(cluster)},
                      "ssh_service": {"enabled": True}}, os.path.join(data_dir, "gatehouse.yaml"))
-        self.ident = asyncio.run(obtain_identity(cfg, "node", name, []))
+        self.ident = asyncio.run(obtain_identity(cfg, "node", name, list(principals)))
         self.api = APIClient.for_identity(self.ident)
 
     def heartbeat(self, addr: str, hostname: str | None = None, labels: dict | None = None,

@@ -194,6 +194,19 @@ def test_node_cannot_advertise_an_address_that_is_not_its_own(trust):
         own_host.close()
 
 
+def test_node_cannot_get_local_addresses_approved_by_asking_for_them_at_join(trust):
+    """A node asks at join for certificate names it must never dial-route to (the proxy's own
+    loopback, the metadata service): whatever auth signs, they are not approved addresses.
+    The node's own name in the cluster (`name.cluster`, which auth always signs) is."""
+    evil = HostileNode(trust.root, "joined-evil", principals=["169.254.169.254", "localhost", "::1"])
+    for addr in ("169.254.169.254:80", "localhost:3025", "[::1]:3025"):
+        with pytest.raises(AccessDenied, match="may advertise only the address its heartbeats come from"):
+            evil.heartbeat(addr)
+    assert node_record(trust.root, "joined-evil") is None
+    answer = evil.heartbeat(f"joined-evil.{ROOT}:3022")
+    assert answer["addr"] == f"joined-evil.{ROOT}:3022"
+
+
 def test_leaf_proxy_routes_by_registered_name_through_the_tunnel(trust):
     """The same attack by a node of the leaf: root users still reach the real leaf node."""
     other_host = Listener("127.0.0.2")
@@ -216,6 +229,28 @@ def test_leaf_proxy_routes_by_registered_name_through_the_tunnel(trust):
     finally:
         other_host.close()
         own_host.close()
+
+
+@pytest.mark.parametrize("reported, observed, approved, expected", [
+    ("0.0.0.0:3022", "10.0.0.5", (), "10.0.0.5:3022"),               # no host: where it calls from
+    ("[::]:4022", "2001:db8::7", (), "[2001:db8::7]:4022"),
+    ("10.0.0.5:3022", "::ffff:10.0.0.5", (), "10.0.0.5:3022"),          # the same address, IPv4-mapped
+    ("db3.example.net:3022", "10.0.0.5", ("db3.example.net",), "db3.example.net:3022"),  # approved name
+    ("DB3.example.net:3022", "10.0.0.5", ("db3.example.net",), "DB3.example.net:3022"),
+    ("127.0.0.1:3022", "127.0.0.1", (), "127.0.0.1:3022"),              # loopback only when it calls from there
+    ("10.0.0.6:3022", "10.0.0.5", (), None),                            # a neighbour's address
+    ("127.0.0.1:3025", "10.0.0.5", ("127.0.0.1",), None),               # the proxy's own loopback
+    ("169.254.169.254:80", "10.0.0.5", ("169.254.169.254",), None),     # the metadata service
+    ("localhost:3025", "10.0.0.5", ("localhost",), None),
+])
+def test_node_dial_address_rule(reported, observed, approved, expected):
+    from gatehouse.auth.service import node_dial_addr
+    if expected is None:
+        with pytest.raises(AccessDenied, match=r'^node "n1" may advertise only the address its heartbeats come '):
+            node_dial_addr("n1", reported, observed, frozenset(approved))
+        assert node_dial_addr("n1", reported, observed, trusted=True)  # an admin may register anything
+    else:
+        assert node_dial_addr("n1", reported, observed, frozenset(approved)) == expected
 
 
 def test_proxy_does_not_route_users_to_nodes_their_roles_hide(trust):

@@ -447,13 +447,28 @@ def _same_host(a: str, b: str) -> bool:
     return mapped[0] == mapped[1]
 
 
+def _local_only(host: str) -> bool:
+    """Loopback, link-local (cloud metadata) and similar hosts: only ever a node's own if it calls from there."""
+    import ipaddress
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
 def node_dial_addr(name: str, reported: str, observed: str, approved: frozenset[str] = frozenset(),
                    trusted: bool = False) -> str:
     """The address proxies dial for node NAME, from the address it REPORTED.
 
     The port is the node's. The host must be the address auth saw the heartbeat come
     from (an unspecified host means exactly that), or one approved for the node's
-    identity; anything else is refused (an admin, TRUSTED, may register any address).
+    identity (never a loopback or link-local one: those would be the proxy's own, or a
+    cloud metadata service); anything else is refused (an admin, TRUSTED, may register
+    any address).
     """
     host, port = split_hostport(str(reported), NODE_PORT, what=f'node "{name}" address')
     if host in ("0.0.0.0", "::", ""):
@@ -462,7 +477,7 @@ def node_dial_addr(name: str, reported: str, observed: str, approved: frozenset[
                                f"connects from; set ssh_service.public_addr")
         host = observed
     elif not trusted and not (observed and _same_host(host, observed)) and \
-            not any(_same_host(host, ok) for ok in approved):
+            (_local_only(host) or not any(_same_host(host, ok) for ok in approved)):
         raise AccessDenied(f'node "{name}" may advertise only the address its heartbeats come from '
                            f"({observed or 'unknown'}) or one approved in its identity, not {host}; leave "
                            f"ssh_service.public_addr unset, or join the node with that address approved")

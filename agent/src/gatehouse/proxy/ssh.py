@@ -3,9 +3,10 @@
 Two ways in, one router:
 * a standard `direct-tcpip` channel (what `ssh -J` / ProxyJump and `gate ssh` send);
 * the subsystem `proxy:HOST:PORT@CLUSTER` (for ProxyCommand-style clients).
-HOST is a node name, `name.cluster`, or a registered address. Only registered nodes
-are reachable, never arbitrary addresses. The SSH session inside is end-to-end
-between the client and the node; the proxy never sees it in clear.
+HOST is a registered node name or `name.cluster`; never an address or a node's
+self-reported hostname, and a local node only when the user's roles let them see it.
+The proxy dials the address auth recorded for the node. The SSH session inside is
+end-to-end between the client and the node; the proxy never sees it in clear.
 """
 
 from __future__ import annotations

@@ -61,6 +61,9 @@ class _LeafSide(CertificateOnlyServer):
         self.conn = conn
         self.link.pool.limits.admit(conn)
 
+    def auth_completed(self):
+        self.link.pool.limits.authenticated(self.conn)
+
     def connection_lost(self, exc):
         self.link.pool.limits.lost(self.conn)
 
