@@ -64,8 +64,9 @@ def _string_list(value, name: str, limit: int = 1000) -> list[str]:
     return [_string(v, f"each of {name}") for v in value]
 
 
-def _number(value, name: str, default: float, low: float, high: float) -> float:
-    """A number a caller sends (JSON number or numeric text), within [LOW, HIGH]; DEFAULT when absent."""
+def _number(value, name: str, default: float, low: float, high: float, expect: str = "") -> float:
+    """A number a caller sends (JSON number or numeric text), within [LOW, HIGH]; DEFAULT when absent.
+    EXPECT says what it must be, for the refusal ("a number from LOW to HIGH" if not given)."""
     if value in (None, ""):
         return default
     try:
@@ -73,7 +74,8 @@ def _number(value, name: str, default: float, low: float, high: float) -> float:
     except (TypeError, ValueError):
         number = float("nan")
     if isinstance(value, bool) or not low <= number <= high:
-        raise BadParameter(f"{name} must be a number from {low:g} to {high:g}, not {str(value)[:40]!r}")
+        raise BadParameter(f"{name} must be {expect or f'a number from {low:g} to {high:g}'}, "
+                           f"not {str(value)[:40]!r}")
     return number
 
 
@@ -169,7 +171,7 @@ class AuthAPI:
         ident = self.ident(request)
         body = await read_json(request)
         user, password, ssh_pub, tls_pub = _need(body, "user", "password", "ssh_public_key", "tls_public_key")
-        ttl = int(_number(body.get("ttl"), "ttl", 0, 0, 10 * 365 * 24 * 3600))
+        ttl = int(_number(body.get("ttl"), "ttl", 0, 0, 10 * 365 * 24 * 3600, "a number of seconds"))
         result = await self.svc.login(ident, str(user), str(password), ssh_pub, tls_pub, ttl,
                                       str(body.get("client_addr") or request.remote))
         return web.json_response(result)
@@ -199,8 +201,8 @@ class AuthAPI:
         return web.json_response({"items": await self.svc.list_nodes(self.ident(request))})
 
     async def snapshot(self, request):
-        since = int(_number(request.query.get("since"), "since", 0, 0, 2 ** 63))
-        timeout = _number(request.query.get("timeout"), "timeout", 0, 0, 3600)
+        since = int(_number(request.query.get("since"), "since", 0, 0, 2 ** 63, "a revision number (0 or more)"))
+        timeout = _number(request.query.get("timeout"), "timeout", 0, 0, 3600, "a number of seconds up to 3600")
         return web.json_response(await self.svc.snapshot(self.ident(request), since, timeout))
 
     async def cas(self, request):
