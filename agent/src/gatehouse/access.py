@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .durations import parse_ttl
+from .durations import parse_duration, parse_ttl
 from .errors import BadParameter
-from .labels import Selector, format_labels, normalize_selector
+from .labels import WILDCARD, Selector, format_labels, normalize_selector
 from .resources.schema import DEFAULT_MAX_SESSION_TTL
 from .rolemap import InvalidRoleMap, map_roles, no_mapping_message
-from .traits import apply_traits_to_labels, apply_traits_to_list, apply_traits_to_logins
+from .traits import apply_traits_to_labels, apply_traits_to_list, apply_traits_to_logins, expansion_problem
 
 DEFAULT_OPTIONS = {
     "max_session_ttl": DEFAULT_MAX_SESSION_TTL,
@@ -37,6 +37,7 @@ DEFAULT_OPTIONS = {
     "permit_port_forwarding": True,
     "permit_agent_forwarding": True,
     "permit_x11_forwarding": False,
+    "client_idle_timeout": 0,
 }
 _PERMITS = ("permit_pty", "permit_port_forwarding", "permit_agent_forwarding", "permit_x11_forwarding")
 
@@ -58,6 +59,9 @@ def _options(name: str, options) -> dict:
     out = dict(DEFAULT_OPTIONS)
     if "max_session_ttl" in options:
         out["max_session_ttl"] = parse_ttl(options["max_session_ttl"], f'role "{name}" max_session_ttl')
+    if options.get("client_idle_timeout"):
+        out["client_idle_timeout"] = max(0, parse_duration(options["client_idle_timeout"],
+                                                           f'role "{name}" client_idle_timeout'))
     if "permit_agent_forwarding" not in options and "forward_agent" in options:
         out["permit_agent_forwarding"] = bool(options["forward_agent"])  # older name of the option
     for key in _PERMITS:
@@ -74,11 +78,24 @@ def _selector(name: str, rule: str, value, traits: dict) -> Selector:
     return Selector(apply_traits_to_labels(normalised, traits))
 
 
+#: What a deny rule that cannot be expanded selects: everything (deny fails closed).
+_EVERYTHING = Selector({WILDCARD: [WILDCARD]})
+
+
+def _deny_selector(name: str, rule: str, value, traits: dict) -> tuple[Selector, str]:
+    """(selector, problem): a deny selector whose templates cannot be expanded for this user
+    selects every label set, and PROBLEM says why; otherwise PROBLEM is ""."""
+    selector = _selector(name, rule, value, traits)
+    normalised = normalize_selector(value)
+    problem = expansion_problem([*normalised, *(v for values in normalised.values() for v in values)], traits)
+    return (_EVERYTHING, problem) if problem else (selector, "")
+
+
 class _Role:
     """One role with its templates expanded for one user's traits."""
 
     __slots__ = ("name", "allow_logins", "deny_logins", "allow_nodes", "deny_nodes",
-                 "allow_clusters", "deny_clusters", "options")
+                 "allow_clusters", "deny_clusters", "options", "unexpanded")
 
     def __init__(self, role: dict, traits: dict):
         self.name = str(((role or {}).get("metadata") or {}).get("name") or "")
@@ -88,10 +105,21 @@ class _Role:
         # Deny keeps anything it can expand: a denied string never needs to be a valid login.
         self.deny_logins = apply_traits_to_list(deny.get("logins"), traits)
         self.allow_nodes = _selector(self.name, "allow.node_labels", allow.get("node_labels"), traits)
-        self.deny_nodes = _selector(self.name, "deny.node_labels", deny.get("node_labels"), traits)
         self.allow_clusters = _selector(self.name, "allow.cluster_labels", allow.get("cluster_labels"), traits)
-        self.deny_clusters = _selector(self.name, "deny.cluster_labels", deny.get("cluster_labels"), traits)
+        #: rule -> why it cannot be expanded for this user; such a deny rule denies everything.
+        self.unexpanded: dict[str, str] = {}
+        problem = expansion_problem(deny.get("logins"), traits)
+        if problem:
+            self.unexpanded["deny.logins"] = problem
+        self.deny_nodes = self._deny("deny.node_labels", deny.get("node_labels"), traits)
+        self.deny_clusters = self._deny("deny.cluster_labels", deny.get("cluster_labels"), traits)
         self.options = _options(self.name, spec.get("options"))
+
+    def _deny(self, rule: str, value, traits: dict) -> Selector:
+        selector, problem = _deny_selector(self.name, rule, value, traits)
+        if problem:
+            self.unexpanded[rule] = problem
+        return selector
 
 
 def _names(roles) -> str:
@@ -112,7 +140,11 @@ def _unmet(roles, attr: str, rule: str, labels: dict[str, str]) -> str:
     return ", ".join(f"roles {_names(members)} {phrase}" for phrase, members in groups.items())
 
 
-def _deny_phrase(role_name: str, what: str, detail: str, rule: str) -> str:
+def _deny_phrase(role: "_Role", what: str, detail: str, rule: str) -> str:
+    role_name = role.name
+    if rule in role.unexpanded:
+        return (f'access denied: role "{role_name}" denies all {what} because its {rule} cannot be expanded for '
+                f"this user (a deny rule that cannot be expanded denies): {role.unexpanded[rule]}")
     if detail == "'*': '*'":
         return f'access denied: role "{role_name}" denies all {what} ({rule} \'*\': \'*\')'
     return f'access denied: role "{role_name}" denies {what} with {detail} ({rule})'
@@ -137,7 +169,9 @@ class AccessChecker:
                 self._denied_by.setdefault(login, role)
             for login in role.allow_logins:
                 self._allowed_by.setdefault(login, []).append(role)
-        self._logins = [lg for lg in self._allowed_by if lg not in self._denied_by]
+        #: A role whose deny.logins cannot be expanded for this user denies every login.
+        self._deny_all_logins = next((r for r in self._roles if "deny.logins" in r.unexpanded), None)
+        self._logins = [] if self._deny_all_logins else [lg for lg in self._allowed_by if lg not in self._denied_by]
         self._deny_nodes = [r for r in self._roles if r.deny_nodes]
         self._deny_clusters = [r for r in self._roles if r.deny_clusters]
         self._allow_clusters = [r for r in self._roles if r.allow_clusters]
@@ -154,6 +188,13 @@ class AccessChecker:
             "ttl": min((o["max_session_ttl"] for o in opts), default=DEFAULT_MAX_SESSION_TTL),
             **{key: any(o[key] for o in opts) for key in _PERMITS},
         }
+
+    def session_options(self) -> dict:
+        """What a node applies to a session besides the certificate: cert_options() of the roles it
+        decides with (for a root user, the mapped ones) plus their shortest client_idle_timeout
+        (0 when no role sets one)."""
+        idle = [r.options["client_idle_timeout"] for r in self._roles if r.options["client_idle_timeout"] > 0]
+        return {**self.cert_options(), "client_idle_timeout": min(idle, default=0)}
 
     def traits_view(self) -> dict[str, list[str]]:
         """The traits this checker expanded templates with (sorted copy, for status output)."""
@@ -194,6 +235,9 @@ class AccessChecker:
         return Decision(False, reason, "", [r.name for r in allowing], self.logins())
 
     def _ssh_denial(self, login: str, labels: dict[str, str]) -> Decision | None:
+        if self._deny_all_logins is not None:
+            role = self._deny_all_logins
+            return Decision(False, _deny_phrase(role, "logins", "", "deny.logins"), "deny.logins", [role.name], [])
         role = self._denied_by.get(login)
         if role is not None:
             return Decision(False, f'access denied: role "{role.name}" denies login "{login}" (deny.logins)',
@@ -201,7 +245,7 @@ class AccessChecker:
         hit = self._node_denial(labels)
         if hit is not None:
             role, detail = hit
-            return Decision(False, _deny_phrase(role.name, "nodes", detail, "deny.node_labels"),
+            return Decision(False, _deny_phrase(role, "nodes", detail, "deny.node_labels"),
                             "deny.node_labels", [role.name], self.logins())
         return None
 
@@ -227,7 +271,7 @@ class AccessChecker:
         for role in self._deny_clusters:
             ok, detail = role.deny_clusters.match(labels)
             if ok:
-                return Decision(False, _deny_phrase(role.name, "clusters", detail, "deny.cluster_labels"),
+                return Decision(False, _deny_phrase(role, "clusters", detail, "deny.cluster_labels"),
                                 "deny.cluster_labels", [role.name])
         if not labels:
             return Decision(True, f'access granted: cluster "{cluster_name}" has no labels and no role denies it',

@@ -56,6 +56,11 @@ class ProxyConfig:
     https_cert_file: str = ""
     https_key_file: str = ""
     tunnel_heartbeat_interval: float = 3.0  # a tunnel counts as offline after 3 missed heartbeats
+    # Caps (sshserver.ListenerLimits): channels on one user connection (3023), channels on all
+    # user connections and on all tunnels, unauthenticated connections per listener (3023, 3024).
+    max_channels_per_connection: int = 10
+    max_sessions: int = 10000
+    max_startups: int = 100
 
 
 @dataclass
@@ -64,6 +69,11 @@ class SSHConfig:
     listen_addr: str = f"0.0.0.0:{NODE_PORT}"
     public_addr: str = ""
     labels: dict = field(default_factory=dict)
+    # Caps (sshserver.ListenerLimits): channels on one connection, on all connections, and
+    # connections that have not authenticated yet (like sshd's MaxStartups).
+    max_channels_per_connection: int = 10
+    max_sessions: int = 1000
+    max_startups: int = 100
 
 
 @dataclass
@@ -280,7 +290,12 @@ def _coerce(value, default, path, where):
         if not isinstance(value, bool):
             raise BadParameter(f"{path}: {where} must be true or false, not {value!r}")
         return value
-    if isinstance(default, (int, float)):
+    if isinstance(default, int):
+        number = _positive(value, path, where)
+        if number != int(number):
+            raise BadParameter(f"{path}: {where} must be a whole number, not {value!r}")
+        return int(number)
+    if isinstance(default, float):
         return _positive(value, path, where)
     if isinstance(default, list):
         return _list(value, path, where)

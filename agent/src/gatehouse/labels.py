@@ -7,6 +7,9 @@ A selector maps a key pattern to a list of value patterns. A pattern is one of:
 * text with ``*`` or ``?``  a glob (``*`` any run of characters, ``?`` one character);
 * anything else    the exact string.
 
+Trait values that role templates put into a pattern are always literal text
+(``literal_in_pattern``): a user whose trait is ``*`` gets no wildcard.
+
 An empty pattern or an empty value never matches: a role template that expanded
 to nothing must select nothing, and a label with an empty value counts as unset.
 A selector matches when every key matches one of its values. The entry
@@ -98,6 +101,21 @@ def _pattern_regex(pattern: str) -> str | None:
     if pattern != WILDCARD and is_glob(pattern):
         return glob_to_regex(pattern)
     return None
+
+
+def literal_in_pattern(prefix: str, literal: str, suffix: str) -> str:
+    """The pattern PREFIX + LITERAL + SUFFIX in which LITERAL (a user's trait value) is plain text.
+
+    The role author's PREFIX and SUFFIX keep their meaning (a ``^...$`` template stays a
+    regex, ``*``/``?`` around the value stay globs), but a trait value of ``*``,
+    ``^.*$`` or ``prod-?`` matches only labels that say exactly that.
+    """
+    if prefix.startswith("^") and suffix.endswith("$"):
+        return prefix + re2.escape(literal) + suffix
+    whole = prefix + literal + suffix
+    if not is_glob(literal) and not is_regex(whole):
+        return whole
+    return "^" + glob_to_regex(prefix) + re2.escape(literal) + glob_to_regex(suffix) + "$"
 
 
 def value_matches(pattern: str, value: str) -> bool:

@@ -9,6 +9,7 @@ which both `gate` and OpenSSH print.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Callable, Optional
@@ -40,6 +41,83 @@ class CertUser:
         return self.ca["cluster_name"]
 
 
+class ListenerLimits:
+    """Caps for one SSH listener (or the tunnels of one proxy), so no peer can take it all.
+
+    * ``max_startups``: connections that have not authenticated yet (like sshd's
+      MaxStartups); one more is disconnected at once, and reaching the cap is logged
+      once (again only after it was left);
+    * ``max_channels``: open channels (sessions, forwards) on one connection;
+    * ``max_sessions``: open channels on all of the listener's connections together.
+
+    ``setting`` names the config section the caps come from, for the refusal messages.
+    Channels are counted from asyncssh's own channel table, so every kind is seen.
+    """
+
+    def __init__(self, what: str, setting: str, *, max_startups: int, max_channels: int, max_sessions: int):
+        self.what = what
+        self.setting = setting
+        self.max_startups = int(max_startups)
+        self.max_channels = int(max_channels)
+        self.max_sessions = int(max_sessions)
+        self._pending: set = set()
+        self._conns: set = set()
+        self._full_logged = False
+
+    def admit(self, conn) -> bool:
+        """A new connection: False (and it is being disconnected) when too many are still unauthenticated."""
+        if len(self._pending) >= self.max_startups:
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning("%s: %d connections have not authenticated yet (%s.max_startups); refusing new "
+                            "connections until some authenticate or time out", self.what, len(self._pending),
+                            self.setting)
+            reason = f"{self.what} has too many unauthenticated connections; try again later"
+            asyncio.get_running_loop().call_soon(_disconnect, conn, reason)
+            return False
+        self._pending.add(conn)
+        self._conns.add(conn)
+        return True
+
+    def authenticated(self, conn) -> None:
+        self._pending.discard(conn)
+        if self._full_logged and len(self._pending) < self.max_startups:
+            self._full_logged = False
+            log.info("%s accepts new connections again (%d unauthenticated)", self.what, len(self._pending))
+
+    def lost(self, conn) -> None:
+        self._conns.discard(conn)
+        self.authenticated(conn)
+
+    def check_channel(self, conn) -> None:
+        """Before a channel opens on CONN: raise ChannelOpenError (with the reason) when a cap is reached."""
+        open_here = _open_channels(conn)
+        if open_here >= self.max_channels:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE,
+                f"too many channels on this connection: {open_here} are open, the limit of {self.what} is "
+                f"{self.max_channels} ({self.setting}.max_channels_per_connection); close some or use another "
+                f"connection")
+        total = sum(_open_channels(c) for c in self._conns)
+        if total >= self.max_sessions:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE,
+                f"{self.what} is at its limit of {self.max_sessions} concurrent sessions "
+                f"({self.setting}.max_sessions); try again later")
+
+
+def _open_channels(conn) -> int:
+    # asyncssh has no public count; its channel table holds every open channel of the connection.
+    return len(getattr(conn, "_channels", ()))
+
+
+def _disconnect(conn, reason: str) -> None:
+    try:
+        conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, reason)
+    except Exception:  # noqa: BLE001 - already gone
+        conn.abort()
+
+
 class CertificateOnlyServer(asyncssh.SSHServer):
     """Public-key authentication only (certificates in practice); no passwords, no keyboard-interactive."""
 
@@ -61,9 +139,11 @@ class CertAuthServer(CertificateOnlyServer):
 
     server_kind = "server"
 
-    def __init__(self, find_user_ca: Callable[[str], Optional[dict]], cluster_name: str):
+    def __init__(self, find_user_ca: Callable[[str], Optional[dict]], cluster_name: str,
+                 limits: ListenerLimits | None = None):
         self.find_user_ca = find_user_ca
         self.cluster_name = cluster_name
+        self.limits = limits
         self.conn: asyncssh.SSHServerConnection | None = None
         self.user: CertUser | None = None
         self._last_cert = None
@@ -76,6 +156,9 @@ class CertAuthServer(CertificateOnlyServer):
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
+        if self.limits is not None and not self.limits.admit(conn):
+            self.limits = None  # never counted
+            return
         original = conn._validate_openssh_certificate  # pylint: disable=protected-access
 
         async def keep_certificate(username, cert):
@@ -122,8 +205,19 @@ class CertAuthServer(CertificateOnlyServer):
         return True
 
     def auth_completed(self) -> None:
+        if self.limits is not None:
+            self.limits.authenticated(self.conn)
         self.user = CertUser(self._last_cert, self.conn.get_extra_info("username"), self._pending_ca, self.peer)
         self.auth_ok(self.user)
+
+    def connection_lost(self, exc) -> None:
+        if self.limits is not None:
+            self.limits.lost(self.conn)
+
+    def check_channel(self) -> None:
+        """Call before opening a channel: raises ChannelOpenError when this listener's caps are reached."""
+        if self.limits is not None:
+            self.limits.check_channel(self.conn)
 
     def auth_ok(self, user: CertUser) -> None:  # pragma: no cover - overridden
         raise NotImplementedError

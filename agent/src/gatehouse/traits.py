@@ -38,7 +38,7 @@ from functools import lru_cache
 from email.utils import getaddresses
 
 from .errors import BadParameter, NotFound
-from .labels import InvalidPattern, compile_re2
+from .labels import InvalidPattern, compile_re2, literal_in_pattern
 from .rolemap import NoMatch, replace_all_regexp
 
 INTERNAL_TRAITS = frozenset({
@@ -309,13 +309,20 @@ def _trait_name(node) -> str:
     return node.name if isinstance(node, _Var) else _trait_name(node.arg)
 
 
-def interpolate(expression: str, traits: dict[str, list[str]]) -> list[str]:
-    """Expand one role value with the user's traits (see the module docstring for the rules)."""
+def interpolate(expression: str, traits: dict[str, list[str]], *, pattern: bool = False) -> list[str]:
+    """Expand one role value with the user's traits (see the module docstring for the rules).
+
+    With ``pattern`` the value is a label pattern, and each trait value goes into it as
+    literal text (labels.literal_in_pattern), never as a wildcard, glob or regex.
+    """
     if not is_template(expression):
         return [expression]
     template = _parse(expression)
     values = _evaluate(template, template.node, traits)
-    out = list(dict.fromkeys(f"{template.prefix}{v}{template.suffix}" for v in values))
+    if pattern:
+        out = list(dict.fromkeys(literal_in_pattern(template.prefix, v, template.suffix) for v in values))
+    else:
+        out = list(dict.fromkeys(f"{template.prefix}{v}{template.suffix}" for v in values))
     if not out:
         name = _trait_name(template.node)
         raise TraitMissing(f'role template "{expression}" expands to no value because no value of trait '
@@ -323,14 +330,29 @@ def interpolate(expression: str, traits: dict[str, list[str]]) -> list[str]:
     return out
 
 
-def _expand_or_none(expression, traits: dict) -> list[str] | None:
+def _expand_or_none(expression, traits: dict, pattern: bool = False) -> list[str] | None:
     """Expansion, or None when it cannot be expanded (missing trait, malformed, not a string)."""
     if not isinstance(expression, str):
         return None
     try:
-        return interpolate(expression, traits)
+        return interpolate(expression, traits, pattern=pattern)
     except (NotFound, BadParameter):
         return None
+
+
+def expansion_problem(values, traits: dict[str, list[str]]) -> str:
+    """Why the first of VALUES cannot be expanded for these traits (one sentence), or "" when all can.
+
+    Deny rules use it to fail closed: a deny rule that cannot be expanded denies.
+    """
+    for value in values or ():
+        if not isinstance(value, str):
+            return f"role value {value!r} is not a string"
+        try:
+            interpolate(value, traits)
+        except (NotFound, BadParameter) as err:
+            return err.message
+    return ""
 
 
 def apply_traits_to_list(values, traits: dict[str, list[str]]) -> list[str]:
@@ -353,17 +375,19 @@ def apply_traits_to_logins(values, traits: dict[str, list[str]]) -> list[str]:
 def apply_traits_to_labels(selector: dict[str, list[str]], traits: dict[str, list[str]]) -> dict[str, list[str]]:
     """Expand keys and values of a normalised selector.
 
-    A key must expand to exactly one string; a key or value that cannot be
-    expanded becomes "" which matches nothing (so an allow rule built on a
-    missing trait grants nothing, and a deny rule built on one denies nothing).
+    Trait values become literal text in the patterns (``*`` from a trait is no
+    wildcard). A key must expand to exactly one string; a key or value that cannot
+    be expanded becomes "" which matches nothing, so an allow rule built on a missing
+    trait grants nothing. Deny rules must not rely on that: they check
+    ``expansion_problem`` first and deny when a trait is missing (access.py).
     """
     out: dict[str, list[str]] = {}
     for key, values in (selector or {}).items():
-        keys = _expand_or_none(key, traits)
+        keys = _expand_or_none(key, traits, pattern=True)
         new_key = keys[0] if keys and len(keys) == 1 else ""
         expanded = out.setdefault(new_key, [])
         for value in values:
-            for item in _expand_or_none(value, traits) or [""]:
+            for item in _expand_or_none(value, traits, pattern=True) or [""]:
                 if item not in expanded:
                     expanded.append(item)
     return out

@@ -228,8 +228,19 @@ def test_node_labels_deny_and_audit(cluster, alice):
     # carol cannot see node1 (env=dev) ...
     ls = ok(cluster.run_gate("ls", gate_home=home))
     assert "node1" not in ls
-    # ... and cannot open a session on it
+    # ... the proxy does not route her to it: a node her roles hide is "not registered" (issue 13) ...
     r = cluster.run_gate("ssh", "visitor@node1", "echo should-not-run", gate_home=home)
+    fails(r, 'node "node1" is not registered in cluster "root.test"')
+    assert "should-not-run" not in r.stdout
+    hidden = [e for e in cluster.audit("session.denied") if e.get("user") == "carol"]
+    assert hidden and hidden[-1]["node"] == "node1" and hidden[-1]["success"] is False
+    # ... and the node itself, reached directly with her certificate, refuses the session
+    profile = cluster.profile_dir(home)
+    r = subprocess.run(["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                        "-i", os.path.join(profile, "key"), "-o", f"CertificateFile={profile}/key-cert.pub",
+                        "-o", f"UserKnownHostsFile={profile}/known_hosts", "-o", "HostKeyAlias=node1.root.test",
+                        "-p", str(cluster.node_port), "visitor@127.0.0.1", "echo should-not-run"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     msg = fails(r, "access denied")
     assert 'node "node1"' in msg and "should-not-run" not in r.stdout
 

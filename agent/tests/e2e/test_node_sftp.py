@@ -130,9 +130,23 @@ def test_sftp_login_not_in_certificate(cluster, alice):
     fails(r, 'your certificate does not allow login "daemon"; allowed logins are [root, visitor]')
 
 
+# Lets its users see every node (with a login of its own), so the proxy routes them there and the
+# node decides: since issue 13 the proxy does not route users to nodes their roles hide.
+SEE_ALL_ROLE = """\
+kind: role
+version: v5
+metadata: {name: sftp-see-all}
+spec:
+  allow:
+    logins: [sftp-other-login]
+    node_labels: {'*': '*'}
+"""
+
+
 def test_sftp_denied_by_role(cluster):
     ok(cluster.run_gatectl("create", write_yaml(os.path.join(cluster.tmp, "sftp-prod.yaml"), PROD_ROLE)))
-    _, cfg = login_user(cluster, "sftpcarol", "sftp-prod-only", "")
+    ok(cluster.run_gatectl("create", write_yaml(os.path.join(cluster.tmp, "sftp-see.yaml"), SEE_ALL_ROLE)))
+    _, cfg = login_user(cluster, "sftpcarol", "sftp-prod-only,sftp-see-all", "")
     r = run_sftp(cfg, f"visitor@{NODE}", "pwd\n")
     out = fails(r, "access denied")
     assert 'node "node1"' in out and "administratively prohibited" in out

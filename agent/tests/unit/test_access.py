@@ -118,9 +118,12 @@ def test_label_key_templated_to_empty_matches_nothing():
     assert not decision.allowed
     assert decision.reason == ('access denied: no role allows access to node "node1" with labels env=prod; '
                                "roles [t] require <missing trait> in [*]")
-    # a deny built on a missing trait denies nothing either
+    # A deny built on a missing trait used to deny nothing (issue 13): it now fails closed.
     deny = role("d", deny={"node_labels": {"{{external.missing}}": "*"}})
-    assert check([VISITOR, deny], "visitor", {"env": "prod"}).allowed
+    decision = check([VISITOR, deny], "visitor", {"env": "prod"})
+    assert not decision.allowed and decision.rule == "deny.node_labels"
+    assert decision.reason.startswith('access denied: role "d" denies all nodes because its deny.node_labels cannot '
+                                      "be expanded for this user")
 
 
 def test_label_value_templated_from_traits():

@@ -10,7 +10,7 @@ from gatehouse.auth.authz import Identity
 async def _expiry(auth, name: str, interval) -> float:
     node = Identity(name, "node", auth.cluster_name)
     before = time.time()
-    await auth.heartbeat_node(node, name, "127.0.0.1:3022", {"env": "dev"}, name, interval)
+    await auth.heartbeat_node(node, name, "127.0.0.1:3022", {"env": "dev"}, name, interval, observed="127.0.0.1")
     item = await auth.backend.get(f"nodes/{name}")
     return item.expires - before
 

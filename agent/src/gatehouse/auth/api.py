@@ -73,6 +73,42 @@ def member_check_middleware(svc: AuthService):
     return check
 
 
+def peer_hosts(request: web.Request) -> frozenset[str]:
+    """The DNS names and IP addresses in the verified client certificate (what auth approved at join)."""
+    cert = request.transport.get_extra_info("peercert") if request.transport else None
+    return frozenset(value for kind, value in (cert or {}).get("subjectAltName", ())
+                     if kind in ("DNS", "IP Address"))
+
+
+def _string(value, name: str, limit: int = 1024) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or len(str(value)) > limit:
+        raise BadParameter(f"{name} must be a string of at most {limit} characters")
+    return str(value)
+
+
+def _string_list(value, name: str, limit: int = 1000) -> list[str]:
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list) or len(value) > limit:
+        raise BadParameter(f"{name} must be a list of at most {limit} strings")
+    return [_string(v, f"each of {name}") for v in value]
+
+
+def _number(value, name: str, default: float, low: float, high: float, expect: str = "") -> float:
+    """A number a caller sends (JSON number or numeric text), within [LOW, HIGH]; DEFAULT when absent.
+    EXPECT says what it must be, for the refusal ("a number from LOW to HIGH" if not given)."""
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not low <= number <= high:
+        raise BadParameter(f"{name} must be {expect or f'a number from {low:g} to {high:g}'}, "
+                           f"not {str(value)[:40]!r}")
+    return number
+
+
 def _need(body: dict, *names: str) -> list:
     missing = [n for n in names if body.get(n) in (None, "")]
     if missing:
@@ -180,7 +216,8 @@ class AuthAPI:
         ident = self.ident(request)
         body = await read_json(request)
         user, password, ssh_pub, tls_pub = _need(body, "user", "password", "ssh_public_key", "tls_public_key")
-        result = await self.svc.login(ident, str(user), str(password), ssh_pub, tls_pub, int(body.get("ttl") or 0),
+        ttl = int(_number(body.get("ttl"), "ttl", 0, 0, 10 * 365 * 24 * 3600, "a number of seconds"))
+        result = await self.svc.login(ident, str(user), str(password), ssh_pub, tls_pub, ttl,
                                       str(body.get("client_addr") or request.remote))
         return web.json_response(result)
 
@@ -201,19 +238,20 @@ class AuthAPI:
     async def heartbeat(self, request):
         body = await read_json(request)
         name, addr = _need(body, "name", "addr")
-        host, port = split_hostport(str(addr), NODE_PORT)
-        if host in ("0.0.0.0", "::", ""):
-            addr = f"{request.remote}:{port}"  # advertise the address auth saw the node connect from
-        await self.svc.heartbeat_node(self.ident(request), str(name), str(addr), body.get("labels") or {},
-                                      str(body.get("hostname") or name), _interval(body.get("interval")))
+        # The dial address is decided by auth (service.node_dial_addr): the node's port at the
+        # address this heartbeat comes from, or at a host approved in the node's certificate.
+        addr = await self.svc.heartbeat_node(self.ident(request), _string(name, "name"), _string(addr, "addr"),
+                                             body.get("labels") or {}, body.get("hostname") or name,
+                                             _interval(body.get("interval")), observed=request.remote or "",
+                                             approved=peer_hosts(request))
         return web.json_response({"addr": addr})
 
     async def nodes(self, request):
         return web.json_response({"items": await self.svc.list_nodes(self.ident(request))})
 
     async def snapshot(self, request):
-        since = int(request.query.get("since", "0") or 0)
-        timeout = float(request.query.get("timeout", "0") or 0)
+        since = int(_number(request.query.get("since"), "since", 0, 0, 2 ** 63, "a revision number (0 or more)"))
+        timeout = _number(request.query.get("timeout"), "timeout", 0, 0, 3600, "a number of seconds up to 3600")
         return web.json_response(await self.svc.snapshot(self.ident(request), since, timeout))
 
     async def cas(self, request):
@@ -239,15 +277,15 @@ class AuthAPI:
     async def tunnel_heartbeat(self, request):
         body = await read_json(request)
         await self.svc.trust.tunnel_heartbeat(self.ident(request), str(_need(body, "cluster")[0]),
-                                              bool(body.get("connected")), body.get("interval", 5.0))
+                                              bool(body.get("connected")), _heartbeat_interval(body))
         return web.json_response({})
 
     async def tunnel_agent_status(self, request):
         body = await read_json(request)
-        proxies = body.get("proxies") or []
         await self.svc.trust.tunnel_agent_status(self.ident(request), str(_need(body, "cluster")[0]),
-                                                 [str(p) for p in proxies] if isinstance(proxies, list) else [],
-                                                 body.get("interval", 5.0), str(body.get("tunnel_addr") or ""))
+                                                 _string_list(body.get("proxies"), "proxies"),
+                                                 _heartbeat_interval(body),
+                                                 str(body.get("tunnel_addr") or ""))
         return web.json_response({})
 
     async def tunnel_cert(self, request):
@@ -263,7 +301,7 @@ class AuthAPI:
         if body.get("web_listen_addr"):
             _, port = split_hostport(str(body["web_listen_addr"])[:300], WEB_PORT, what="web_listen_addr")
         web_addr = join_hostport(request.remote, port) if request.remote else ""
-        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), body.get("interval", 5.0), web_addr)
+        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), _heartbeat_interval(body), web_addr)
         return web.json_response({"proxies": proxies})
 
     async def clusters(self, request):
@@ -311,6 +349,11 @@ async def start(svc: AuthService) -> web.AppRunner:
     await site.start()
     log.info("auth API listening on https://%s:%d (cluster %s)", host, port, svc.cluster_name)
     return runner
+
+
+def _heartbeat_interval(body: dict) -> float:
+    """A proxy's or tunnel's heartbeat interval: a number of seconds up to an hour (default 5)."""
+    return _number(body.get("interval"), "interval", 5.0, 0.01, 3600)
 
 
 def _interval(value) -> float | None:

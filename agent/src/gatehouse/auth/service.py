@@ -18,10 +18,10 @@ from ..audit import AuditLog
 from ..backend import open_backend
 from ..backend.base import Op
 from ..clock import now_iso
-from ..config import Config, public_addr
-from ..errors import AccessDenied, AlreadyExists, BadParameter, GatehouseError, NotFound
+from ..config import Config, is_ip, join_hostport, public_addr, split_hostport
+from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
 from ..ratelimit import RateLimiter
-from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NOLOGIN_PRINCIPAL
+from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NODE_PORT, NOLOGIN_PRINCIPAL
 from . import keys, passwords
 from .authz import Identity, require_admin, require_kind, require_node_itself
 from .members import MemberRegistry
@@ -41,7 +41,9 @@ class AuthService:
         self.cluster_name = cfg.auth.cluster_name
         self.backend = backend
         self.audit = audit
-        self.login_limiter = RateLimiter(cfg.auth.login_rate)
+        # Addresses and user names are limited apart, so a flood of one kind never pushes out the other.
+        self.login_addr_limiter = RateLimiter(cfg.auth.login_rate)
+        self.login_user_limiter = RateLimiter(cfg.auth.login_rate)
         self.validate_limiter = RateLimiter(cfg.auth.validate_rate)
         self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
         self.relay = LeafRelay(backend, cfg.data_dir)
@@ -180,20 +182,43 @@ class AuthService:
                     client_addr: str) -> dict:
         """Check a password and issue the user's SSH and X.509 certificates."""
         require_kind(ident, ("proxy",), "password logins go through the proxy: use 'gate login --proxy=HOST:3080'")
-        self.login_limiter.check(f"user:{user}", "login")
-        self.login_limiter.check(f"addr:{client_addr}", "login")
+        # The address first: a caller over its limit reaches no per-user bucket, so junk user
+        # names from one address can neither fill the user limiter nor reset a user's bucket.
+        self.login_addr_limiter.check(client_addr, "login")
         try:
-            stored = (await self.backend.get(keys.password(user))).value["hash"]
-        except NotFound:
-            stored = None
-        ok = await asyncio.to_thread(passwords.verify_password, password, stored)
+            resources.validate_name(user, "user name", kind="user")
+        except BadParameter:
+            valid_name = False  # cannot exist: no bucket, no hash, the same answer as a wrong password
+        else:
+            valid_name = True
+            self.login_user_limiter.check(user, "login")
+        record = None
+        if valid_name:
+            try:
+                record = await self.backend.get(keys.password(user))
+            except NotFound:
+                pass
+        stored = record.value["hash"] if record is not None else None
+        ok = valid_name and await asyncio.to_thread(passwords.verify_password, password, stored)
         if not ok:
             self.audit.emit("user.login", success=False, user=user, addr=client_addr,
                             error="invalid user name or password")
             raise AccessDenied("invalid user name or password; check both and try again")
+        if passwords.needs_rehash(stored):
+            await self._rehash_password(user, password, record)
         certs = await self.issue_user_certs(await self.get_user(user), ssh_public, tls_public, ttl)
         self.audit.emit("user.login", user=user, addr=client_addr, method="password")
         return certs
+
+    async def _rehash_password(self, user: str, password: str, record) -> None:
+        """Store a hash with today's parameters after a successful login (unless the password changed meanwhile)."""
+        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        try:
+            await self.backend.compare_and_swap(keys.password(user), record.revision,
+                                                {**record.value, "hash": hashed})
+        except (CompareFailed, NotFound):
+            return
+        log.info("rehashed the password of user %s with the current parameters", user)
 
     async def issue_user_certs(self, user: dict, ssh_public: str, tls_public: str, ttl: int,
                                connector: str = "") -> dict:
@@ -228,16 +253,29 @@ class AuthService:
 
     # ----------------------------------------------------------------- nodes
     async def heartbeat_node(self, ident: Identity, name: str, addr: str, labels: dict, hostname: str,
-                             interval: float | None = None) -> None:
+                             interval: float | None = None, observed: str = "",
+                             approved: frozenset[str] = frozenset()) -> str:
+        """Record a node's heartbeat; returns the address the proxies will dial for it.
+
+        Proxies route by the registered name only, and dial the address this decides: the
+        node's port at the address its heartbeat came from (OBSERVED), or at a host its
+        identity was approved for (APPROVED: the names auth put in its certificate). A node
+        cannot point its record at anyone else's address; its hostname is for display.
+        """
         require_node_itself(ident, name)
+        resources.validate_name(name, "node name")
+        labels = _node_labels(labels)
+        hostname = _display_text(hostname, "hostname")
+        addr = node_dial_addr(name, addr, observed, approved, trusted=ident.kind == "admin")
         # Gone after four missed heartbeats, counted in the node's own interval when it says.
         ttl = (interval or self.cfg.heartbeat_interval) * 4
         resource = {"kind": "node", "version": "v2",
-                    "metadata": {"name": name, "labels": {str(k): str(v) for k, v in labels.items()}},
+                    "metadata": {"name": name, "labels": labels},
                     "spec": {"addr": addr, "hostname": hostname, "cluster_name": self.cluster_name},
                     "status": {"last_heartbeat": now_iso()}}
         # A revocation committed after this caller was checked wins: no record outlives it.
         await self.members.write_as(ident, [Op("put", keys.node(name), resource, expires=time.time() + ttl)])
+        return addr
 
     async def list_nodes(self, ident: Identity) -> list[dict]:
         nodes = [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)]
@@ -398,6 +436,74 @@ def _public_ca(v: dict) -> dict:
             "active": bool(v.get("active", True)), "local": bool(v.get("local", False)),
             "role_map": role_map, "fingerprint": _fingerprint(v)}
 
+
+MAX_NODE_LABELS = 64
+MAX_LABEL_VALUE = 256
+
+
+def _node_labels(labels) -> dict[str, str]:
+    """A node's reported labels: a bounded mapping of valid names to short printable values."""
+    labels = resources.validate_labels(labels, "node labels")
+    if len(labels) > MAX_NODE_LABELS:
+        raise BadParameter(f"a node may report at most {MAX_NODE_LABELS} labels, not {len(labels)}; "
+                           f"trim ssh_service.labels")
+    for key, value in labels.items():
+        _display_text(value, f'node label "{key}"', MAX_LABEL_VALUE)
+    return labels
+
+
+def _display_text(value, what: str, limit: int = 253) -> str:
+    """A short printable string a member reports for display (its hostname, a label value)."""
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise BadParameter(f"the {what} a node reports must be printable text of at most {limit} characters")
+    return value
+
+
+def _same_host(a: str, b: str) -> bool:
+    import ipaddress
+    try:
+        left, right = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower() == b.lower()
+    mapped = [getattr(ip, "ipv4_mapped", None) or ip for ip in (left, right)]
+    return mapped[0] == mapped[1]
+
+
+def _local_only(host: str) -> bool:
+    """Loopback, link-local (cloud metadata) and similar hosts: only ever a node's own if it calls from there."""
+    import ipaddress
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
+def node_dial_addr(name: str, reported: str, observed: str, approved: frozenset[str] = frozenset(),
+                   trusted: bool = False) -> str:
+    """The address proxies dial for node NAME, from the address it REPORTED.
+
+    The port is the node's. The host must be the address auth saw the heartbeat come
+    from (an unspecified host means exactly that), or one approved for the node's
+    identity (never a loopback or link-local one: those would be the proxy's own, or a
+    cloud metadata service); anything else is refused (an admin, TRUSTED, may register
+    any address).
+    """
+    host, port = split_hostport(str(reported), NODE_PORT, what=f'node "{name}" address')
+    if host in ("0.0.0.0", "::", ""):
+        if not observed:
+            raise BadParameter(f'node "{name}" reported no host in its address and auth cannot tell where it '
+                               f"connects from; set ssh_service.public_addr")
+        host = observed
+    elif not trusted and not (observed and _same_host(host, observed)) and \
+            (_local_only(host) or not any(_same_host(host, ok) for ok in approved)):
+        raise AccessDenied(f'node "{name}" may advertise only the address its heartbeats come from '
+                           f"({observed or 'unknown'}) or one approved in its identity, not {host}; leave "
+                           f"ssh_service.public_addr unset, or join the node with that address approved")
+    return join_hostport(host, port)
 
 def _fingerprint(ca: dict) -> str:
     return pki.tls_fingerprint(ca["public"]) if ca["type"] == "tls" else pki.ssh_fingerprint(ca["public"])

@@ -25,14 +25,32 @@ def split_cluster(cache: ClusterCache, host: str, cluster: str | None) -> tuple[
 
 
 def resolve_node(cache: ClusterCache, host: str, port: int) -> tuple[str, int, dict]:
-    """(address, port, node) of the registered node called HOST (or registered at HOST:PORT)."""
-    for node in cache.nodes():
-        meta, spec = node["metadata"], node["spec"]
-        node_host, node_port = split_hostport(spec["addr"], NODE_PORT)
-        if host in (meta["name"], spec.get("hostname")) or (host == node_host and port == node_port):
-            return node_host, node_port, node
-    raise NotFound(f'node "{host}" is not registered in cluster "{cache.cluster_name}"; '
-                   f"list nodes with 'gate ls'")
+    """(address, port, node) of the node registered under the name HOST.
+
+    Only the registered name counts (`name.cluster` is split off by split_cluster): a
+    node's self-reported hostname is for display, and an address is never a route, so a
+    node cannot capture another's route. The address is the one auth recorded for the
+    node (auth.service.node_dial_addr); PORT is what the client asked for and is not used.
+    """
+    node = cache.node(host)
+    if node is None:
+        raise node_not_found(cache, host)
+    node_host, node_port = split_hostport(node["spec"]["addr"], NODE_PORT)
+    return node_host, node_port, node
+
+
+def node_not_found(cache: ClusterCache, host: str) -> NotFound:
+    return NotFound(f'node "{host}" is not registered in cluster "{cache.cluster_name}"; '
+                    f"list nodes with 'gate ls'")
+
+
+def can_see_node(checkers: CheckerCache, user, node: dict) -> bool:
+    """Whether the user's roles let them see NODE (a local route to a hidden node is "not registered",
+    exactly like one that does not exist)."""
+    checker, _, _ = checkers.checker(user.cluster, user.cert.roles, user.cert.traits, list(user.cert.principals),
+                                     user.ca)
+    meta = node["metadata"]
+    return checker is not None and checker.can_see_node(meta["name"], meta.get("labels") or {})
 
 
 def cluster_not_found(cluster: str) -> NotFound:

@@ -146,13 +146,16 @@ class SessionResult:
     core_dumped: bool = False
     #: The client disconnected (or closed the channel) before the child exited.
     disconnected: bool = False
-    #: The one-line refusal shown to the user, when the session was refused.
+    #: The one-line refusal shown to the user, when the session was refused (or ended by a limit).
     error: Optional[str] = None
+    #: Set when the node ended the session itself: "idle_timeout" or "deadline".
+    ended_by: Optional[str] = None
 
 
 async def run_session(process: asyncssh.SSHServerProcess, login: str, *, node_name: str,
                       env: Optional[Mapping[str, str]] = None,
-                      permit_pty: bool = True) -> SessionResult:
+                      permit_pty: bool = True, deadline: Optional[float] = None, deadline_message: str = "",
+                      idle_timeout: float = 0) -> SessionResult:
     """Run the session's command (or shell) as Unix user ``login``; see the module doc.
 
     ``env`` holds extra environment variables; only locale/time-zone names
@@ -160,9 +163,14 @@ async def run_session(process: asyncssh.SSHServerProcess, login: str, *, node_na
     are passed on. ``None`` means "use what the client sent" (``process.env``,
     filtered the same way), ``{}`` means nothing. ``permit_pty=False`` runs the
     session without a terminal (with a one-line warning) even if one was asked
-    for. Returns when the session is over; never raises for session failures.
+    for. At ``deadline`` (a Unix time) the session is ended with
+    ``deadline_message`` on the client's stderr; after ``idle_timeout`` seconds
+    without input from the client (data, signals, window changes) likewise. The
+    result's ``ended_by`` and ``error`` say so. Returns when the session is over;
+    never raises for session failures.
     """
-    return await _Session(process, login, node_name, env, permit_pty).run()
+    return await _Session(process, login, node_name, env, permit_pty, deadline, deadline_message,
+                          idle_timeout).run()
 
 
 class SessionProcess(asyncssh.SSHServerProcess):
@@ -358,7 +366,12 @@ class _Spawned:
 
 class _Session:
     def __init__(self, process: asyncssh.SSHServerProcess, login: str, node_name: str,
-                 env: Optional[Mapping[str, str]], permit_pty: bool):
+                 env: Optional[Mapping[str, str]], permit_pty: bool, deadline: Optional[float] = None,
+                 deadline_message: str = "", idle_timeout: float = 0):
+        self.deadline = deadline
+        self.deadline_message = deadline_message
+        self.idle_timeout = idle_timeout
+        self.last_input = time.monotonic()
         self.process = process
         self.login = login
         self.node = node_name
@@ -463,8 +476,8 @@ class _Session:
 
         self.result.pid = self.pid
         self.result.pty = use_pty
-        log.info("session started on node %s: login %s, pid %s, pty %s, command %r",
-                 self.node, self.login, self.pid, use_pty, self.process.command)
+        log.info("session started on node %s: login %s, pid %s, pty %s", self.node, self.login, self.pid, use_pty)
+        log.debug("session %s runs command %r", self.pid, self.process.command)  # commands only at DEBUG
         try:
             await self._supervise(use_pty)
         finally:
@@ -584,9 +597,13 @@ class _Session:
             pumps.append(self._start_pump(self.io.stderr, process.stderr))
             in_fd = self.io.stdin
         in_task = loop.create_task(self._pump_in(in_fd, use_pty))
+        limit_task = loop.create_task(self._watch_limits())
         try:
-            await asyncio.wait({self.exit_task, closed_task},
+            await asyncio.wait({self.exit_task, closed_task, limit_task},
                                return_when=asyncio.FIRST_COMPLETED)
+            if limit_task.done() and not self.exit_task.done() and not closed_task.done():
+                await self._end_by_limit(limit_task.result(), in_task, pumps)
+                return
             if self.exit_task.done() and not closed_task.done():
                 await self._drain(pumps, closed_task)
             if not closed_task.done() and not process.is_closing():
@@ -603,7 +620,7 @@ class _Session:
         finally:
             io_tasks = [in_task, *[p.task for p in pumps]]
             try:
-                await self._cancel(closed_task, *io_tasks)
+                await self._cancel(closed_task, limit_task, *io_tasks)
             finally:
                 # fds are closed only once no pump can still touch them (a pump's
                 # selector registration must never outlive its fd number).
@@ -613,6 +630,40 @@ class _Session:
                     task = loop.create_task(self._terminate())
                     _BACKGROUND.add(task)
                     task.add_done_callback(_BACKGROUND.discard)
+
+    async def _end_by_limit(self, limit: Tuple[str, str], in_task: asyncio.Task, pumps: List[_Pump]) -> None:
+        """The node ends the session (idle timeout, certificate or max_session_ttl): say why on the
+        client's stderr, end the child as if the client had left, then close the channel."""
+        self.result.ended_by, self.result.error = limit
+        log.info("ending session %s on node %s (login %s): %s", self.pid, self.node, self.login, self.result.error)
+        self._say(self.result.error)
+        await self._cancel(in_task, *[p.task for p in pumps])
+        self.io_stopped = True
+        await self._terminate()
+        self.process.channel.close()  # what was written (the reason) is sent before the close
+
+    async def _watch_limits(self) -> Tuple[str, str]:
+        """Wait until the deadline passes or the client stays idle too long: (ended_by, message)."""
+        if not self.deadline and not self.idle_timeout:
+            await asyncio.Event().wait()  # no limit: never returns (cancelled with the session)
+        while True:
+            waits = []
+            if self.deadline:
+                left = self.deadline - time.time()
+                if left <= 0:
+                    return "deadline", self.deadline_message
+                waits.append(left)
+            if self.idle_timeout:
+                idle = time.monotonic() - self.last_input
+                if idle >= self.idle_timeout:
+                    return "idle_timeout", (f"gatehouse: session closed after {_seconds(self.idle_timeout)} "
+                                            f"without input from the client (client_idle_timeout of your roles "
+                                            f'on node "{self.node}")')
+                waits.append(self.idle_timeout - idle)
+            await asyncio.sleep(max(min(waits), 0.05))
+
+    def _input_seen(self) -> None:
+        self.last_input = time.monotonic()
 
     def _install_hooks(self, use_pty: bool) -> None:
         """Take signal, break and window-change requests out of band.
@@ -626,6 +677,7 @@ class _Session:
         process.terminal_size_changed = self._on_resize if use_pty else _ignore_resize
 
     def _on_signal(self, name: str) -> None:
+        self._input_seen()
         name = name[3:] if name.upper().startswith("SIG") else name
         if name.upper() not in ALLOWED_SIGNALS:
             log.info("ignored signal %r requested by the client", name)
@@ -633,10 +685,12 @@ class _Session:
         self._signal(getattr(signal, "SIG" + name.upper()), foreground=True)
 
     def _on_break(self, msec: int) -> bool:
+        self._input_seen()
         self._signal(signal.SIGINT, foreground=True)
         return True
 
     def _on_resize(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self._input_seen()
         if self.io.master is not None:
             try:
                 _set_winsize(self.io.master, (width, height, pixwidth, pixheight))
@@ -748,6 +802,7 @@ class _Session:
                     break
                 if not data:
                     break
+                self._input_seen()
                 if broken:
                     continue  # the child stopped reading: discard, keep the window open
                 try:
@@ -852,6 +907,10 @@ class _Session:
             fd = getattr(io, name)
             setattr(io, name, None)
             _close_fd(fd)
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:g} seconds" if seconds < 120 else f"{seconds / 60:g} minutes"
 
 
 def _ignore_resize(width: int, height: int, pixwidth: int, pixheight: int) -> None:

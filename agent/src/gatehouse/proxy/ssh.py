@@ -3,9 +3,10 @@
 Two ways in, one router:
 * a standard `direct-tcpip` channel (what `ssh -J` / ProxyJump and `gate ssh` send);
 * the subsystem `proxy:HOST:PORT@CLUSTER` (for ProxyCommand-style clients).
-HOST is a node name, `name.cluster`, or a registered address. Only registered nodes
-are reachable, never arbitrary addresses. The SSH session inside is end-to-end
-between the client and the node; the proxy never sees it in clear.
+HOST is a registered node name or `name.cluster`; never an address or a node's
+self-reported hostname, and a local node only when the user's roles let them see it.
+The proxy dials the address auth recorded for the node. The SSH session inside is
+end-to-end between the client and the node; the proxy never sees it in clear.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import asyncssh
 from ..config import split_hostport
 from ..errors import GatehouseError
 from ..member.context import MemberContext
-from ..member.routing import cluster_not_found, resolve_node, split_cluster, visible_leaf
+from ..member.routing import can_see_node, cluster_not_found, node_not_found, resolve_node, split_cluster, visible_leaf
 from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
-from ..sshserver import CertAuthServer, CertUser
+from ..sshserver import CertAuthServer, CertUser, ListenerLimits
 from ..wire import PROXY_SSH_PORT, parse_proxy_subsystem
 
 log = logging.getLogger("gatehouse.proxy.ssh")
@@ -126,16 +127,18 @@ class _ProxyConnection(CertAuthServer):
     server_kind = "this proxy"
 
     def __init__(self, proxy: "ProxySSH"):
-        super().__init__(proxy.cache.user_ca, proxy.cache.cluster_name)
+        super().__init__(proxy.cache.user_ca, proxy.cache.cluster_name, proxy.limits)
         self.proxy = proxy
 
     def auth_ok(self, user: CertUser) -> None:
         log.debug("proxy: %s authenticated from %s", user.name, user.peer)
 
     def session_requested(self):
+        self.check_channel()
         return _SubsystemSession(self)
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        self.check_channel()
         return self._forward(dest_host, dest_port)
 
     async def _forward(self, dest_host: str, dest_port: int):
@@ -164,6 +167,9 @@ class ProxySSH:
         self.tunnels = tunnels
         self.server = None
         self.port = 0
+        cfg = ctx.cfg.proxy
+        self.limits = ListenerLimits("this proxy", "proxy_service", max_startups=cfg.max_startups,
+                                     max_channels=cfg.max_channels_per_connection, max_sessions=cfg.max_sessions)
 
     def route(self, user: CertUser, host: str, port: int, cluster: str | None):
         """(host, port, tunnel): a local node's address (tunnel None), or a leaf node's name and its tunnel."""
@@ -171,6 +177,10 @@ class ProxySSH:
         if cluster != self.cache.cluster_name:
             return host, port, self._leaf_tunnel(user, cluster)
         node_host, node_port, node = resolve_node(self.cache, host, port)
+        if not can_see_node(self.ctx.checkers, user, node):
+            self.audit.emit("session.denied", success=False, user=user.name, node=host,
+                            reason=f'the user\'s roles do not let them see node "{host}"')
+            raise node_not_found(self.cache, host)
         log.debug("proxy: routing %s to node %s (%s:%d)", user.name, node["metadata"]["name"], node_host, node_port)
         return node_host, node_port, None
 

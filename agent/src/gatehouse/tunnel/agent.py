@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 
 import asyncssh
 
@@ -27,9 +28,10 @@ from ..member.routing import resolve_node
 from ..resources import tunnel_addr_is_discovered, tunnel_dial_addr, validate_name
 from ..rootclient import RootWebClient
 from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
-from ..sshserver import CertificateOnlyServer
+from ..sshserver import CertificateOnlyServer, ListenerLimits
 from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_ANNOUNCED_PROXIES, MISSED_HEARTBEATS, NODES_SUBSYSTEM,
                     TUNNEL_LOGIN, TUNNEL_PORT)
+from .framing import MAX_HEARTBEAT_LINE, MAX_REQUEST, parse_heartbeat, read_bounded, too_long
 
 log = logging.getLogger("gatehouse.tunnel.agent")
 
@@ -46,9 +48,6 @@ class _LeafSide(CertificateOnlyServer):
         self.link = link
         self.conn = None
 
-    def connection_made(self, conn):
-        self.conn = conn
-
     def validate_public_key(self, username, key) -> bool:
         return False
 
@@ -61,7 +60,18 @@ class _LeafSide(CertificateOnlyServer):
                         self.link.root)
         return ok
 
+    def connection_made(self, conn):
+        self.conn = conn
+        self.link.pool.limits.admit(conn)
+
+    def auth_completed(self):
+        self.link.pool.limits.authenticated(self.conn)
+
+    def connection_lost(self, exc):
+        self.link.pool.limits.lost(self.conn)
+
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        self.link.pool.limits.check_channel(self.conn)
         try:
             host, port, node = resolve_node(self.link.pool.cache, dest_host, dest_port)
         except GatehouseError as exc:
@@ -227,12 +237,28 @@ class RootLink:
                 await asyncio.sleep(interval)
 
         sender = asyncio.create_task(beat())
+        last_valid, warned = time.monotonic(), False
         try:
             while True:
-                raw = await asyncio.wait_for(process.stdin.readline(), MISSED_HEARTBEATS * interval + 1)
+                # Only a valid hello counts: a root sending anything else still misses its beats.
+                left = MISSED_HEARTBEATS * interval + 1 - (time.monotonic() - last_valid)
+                raw = await asyncio.wait_for(process.stdin.readline(), max(left, 0.1))
                 if not raw:
                     return
-                proxy, announced = self._check_hello(raw)
+                if too_long(raw):
+                    log.warning("tunnel: root %s sent a heartbeat line longer than %d bytes; closing the tunnel",
+                                self.root, MAX_HEARTBEAT_LINE)
+                    process.channel.get_connection().close()
+                    return
+                hello = parse_heartbeat(raw)
+                if hello is None:
+                    if not warned:
+                        warned = True
+                        log.warning("tunnel: root %s sent a heartbeat that is not a JSON object; ignoring it and "
+                                    "any more like it", self.root)
+                    continue
+                proxy, announced = self._check_hello(hello)  # a hostile announcement closes the tunnel
+                last_valid = time.monotonic()
                 if not ready.done():
                     ready.set_result(proxy)
                 if announced != self.announced:
@@ -250,12 +276,9 @@ class RootLink:
                 ready.set_result("")
             sender.cancel()
 
-    def _check_hello(self, raw: bytes) -> tuple[str, set[str]]:
+    def _check_hello(self, hello: dict) -> tuple[str, set[str]]:
         """(proxy, announced proxies) of one root heartbeat; ValueError saying what is wrong with it.
         Proxy names are resource names and a root announces at most MAX_ANNOUNCED_PROXIES of them."""
-        hello = json.loads(raw)
-        if not isinstance(hello, dict):
-            raise ValueError("the root sent a heartbeat that is not a JSON object")
         names = hello.get("proxies") or []
         if not isinstance(names, list):
             raise ValueError("the root's heartbeat announces its proxies as something other than a list")
@@ -270,13 +293,22 @@ class RootLink:
 
     @staticmethod
     async def _read_request(process) -> dict:
-        request = json.loads((await asyncio.wait_for(process.stdin.read(), 10)) or b"{}")
+        """The root's one JSON object; BadParameter (answered to the root) when too large or not an object."""
+        text = await asyncio.wait_for(read_bounded(process.stdin, MAX_REQUEST, "the request on the tunnel"), 10)
+        try:
+            request = json.loads(text or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            request = None
         if not isinstance(request, dict):
-            raise ValueError("the request on the tunnel is not a JSON object")
+            raise BadParameter("the request on the tunnel is not a JSON object")
         return request
 
     async def _list_nodes(self, process) -> None:
-        request = await self._read_request(process)
+        try:
+            request = await self._read_request(process)
+        except BadParameter as exc:
+            process.stdout.write(json.dumps(exc.to_dict()).encode())
+            return
         cache = self.pool.cache
         ca = cache.active_root_user_ca(self.root)
         result: dict = {"items": [], "mapped_roles": []}
@@ -294,11 +326,11 @@ class RootLink:
 
     async def _check_access(self, process) -> None:
         """Explain a root user's SSH access to a node here, as this leaf's `gatectl access check --from` does."""
-        request = await self._read_request(process)
         try:
+            request = await self._read_request(process)
             answer = self._explain(request)
         except GatehouseError as exc:
-            answer = exc.to_dict()
+            request, answer = {}, exc.to_dict()
         log.debug("tunnel: root %s asked about %s as %s on %s: %s", self.root, request.get("user"),
                   request.get("login"), request.get("node"), answer.get("reason") or answer.get("error"))
         process.stdout.write(json.dumps(answer).encode())
@@ -335,6 +367,9 @@ class TunnelAgentPool:
         ctx.ident.on_renewed(self._reload_host_keypair)
         self.links: dict[str, RootLink] = {}
         self._lock = asyncio.Lock()
+        # Root proxies open one channel per user session on a tunnel: the proxy's session cap applies.
+        self.limits = ListenerLimits("this leaf proxy's tunnels", "proxy_service", max_startups=2 ** 31,
+                                     max_channels=ctx.cfg.proxy.max_sessions, max_sessions=ctx.cfg.proxy.max_sessions)
 
     def _reload_host_keypair(self) -> None:
         """The renewed host certificate is presented on the next tunnels dialled; open ones keep theirs."""

@@ -22,9 +22,11 @@ from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
 from ..member.context import MemberContext
 from ..member.renew import Renewer
 from ..sshparams import CARRIER_MAX_PKTSIZE, client_options
+from ..sshserver import ListenerLimits
 from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL,
                     MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT, TUNNEL_PRINCIPAL,
                     heartbeat_interval)
+from .framing import MAX_ANSWER, MAX_HEARTBEAT_LINE, TooLarge, parse_heartbeat, read_bounded, too_long
 
 log = logging.getLogger("gatehouse.tunnel.server")
 
@@ -41,6 +43,8 @@ class _RootSide(asyncssh.SSHClient):
         self.leaf = ""
         self.peer = ""
         self.cert: pki.SSHCertInfo | None = None
+        self.conn = None
+        self.counted = False
 
     def connection_made(self, conn):
         peer = conn.get_extra_info("peername") or ("?", 0)
@@ -56,6 +60,16 @@ class _RootSide(asyncssh.SSHClient):
             return original(host, addr, port, cert)
 
         conn._validate_openssh_host_certificate = keep_certificate  # pylint: disable=protected-access
+        self.conn = conn
+        self.counted = self.server.limits.admit(conn)  # pre-auth cap on 3024
+
+    def auth_completed(self):
+        if self.counted:
+            self.server.limits.authenticated(self.conn)
+
+    def connection_lost(self, exc):
+        if self.counted:
+            self.server.limits.lost(self.conn)
 
     def validate_host_ca_key(self, host, addr, port, key) -> bool:
         leaf = self.server.cache.leaf_of_host_ca(key.export_public_key().decode())
@@ -106,12 +120,23 @@ class LeafTunnel:
         try:
             writer, reader, _ = await self.conn.open_session(subsystem=HEARTBEAT_SUBSYSTEM, encoding="utf-8")
             sender = asyncio.create_task(self._send_hello(writer, interval))
+            warned = False
             try:
                 while True:
-                    line = await asyncio.wait_for(reader.readline(), MISSED_HEARTBEATS * interval + 1)
+                    # Only a valid heartbeat counts: a leaf sending anything else still misses its beats.
+                    left = MISSED_HEARTBEATS * interval + 1 - (time.monotonic() - self.last_seen)
+                    line = await asyncio.wait_for(reader.readline(), max(left, 0.1))
                     if not line:
                         break
-                    beat = json.loads(line)
+                    if too_long(line):
+                        raise ValueError(f"it sent a heartbeat line longer than {MAX_HEARTBEAT_LINE} bytes")
+                    beat = parse_heartbeat(line)
+                    if beat is None:
+                        if not warned:
+                            warned = True
+                            log.warning("tunnel: leaf %s (%s) sent a heartbeat that is not a JSON object; "
+                                        "ignoring it and any more like it", self.leaf, self.peer)
+                        continue
                     beat_interval = self._check_beat(beat, interval)
                     self.server.note_revoked(self.leaf, beat)
                     self.last_seen = time.monotonic()
@@ -155,15 +180,22 @@ class LeafTunnel:
 
     async def ask(self, subsystem: str, request: dict) -> dict:
         """One JSON request and answer on a tunnel subsystem; an error the leaf answers is raised here."""
+        writer = None
         try:
-            writer, reader, _ = await self.conn.open_session(subsystem=subsystem, encoding="utf-8")
-            writer.write(json.dumps(request))
+            writer, reader, _ = await self.conn.open_session(subsystem=subsystem, encoding=None)
+            writer.write(json.dumps(request).encode())
             writer.write_eof()
-            text = await asyncio.wait_for(reader.read(), 15)
-            answer = json.loads(text or "{}")
+            text = await asyncio.wait_for(read_bounded(reader, MAX_ANSWER, "the answer"), 15)
+            answer = json.loads(text or b"{}")
+        except TooLarge as exc:
+            raise ConnectionProblem(f'cluster "{self.leaf}" answered through its reverse tunnel with more than '
+                                    f"{exc.limit}, so the answer was refused; check the leaf's log") from None
         except (asyncssh.Error, OSError, asyncio.TimeoutError, ValueError) as exc:
             raise ConnectionProblem(f'cluster "{self.leaf}" did not answer through its reverse tunnel '
                                     f"({exc or exc.__class__.__name__}); try again, and check the leaf's log") from None
+        finally:
+            if writer is not None:
+                writer.channel.close()  # a leaf still streaming is cut off here
         if not isinstance(answer, dict):
             raise ConnectionProblem(f'cluster "{self.leaf}" answered through its tunnel with something that is not a '
                                     f"JSON object")
@@ -197,6 +229,9 @@ class TunnelServer:
         self.interval = ctx.cfg.proxy.tunnel_heartbeat_interval
         self.proxies: list[str] = [self.name]
         self.tunnels: dict[str, list[LeafTunnel]] = {}
+        proxy = ctx.cfg.proxy
+        self.limits = ListenerLimits("this proxy's tunnel listener", "proxy_service", max_startups=proxy.max_startups,
+                                     max_channels=proxy.max_sessions, max_sessions=proxy.max_sessions)
         self._round_robin = itertools.count()
         self._acceptor = None
         self._tasks: set[asyncio.Task] = set()
