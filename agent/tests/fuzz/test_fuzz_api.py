@@ -46,7 +46,7 @@ names = st.one_of(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/%", 
 
 # (method, path with {name}) of every route; checked against the services' own route tables below.
 AUTH_ROUTES = [
-    ("GET", "/v1/ping"), ("GET", "/v1/status"), ("GET", "/v1/resources/{name}"), ("GET", "/v1/resources/role/{name}"),
+    ("GET", "/v1/ping"), ("GET", "/v1/ca"), ("POST", "/v1/renew"), ("GET", "/v1/status"), ("GET", "/v1/resources/{name}"), ("GET", "/v1/resources/role/{name}"),
     ("PUT", "/v1/resources"), ("DELETE", "/v1/resources/token/{name}"), ("POST", "/v1/tokens"),
     ("GET", "/v1/tokens"), ("DELETE", "/v1/tokens/{name}"), ("PUT", "/v1/users/{name}/password"),
     ("POST", "/v1/login"), ("POST", "/v1/join"), ("POST", "/v1/nodes/heartbeat"), ("GET", "/v1/nodes"),

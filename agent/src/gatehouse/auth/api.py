@@ -277,14 +277,14 @@ class AuthAPI:
     async def tunnel_heartbeat(self, request):
         body = await read_json(request)
         await self.svc.trust.tunnel_heartbeat(self.ident(request), str(_need(body, "cluster")[0]),
-                                              bool(body.get("connected")), _heartbeat_interval(body))
+                                              bool(body.get("connected")), body.get("interval", 5.0))
         return web.json_response({})
 
     async def tunnel_agent_status(self, request):
         body = await read_json(request)
         await self.svc.trust.tunnel_agent_status(self.ident(request), str(_need(body, "cluster")[0]),
                                                  _string_list(body.get("proxies"), "proxies"),
-                                                 _heartbeat_interval(body),
+                                                 body.get("interval", 5.0),
                                                  str(body.get("tunnel_addr") or ""))
         return web.json_response({})
 
@@ -301,7 +301,7 @@ class AuthAPI:
         if body.get("web_listen_addr"):
             _, port = split_hostport(str(body["web_listen_addr"])[:300], WEB_PORT, what="web_listen_addr")
         web_addr = join_hostport(request.remote, port) if request.remote else ""
-        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), _heartbeat_interval(body), web_addr)
+        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), body.get("interval", 5.0), web_addr)
         return web.json_response({"proxies": proxies})
 
     async def clusters(self, request):
@@ -349,11 +349,6 @@ async def start(svc: AuthService) -> web.AppRunner:
     await site.start()
     log.info("auth API listening on https://%s:%d (cluster %s)", host, port, svc.cluster_name)
     return runner
-
-
-def _heartbeat_interval(body: dict) -> float:
-    """A proxy's or tunnel's heartbeat interval: a number of seconds up to an hour (default 5)."""
-    return _number(body.get("interval"), "interval", 5.0, 0.01, 3600)
 
 
 def _interval(value) -> float | None:

@@ -251,11 +251,11 @@ class RootLink:
                     process.channel.get_connection().close()
                     return
                 hello = parse_heartbeat(raw)
-                if hello is None:
+                if hello is None or not _names_list(hello.get("proxies", [])):
                     if not warned:
                         warned = True
-                        log.warning("tunnel: root %s sent a heartbeat that is not a JSON object; ignoring it and "
-                                    "any more like it", self.root)
+                        log.warning("tunnel: root %s sent a heartbeat that is not a JSON object with a list of "
+                                    "proxies; ignoring it and any more like it", self.root)
                     continue
                 proxy, announced = self._check_hello(hello)  # a hostile announcement closes the tunnel
                 last_valid = time.monotonic()
@@ -280,8 +280,6 @@ class RootLink:
         """(proxy, announced proxies) of one root heartbeat; ValueError saying what is wrong with it.
         Proxy names are resource names and a root announces at most MAX_ANNOUNCED_PROXIES of them."""
         names = hello.get("proxies") or []
-        if not isinstance(names, list):
-            raise ValueError("the root's heartbeat announces its proxies as something other than a list")
         if len(names) > MAX_ANNOUNCED_PROXIES:
             raise ValueError(f"the root's heartbeat announces {len(names)} proxies, more than {MAX_ANNOUNCED_PROXIES}")
         for name in [hello.get("proxy"), *names]:
@@ -399,3 +397,8 @@ class TunnelAgentPool:
                     log.info("tunnel: starting tunnels to root %s at %s", name, link.addr)
                     self.links[name] = link
                     link.start()
+
+
+def _names_list(value) -> bool:
+    """Whether a heartbeat's proxies field has the shape of a list of names (what it names is checked apart)."""
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

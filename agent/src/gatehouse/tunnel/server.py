@@ -131,13 +131,17 @@ class LeafTunnel:
                     if too_long(line):
                         raise ValueError(f"it sent a heartbeat line longer than {MAX_HEARTBEAT_LINE} bytes")
                     beat = parse_heartbeat(line)
-                    if beat is None:
+                    try:
+                        if beat is None:
+                            raise ValueError("the leaf sent a heartbeat that is not a JSON object")
+                        beat_interval = self._check_beat(beat, interval)
+                    except ValueError as exc:
+                        # Skipped, not counted: a leaf that sends nothing valid misses its beats and is closed.
                         if not warned:
                             warned = True
-                            log.warning("tunnel: leaf %s (%s) sent a heartbeat that is not a JSON object; "
-                                        "ignoring it and any more like it", self.leaf, self.peer)
+                            log.warning("tunnel: leaf %s (%s): %s; ignoring it and any more like it", self.leaf,
+                                        self.peer, exc)
                         continue
-                    beat_interval = self._check_beat(beat, interval)
                     self.server.note_revoked(self.leaf, beat)
                     self.last_seen = time.monotonic()
                     if not registered:
