@@ -41,3 +41,8 @@ if ! .venv/bin/python -c 'import sys, ansible.release as r; v = tuple(map(int, r
   echo "==> installing ansible-core into .venv"
   .venv/bin/pip install -q 'ansible-core>=2.17,<2.20'
 fi
+# The collection's changelog (scripts/changelog.sh, scripts/build-collection.sh) is made with antsibull-changelog.
+if [ ! -x .venv/bin/antsibull-changelog ]; then
+  echo "==> installing antsibull-changelog into .venv"
+  .venv/bin/pip install -q 'antsibull-changelog>=0.26,<1' 'ansible-core>=2.17,<2.20'
+fi
