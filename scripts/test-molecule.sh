@@ -45,14 +45,23 @@ work=$(mktemp -d /tmp/gatehouse-molecule-run.XXXXXX)
 chmod 700 "$work"
 log=$work/molecule.log
 export GATEHOUSE_MOLECULE_SECRETS=$work/secrets
+mkdir "$GATEHOUSE_MOLECULE_SECRETS"
 export ANSIBLE_VERBOSITY=3
 export COLUMNS=400   # fewer wrapped lines in the log
 echo "==> molecule test (extensions/molecule/default), at -vvv into $log"
 start=$SECONDS
 rc=0
 set +o pipefail
+# The console gets the task, play, recap and failure lines, each with the seconds since start.
 timeout --foreground 1200 molecule test --scenario-name default "$@" 2>&1 | tee "$log" \
-  | grep --line-buffered -E 'TASK \[|PLAY \[|PLAY RECAP|: ok=[0-9]|^fatal:|FAILED!|ERROR|➜'
+  | "$GATEHOUSE_REPO/.venv/bin/python" -u -c '
+import re, sys, time
+start = time.monotonic()
+keep = re.compile(r"TASK \[|PLAY \[|PLAY RECAP|: ok=[0-9]|fatal:|FAILED!|ERROR|➜")
+for line in sys.stdin:
+    if keep.search(line):
+        sys.stdout.write("[%4ds] %s" % (time.monotonic() - start, line))
+'
 rc=${PIPESTATUS[0]}
 set -o pipefail
 echo "==> molecule: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)") in $((SECONDS - start))s"
@@ -64,6 +73,7 @@ fi
 # The secret-leak check. It needs every kind of secret recorded, or it would prove nothing.
 leak_rc=0
 "$GATEHOUSE_REPO/.venv/bin/python" - "$log" "$GATEHOUSE_MOLECULE_SECRETS" <<'PY' || leak_rc=$?
+import os
 import re
 import sys
 log_path, secrets_path = sys.argv[1:3]
@@ -73,11 +83,11 @@ text = "\n".join(lines)
 # Molecule frames and may wrap long lines: also search the output with colours, frames and
 # all white space removed, so a secret split over two lines is found too.
 squashed = re.sub(r"\s|│", "", re.sub(r"\x1b\[[0-9;]*m", "", text))
-try:
-    with open(secrets_path, encoding="utf-8") as fh:
-        secrets = [line.split() for line in fh if len(line.split()) == 2]
-except FileNotFoundError:
-    secrets = []
+secrets = set()
+for name in os.listdir(secrets_path):
+    with open(os.path.join(secrets_path, name), encoding="utf-8") as fh:
+        secrets.update(tuple(line.split()) for line in fh if len(line.split()) == 2)
+secrets = sorted(secrets)
 need = {"password": 3, "static-token": 1, "join-token": 1, "trust-token": 2}
 have = {}
 for kind, value in secrets:
