@@ -20,6 +20,7 @@ command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 # never use the package's system cluster.
 new_postgresql=
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { need_pkgs+=(postgresql); new_postgresql=1; }
+command -v sudo >/dev/null 2>&1 || need_pkgs+=(sudo)         # molecule: node1 logs in unprivileged and becomes root
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing OS packages: ${need_pkgs[*]}"
@@ -68,4 +69,10 @@ if ! cmp -s tests/oidc/package-lock.json "$fixture/package-lock.json" || [ ! -f 
   mkdir -p "$fixture"
   cp tests/oidc/package.json tests/oidc/package-lock.json "$fixture/"
   (cd "$fixture" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# The collection's changelog (scripts/changelog.sh, scripts/build-collection.sh) is made with antsibull-changelog.
+if [ ! -x .venv/bin/antsibull-changelog ]; then
+  echo "==> installing antsibull-changelog into .venv"
+  .venv/bin/pip install -q 'antsibull-changelog>=0.26,<1' 'ansible-core>=2.17,<2.20'
 fi

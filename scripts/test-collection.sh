@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Test the Ansible collection gatehouse.clusters:
+# Test the Ansible collection gatehouse.clusters as users get it: build the artifact
+# (scripts/build-collection.sh: ansible-galaxy collection build, changelog included),
+# install it with ansible-galaxy into ansible_collections/gatehouse/clusters/ (where
+# ansible-test runs), then in that installed copy:
 #   1. ansible-test sanity  (no ignore file)
 #   2. ansible-test units
 #   3. integration: every module against real agents started on loopback
-#      (tests/integration/run.py drives ansible-playbook over tests/integration/targets/*)
-# ansible-test only runs from a path ending in ansible_collections/<ns>/<name>/, so the
-# checkout is copied there first (without .git, .venv, the agent and test output).
+#      (the installed tests/integration/run.py drives ansible-playbook over its targets)
 #
 # Usage: scripts/test-collection.sh [sanity] [units] [integration]   (default: all three)
-# Env:   GATEHOUSE_COLLECTION_ROOT  where to put ansible_collections/ (default: a temporary directory,
-#                                   removed at exit; a given directory is kept for inspection)
+# Env:   GATEHOUSE_COLLECTION_ROOT  where to put dist/ and ansible_collections/ (default: a temporary
+#                                   directory, removed at exit; a given directory is kept for inspection)
 #        TARGETS="role user"         integration targets to run (default: all)
+#        GATEHOUSE_SANITY_AGENT=include|exclude   sanity on the artifact's agent/ too (see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,25 +24,28 @@ fi
 export PATH="$VENV/bin:$PATH"
 PY=3.11
 
+# The artifact ships the agent's source (agent/src: the agent role builds the wheel from it),
+# and ansible-test lints it like the rest. Until the agent's code passes (the list of what
+# it reports is agent-sanity-errors.txt), sanity leaves agent/ out, and says so.
+# TODO: make "include" the default (and drop the switch) once agent/ passes sanity.
+SANITY_AGENT=${GATEHOUSE_SANITY_AGENT:-exclude}
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(sanity units integration)
 
 if [ -n "${GATEHOUSE_COLLECTION_ROOT:-}" ]; then
   COLL_ROOT=$GATEHOUSE_COLLECTION_ROOT
+  mkdir -p "$COLL_ROOT"
 else
   COLL_ROOT=$(mktemp -d /tmp/gatehouse-collection.XXXXXX)
   trap 'rm -rf "$COLL_ROOT"' EXIT
 fi
 DEST=$COLL_ROOT/ansible_collections/gatehouse/clusters
 
-echo "==> copying the collection to $DEST"
+echo "==> building the collection artifact"
+artifact=$("$ROOT/scripts/build-collection.sh" "$COLL_ROOT/dist" | tail -n 1)
+echo "==> installing $(basename "$artifact") into $COLL_ROOT"
 rm -rf "$DEST"
-mkdir -p "$DEST"
-# The agent has its own tests (pytest) and is not Ansible content; neither are bench/ and tests/netns/.
-tar -C "$ROOT" -cf - \
-  --exclude=./.git --exclude=./.venv --exclude=./agent --exclude=./bench --exclude=./.benchmarks \
-  --exclude=./tests/output --exclude=./tests/netns --exclude=./.ansible --exclude=./.pytest_cache \
-  --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' . | tar -C "$DEST" -xf -
+ansible-galaxy collection install --force --no-deps -p "$COLL_ROOT" "$artifact"
 
 # ansible-test bootstraps pip in its virtual environments with a get-pip script it downloads
 # from a host outside the package registries; use the interpreter's own ensurepip instead.
@@ -68,11 +73,18 @@ run_step() {
 for step in "${steps[@]}"; do
   case $step in
     sanity)
-      run_step sanity bash -c "cd '$DEST' && ansible-test sanity --python $PY --venv --color no" ;;
+      exclude=()
+      if [ "$SANITY_AGENT" != include ]; then
+        echo "!!! sanity: agent/ is left out until the agent's code passes (agent-sanity-errors.txt);" \
+          "GATEHOUSE_SANITY_AGENT=include checks it too" >&2
+        exclude=(--exclude agent/)
+      fi
+      run_step sanity bash -c "cd '$DEST' && ansible-test sanity --python $PY --venv --color no ${exclude[*]}" ;;
     units)
       run_step units bash -c "cd '$DEST' && ansible-test units --python $PY --venv --color no" ;;
     integration)
-      run_step integration "$VENV/bin/python" "$ROOT/tests/integration/run.py" --collections "$COLL_ROOT" \
+      # The installed copy's own run.py and targets, against the installed collection.
+      run_step integration "$VENV/bin/python" "$DEST/tests/integration/run.py" --collections "$COLL_ROOT" \
         ${TARGETS:+--targets $TARGETS} ;;
     *)
       echo "unknown step $step (use sanity, units, integration)" >&2

@@ -1,7 +1,9 @@
 """Integration tests of the gatehouse.clusters modules against real agents on loopback.
 
-Starts real `gatehouse start` processes from agent/src (free ports on 127.0.0.1, data
-in a temporary directory):
+Starts real `gatehouse start` processes from the agent source the collection ships
+(agent/src; free ports on 127.0.0.1, data in a temporary directory), so it runs from a
+checkout or from the installed collection alike, with a Python that has the agent's
+dependencies:
 
 * root    root.test    auth + proxy + node      the cluster most targets manage
 * leaf    leaf.test    auth + proxy (insecure)  trusts nobody yet: the trusted_cluster target joins it
@@ -15,7 +17,8 @@ and data directories as variables, and `gatectl` as the independent witness of w
 task wrote. Prints `integration: N passed, M failed` and exits non-zero on any failure.
 
 Usage: run.py [--collections DIR] [--targets NAME ...] [--keep] [-v]
-DIR holds ansible_collections/gatehouse/clusters (default: a temporary symlink to this checkout).
+DIR holds ansible_collections/gatehouse/clusters (default: the one this copy is installed in,
+or for a checkout a temporary symlink to it).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,9 +41,70 @@ TARGETS_DIR = os.path.join(HERE, "targets")
 PLAYBOOK_TIMEOUT = 300
 SYSTEM_PYTHON = "/usr/bin/python3"  # an interpreter the unprivileged user can run (the venv may be under /root)
 
-# The agent's own test harness starts and stops the daemons (agent/tests/conftest.py).
-sys.path.insert(0, os.path.join(CHECKOUT, "agent", "tests"))
-from conftest import SRC as AGENT_SRC, Daemon, base_env, free_port  # noqa: E402
+# The agent source the collection ships (agent/src): the agents run from it, with the
+# dependencies of the Python running this script (pip install agent/ or its requirements).
+AGENT_SRC = os.path.join(CHECKOUT, "agent", "src")
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = AGENT_SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("GATEHOUSE_CONFIG", None)
+    return env
+
+
+class Daemon:
+    """One `gatehouse start -c CFG` process with its output in a log file."""
+
+    def __init__(self, config_path: str, log_path: str):
+        self.config_path = config_path
+        self.log_path = log_path
+        self.proc = None
+        self._ready_lines = 0
+
+    def start(self, wait: bool = True) -> "Daemon":
+        # Readiness is a new "gatehouse is running" line after this point.
+        self._ready_lines = self.log_text().count("gatehouse is running")
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", self.config_path],
+                                         stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=base_env())
+        if wait:
+            self.wait_ready()
+        return self
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_text().count("gatehouse is running") > self._ready_lines:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gatehouse exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"gatehouse did not become ready in {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
 
 
 def gatectl(data_dir: str, *args: str, stdin: str | None = None) -> str:
@@ -131,6 +196,14 @@ def unprivileged_user() -> str:
         if made.returncode != 0:
             return ""
     return name
+
+
+def installed_collections_dir() -> str:
+    """The collections directory this copy is installed in (…/ansible_collections/gatehouse/clusters), or ''."""
+    parts = os.path.normpath(CHECKOUT).split(os.sep)
+    if parts[-3:-2] == ["ansible_collections"] and parts[-2:] == ["gatehouse", "clusters"]:
+        return os.sep.join(parts[:-3]) or os.sep
+    return ""
 
 
 def make_collections_dir(tmp: str) -> str:
@@ -246,7 +319,7 @@ def main(argv=None) -> int:
         vars_file = os.path.join(tmp, "vars.json")
         with open(vars_file, "w", encoding="utf-8") as fh:
             json.dump(variables, fh, indent=2)
-        collections = args.collections or make_collections_dir(tmp)
+        collections = args.collections or installed_collections_dir() or make_collections_dir(tmp)
         for target in targets:
             ok, seconds, output = run_target(target, tmp, vars_file, collections, args.verbose)
             results.append((target, ok, seconds))
