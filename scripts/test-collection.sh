@@ -12,7 +12,6 @@
 # Env:   GATEHOUSE_COLLECTION_ROOT  where to put dist/ and ansible_collections/ (default: a temporary
 #                                   directory, removed at exit; a given directory is kept for inspection)
 #        TARGETS="role user"         integration targets to run (default: all)
-#        GATEHOUSE_SANITY_AGENT=include|exclude   sanity on the artifact's agent/ too (see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,10 +24,7 @@ export PATH="$VENV/bin:$PATH"
 PY=3.11
 
 # The artifact ships the agent's source (agent/src: the agent role builds the wheel from it),
-# and ansible-test lints it like the rest. Until the agent's code passes (the list of what
-# it reports is agent-sanity-errors.txt), sanity leaves agent/ out, and says so.
-# TODO: make "include" the default (and drop the switch) once agent/ passes sanity.
-SANITY_AGENT=${GATEHOUSE_SANITY_AGENT:-exclude}
+# and ansible-test lints it like the rest: no ignore file, nothing left out.
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(sanity units integration)
 
@@ -73,13 +69,7 @@ run_step() {
 for step in "${steps[@]}"; do
   case $step in
     sanity)
-      exclude=()
-      if [ "$SANITY_AGENT" != include ]; then
-        echo "!!! sanity: agent/ is left out until the agent's code passes (agent-sanity-errors.txt);" \
-          "GATEHOUSE_SANITY_AGENT=include checks it too" >&2
-        exclude=(--exclude agent/)
-      fi
-      run_step sanity bash -c "cd '$DEST' && ansible-test sanity --python $PY --venv --color no ${exclude[*]}" ;;
+      run_step sanity bash -c "cd '$DEST' && ansible-test sanity --python $PY --venv --color no" ;;
     units)
       run_step units bash -c "cd '$DEST' && ansible-test units --python $PY --venv --color no" ;;
     integration)

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) Gatehouse maintainers
-# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-# SPDX-License-Identifier: Apache-2.0
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The one client every gatehouse.clusters module uses to reach the auth API.
 
 The auth API speaks JSON over HTTPS with mutual TLS: the caller presents an X.509

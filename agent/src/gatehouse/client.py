@@ -14,10 +14,9 @@ from .identity import PeerKindError, client_context
 from .wire import AUTH_KIND, FORWARDED_IDENTITY
 
 
-
 def _unreachable(url: str, exc: Exception) -> ConnectionProblem:
     # requests and aiohttp nest the OS error in their own text; keep its last sentence only.
-    reason = str(exc).split(": ")[-1].rstrip("')\"")[:160] or exc.__class__.__name__
+    reason = str(exc).rsplit(": ", maxsplit=1)[-1].rstrip("')\"")[:160] or exc.__class__.__name__
     return ConnectionProblem(f"cannot reach {url}: {reason}; check that gatehouse is running there and the "
                              f"address and port are right")
 
@@ -32,7 +31,7 @@ def _tls_problem(url: str, exc: Exception) -> TLSProblem:
                           f"the certificate or CA does not match this cluster, or the server is not the service it "
                           f"should be — check the address and the identity files")
     return TLSProblem(f"TLS handshake with {url} failed ({str(exc)[:160]}); the certificate or CA does not "
-                             f"match this cluster — log in again or check the identity files")
+                      f"match this cluster — log in again or check the identity files")
 
 
 def server_cert_sha256(host: str, port: int, timeout: float = 10.0) -> str:

@@ -171,7 +171,7 @@ def _validate(cfg: Config, path: str) -> None:
         from .resources import MIN_TOKEN_LENGTH, validate_name  # the rules resources follow too
         validate_name(cfg.auth.cluster_name, "auth_service.cluster_name")
         for tok in cfg.auth.tokens:
-            kind, _, secret = str(tok).partition(":")
+            kind, _unused, secret = str(tok).partition(":")
             if kind not in TOKEN_TYPES or not secret:
                 raise BadParameter(f"{path}: static token {kind or tok!r} must look like trusted_cluster:SECRET, node:SECRET or proxy:SECRET")
             if len(secret) < MIN_TOKEN_LENGTH:
@@ -226,7 +226,7 @@ def split_hostport(addr: str, default_port: int, what: str = "address") -> tuple
     if not addr:
         raise BadParameter(f"{what} is empty; use host:port")
     if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
+        host, _unused, rest = addr[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
     elif addr.count(":") == 1:
         host, port = addr.split(":")

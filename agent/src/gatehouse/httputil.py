@@ -17,7 +17,6 @@ from .wire import CLUSTER_SERVER_NAME
 log = logging.getLogger("gatehouse.http")
 
 
-
 def route_pattern(request: web.Request) -> str:
     """The matched route ("/v1/tokens/{name}"), never the path itself: paths can hold secrets (token values)."""
     resource = request.match_info.route.resource
@@ -87,5 +86,3 @@ def serve_cluster_identity(ctx: ssl.SSLContext, cluster_ctx: ssl.SSLContext) -> 
         if server_name == CLUSTER_SERVER_NAME:
             ssl_object.context = cluster_ctx
     ctx.sni_callback = pick
-
-

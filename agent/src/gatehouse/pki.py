@@ -54,7 +54,6 @@ CERT_KEY_TYPE = "ssh-ed25519-cert-v01@openssh.com"
 _CERT_TYPES = {"user": 1, "host": 2}
 
 
-
 @dataclass
 class SSHKeyPair:
     private_openssh: str

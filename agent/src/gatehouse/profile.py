@@ -105,7 +105,7 @@ class Profile:
 
 def save_profile(proxy_web_addr: str, login_result: dict, private_key: str, tls_key: str, insecure: bool,
                  web_cert_sha256: str = "") -> Profile:
-    host, _ = split_hostport(proxy_web_addr, WEB_PORT)
+    host, _unused = split_hostport(proxy_web_addr, WEB_PORT)
     directory = os.path.join(gate_home(), "profiles", host)
     ssh_addr = login_result["proxy"]["ssh"]["public_addr"]
     data = {"web_proxy_addr": proxy_web_addr, "ssh_proxy_addr": ssh_addr, "user": login_result["user"]["name"],

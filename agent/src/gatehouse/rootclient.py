@@ -97,7 +97,7 @@ class RootWebClient:
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
             raise tls_error(self.web_proxy_addr, exc) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason = str(exc).split(": ")[-1][:160] or exc.__class__.__name__
+            reason = str(exc).rsplit(": ", maxsplit=1)[-1][:160] or exc.__class__.__name__
             raise ConnectionProblem(f"cannot reach the root cluster at {self.web_proxy_addr}: {reason}; check "
                                     f"spec.web_proxy_addr and that the root proxy is running and reachable from "
                                     f"this leaf") from None

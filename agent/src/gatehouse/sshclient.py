@@ -183,7 +183,7 @@ class _SubsystemTunnel:
 
     async def create_connection(self, session_factory, host, port):
         pipe = _SubsystemPipe()
-        chan, _ = await self.proxy.create_session(lambda: pipe, subsystem=self.subsystem, encoding=None)
+        chan, _unused = await self.proxy.create_session(lambda: pipe, subsystem=self.subsystem, encoding=None)
         await pipe.ready
         if not pipe.pending:
             chan.close()
@@ -213,6 +213,7 @@ async def _connect(profile, login: str, node: str, cluster: str, port: int):
     key = asyncssh.import_private_key(open(profile.key_path, encoding="utf-8").read())
     cert = asyncssh.import_certificate(open(profile.cert_path, encoding="utf-8").read())
     banners: list[str] = []
+
     def options(max_pktsize: int, host_cluster: str) -> dict:
         # Only HOST_CLUSTER's host CA vouches for its proxy and nodes (read again after a refresh);
         # asyncssh still checks that the certificate names the host dialled.
@@ -356,7 +357,9 @@ async def _interactive(process) -> None:
     if saved is not None:
         tty.setraw(fd)
         loop.add_signal_handler(signal.SIGWINCH, lambda: process.change_terminal_size(*os.get_terminal_size()))
-        reader = lambda: process.stdin.write(os.read(fd, 65536) or b"")  # noqa: E731
+
+        def reader():
+            process.stdin.write(os.read(fd, 65536) or b"")
         loop.add_reader(fd, reader)
     try:
         await process.wait()

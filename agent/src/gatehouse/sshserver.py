@@ -173,7 +173,7 @@ class CertAuthServer(CertificateOnlyServer):
 
     def validate_public_key(self, username: str, key) -> bool:
         if not self._banner_sent:
-                self._banner("plain SSH keys are not accepted here; log in with 'gate login' to get a certificate")
+            self._banner("plain SSH keys are not accepted here; log in with 'gate login' to get a certificate")
         return False
 
     def validate_ca_key(self, username: str, key) -> bool:

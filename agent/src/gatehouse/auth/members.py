@@ -206,7 +206,7 @@ class MemberRegistry:
     async def write_as(self, ident: Identity, ops: list[Op]) -> None:
         """Write what a member reports about itself, only while its member record is the one it was
         checked against: a revocation committed after the check is never undone by the write."""
-        for _ in range(3):
+        for _unused in range(3):
             revision = ident.registered if ident.kind in MEMBER_KINDS else 0
             guard = [Op("require_revision", keys.member(ident.kind, ident.name), revision=revision)] if revision else []
             try:
@@ -259,7 +259,7 @@ class MemberRegistry:
         """Drop what the member reported about itself, so routing and relays stop using it now."""
         for key in [_live_key(kind, name)] + ([keys.tunnel(i.value["metadata"]["name"], name)
                                               for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
-                                             if kind == "proxy" else []):
+                                              if kind == "proxy" else []):
             try:
                 await self.backend.delete(key)
             except NotFound:

@@ -109,7 +109,7 @@ class OIDCProvider:
                     body = await resp.content.read(MAX_RESPONSE + 1)
                     status = resp.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason = str(exc).split(": ")[-1].strip() or type(exc).__name__
+            reason = str(exc).rsplit(": ", maxsplit=1)[-1].strip() or type(exc).__name__
             raise ConnectionProblem(f"cannot reach {self.what} at {url} ({reason[:160]}); check spec.issuer_url and "
                                     f"that the provider is up and reachable from the auth server") from None
         if len(body) > MAX_RESPONSE:

@@ -18,7 +18,7 @@ from ..audit import AuditLog
 from ..backend import open_backend
 from ..backend.base import Op
 from ..clock import now_iso
-from ..config import Config, is_ip, join_hostport, public_addr, split_hostport
+from ..config import Config, join_hostport, public_addr, split_hostport
 from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
 from ..ratelimit import RateLimiter
 from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NODE_PORT, NOLOGIN_PRINCIPAL
@@ -505,6 +505,7 @@ def node_dial_addr(name: str, reported: str, observed: str, approved: frozenset[
                            f"ssh_service.public_addr unset, or join the node with that address approved")
     return join_hostport(host, port)
 
+
 def _fingerprint(ca: dict) -> str:
     return pki.tls_fingerprint(ca["public"]) if ca["type"] == "tls" else pki.ssh_fingerprint(ca["public"])
 
@@ -512,6 +513,6 @@ def _fingerprint(ca: dict) -> str:
 def _default_access_role() -> dict:
     return resources.validate({
         "kind": "role", "version": "v5", "metadata": {"name": "access",
-                                                        "description": "SSH access with the user's own logins"},
+                                                      "description": "SSH access with the user's own logins"},
         "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"},
                            "cluster_labels": {"*": "*"}}}})

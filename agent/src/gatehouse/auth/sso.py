@@ -119,7 +119,7 @@ class SSOLogins:
         """The provider's answer (via the browser and the proxy): claim the request once, finish the
         login, keep the outcome for gate; answer gate's loopback URL with a one-time secret."""
         require_kind(ident, ("proxy",), _VIA_PROXY)
-        request_id, _, state = str(params.get("state") or "").partition(".")
+        request_id, _unused, state = str(params.get("state") or "").partition(".")
         record: dict = {}
         try:
             item, record = await self._request(request_id, "code")
@@ -356,4 +356,3 @@ def _bounded(value, default: int, low: int, high: int) -> int:
     except (TypeError, ValueError):
         number = default
     return min(max(number, low), high)
-

@@ -48,12 +48,12 @@ def add_routes(router, api) -> None:
             raise BadParameter("params must be the provider's answer as a mapping")
         params = {str(k): str(v) for k, v in params.items()}
         return web.json_response(await api.svc.sso.callback(api.ident(request), params,
-                                                    _text(body, "client_addr", False) or request.remote or ""))
+                                                            _text(body, "client_addr", False) or request.remote or ""))
 
     async def certs(request):
         body = await read_json(request)
         return web.json_response(await api.svc.sso.collect(api.ident(request), _text(body, "request_id"),
-                                                   _text(body, "secret")))
+                                                           _text(body, "secret")))
 
     async def device(request):
         body = await read_json(request)
@@ -64,7 +64,7 @@ def add_routes(router, api) -> None:
     async def device_poll(request):
         body = await read_json(request)
         return web.json_response(await api.svc.sso.device_poll(api.ident(request), _text(body, "request_id"),
-                                                       _text(body, "secret")))
+                                                               _text(body, "secret")))
 
     router.add_post(SSO_API_LOGIN, login)
     router.add_post(SSO_API_CALLBACK, callback)

@@ -41,7 +41,7 @@ def parse_static_tokens(entries) -> list[tuple[str, str]]:
     """``auth_service.tokens`` entries (``TYPE:SECRET``, checked by config.py) → (type, hash)."""
     out = []
     for entry in entries:
-        kind, _, secret = str(entry).partition(":")
+        kind, _unused, secret = str(entry).partition(":")
         out.append((kind, token_hash(secret)))
     return out
 

@@ -36,7 +36,6 @@ from .tokens import check_token_admits_leaf
 log = logging.getLogger("gatehouse.trust")
 
 
-
 class TrustManager:
     def __init__(self, svc):
         self.svc = svc
@@ -339,7 +338,7 @@ class TrustManager:
             Op("create", keys.trusted_cluster(name), stored),
             Op("create", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
             Op("create", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
-                                              "role_map": spec["role_map"]}),
+                                                 "role_map": spec["role_map"]}),
         ])
 
     async def _update(self, ident, current, res: dict) -> None:

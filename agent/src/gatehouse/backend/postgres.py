@@ -343,7 +343,7 @@ class _Load:
     @staticmethod
     def digest(rows: list) -> str:
         """What _UNCHANGED computes on the server for the same rows."""
-        text = ",".join(f"{key} {rev}" for key, _, rev, _ in sorted(rows, key=lambda r: r[0]))
+        text = ",".join(f"{key} {rev}" for key, _unused1, rev, _unused2 in sorted(rows, key=lambda r: r[0]))
         return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
@@ -391,7 +391,7 @@ class _Txn:
             "n": len(self.writes),
             "put_keys": [p[0] for p in puts], "put_values": [p[3] for p in puts],
             "put_rels": [p[1] for p in puts], "put_expires": [p[2].expires for p in puts],
-            "delete_keys": [key for key, (_, kind, _, _) in final.items() if kind == "delete"],
+            "delete_keys": [key for key, (_unused1, kind, _unused2, _unused3) in final.items() if kind == "delete"],
             "event_rels": list(range(1, len(self.writes) + 1)),
             "event_types": [w[0] for w in self.writes], "event_keys": [w[1] for w in self.writes],
             "event_values": [w[3] for w in self.writes],
@@ -405,7 +405,7 @@ class _Txn:
                 return dataclasses.replace(value, revision=base - value.revision)
             return value
         events = [Event(kind, key, real(item), base + rel)
-                  for rel, (kind, key, item, _) in enumerate(self.writes, 1)]
+                  for rel, (kind, key, item, _unused) in enumerate(self.writes, 1)]
         return events, real
 
 
@@ -787,7 +787,7 @@ class PostgresBackend(Backend):
             prepared.append((op, text, check_expires(op.expires)))
         if not prepared:
             return []
-        keys = _conditional_keys([op for op, _, _ in prepared])
+        keys = _conditional_keys([op for op, _unused1, _unused2 in prepared])
         load = _Load("key = ANY(%(keys)s::text[]) ORDER BY key", lambda now: {"keys": keys}) if keys else None
 
         def apply(txn: _Txn) -> list:
@@ -856,7 +856,7 @@ class PostgresBackend(Backend):
 
     async def _serve_notifies(self, conn) -> None:
         async for notify in conn.notifies(timeout=self.poll_interval):
-            revision, _, token = notify.payload.partition(" ")
+            revision, _unused, token = notify.payload.partition(" ")
             if token != self._token and (not revision.isdigit() or int(revision) > self._feed.revision):
                 await self._catch_up()
         # Prove the connection is alive, then catch up, which also covers a NOTIFY

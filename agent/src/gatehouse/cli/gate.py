@@ -51,8 +51,8 @@ def cmd_login(args) -> int:
         ssh_key = pki.new_ssh_key(comment=f"gate:{user}")
         tls_key, tls_pub = pki.new_tls_key()
         result = api.post("/webapi/login", {"user": user, "password": password,
-                                             "ssh_public_key": ssh_key.public_line, "tls_public_key": tls_pub,
-                                             "ttl": ttl})
+                                            "ssh_public_key": ssh_key.public_line, "tls_public_key": tls_pub,
+                                            "ttl": ttl})
     profile = save_profile(web, result, ssh_key.private_openssh, tls_key, args.insecure, pin)
     if args.cluster:
         _check_cluster(profile, args.cluster)

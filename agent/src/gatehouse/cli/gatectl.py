@@ -56,7 +56,7 @@ def cmd_status(args) -> int:
         label = f"{ca['type']} CA" + ("" if ca["cluster_name"] == st["cluster_name"] else f" ({ca['cluster_name']})")
         rows.append((label, ca["fingerprint"] + ("" if ca["active"] else " (inactive)")))
     rows.append(("Counts", ", ".join(f"{n} {k}s" for k, n in st["counts"].items())))
-    width = max(len(label) for label, _ in rows) + 2  # a long label never runs into its value
+    width = max(len(label) for label, _unused in rows) + 2  # a long label never runs into its value
     for label, value in rows:
         print(f"{label:<{width}}{value}")
     return 0

@@ -47,8 +47,8 @@ def node_not_found(cache: ClusterCache, host: str) -> NotFound:
 def can_see_node(checkers: CheckerCache, user, node: dict) -> bool:
     """Whether the user's roles let them see NODE (a local route to a hidden node is "not registered",
     exactly like one that does not exist)."""
-    checker, _, _ = checkers.checker(user.cluster, user.cert.roles, user.cert.traits, list(user.cert.principals),
-                                     user.ca)
+    checker = checkers.checker(user.cluster, user.cert.roles, user.cert.traits, list(user.cert.principals),
+                               user.ca)[0]
     meta = node["metadata"]
     return checker is not None and checker.can_see_node(meta["name"], meta.get("labels") or {})
 
@@ -63,6 +63,6 @@ def visible_leaf(cache: ClusterCache, checkers: CheckerCache, user, cluster: str
     rc = cache.remote_cluster(cluster)
     if rc is None or user.cluster != cache.cluster_name:
         raise cluster_not_found(cluster)
-    checker, _, _ = checkers.checker(user.cluster, user.cert.roles, user.cert.traits, list(user.cert.principals),
-                                     user.ca)
+    checker = checkers.checker(user.cluster, user.cert.roles, user.cert.traits, list(user.cert.principals),
+                               user.ca)[0]
     return rc, checker.check_cluster(cluster, rc["metadata"].get("labels") or {})

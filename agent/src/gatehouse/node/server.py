@@ -114,7 +114,7 @@ class NodeService:
     def decide(self, user: CertUser):
         cert = user.cert
         decision = self.ctx.checkers.check(user.cluster, cert.roles, cert.traits, cert.principals, user.ca,
-                                         user.login, self.name, self.labels)
+                                           user.login, self.name, self.labels)
         fields = dict(user=user.name, login=user.login, node=self.name, user_cluster=user.cluster,
                       roles=cert.roles, addr=user.peer, reason=decision.reason, **self.identity_fields(user, decision))
         if user.cluster != self.cache.cluster_name:
@@ -138,7 +138,7 @@ class NodeService:
         """The certificate's permits AND those of the deciding roles; the session ends when the
         certificate expires or, measured from now, at the shortest max_session_ttl of those roles."""
         cert = user.cert
-        checker, _, _ = self.ctx.checkers.checker(user.cluster, cert.roles, cert.traits, cert.principals, user.ca)
+        checker, _unused1, _unused2 = self.ctx.checkers.checker(user.cluster, cert.roles, cert.traits, cert.principals, user.ca)
         roles = checker.session_options() if checker is not None else {
             "ttl": 0, "client_idle_timeout": 0, "permit_pty": False, "permit_port_forwarding": False}
         ttl_end = now + roles["ttl"]
@@ -205,7 +205,7 @@ class NodeService:
     def advertise_addr(self) -> str:
         if self.cfg.ssh.public_addr:
             return self.cfg.ssh.public_addr
-        host, _ = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
+        host, _unused = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
         return f"{host or '0.0.0.0'}:{self.port}"
 
     async def _send_heartbeat(self) -> None:

@@ -153,9 +153,9 @@ class _ProxyConnection(CertAuthServer):
     async def open_target(self, host: str, port: int, cluster: str | None, protocol: TargetProtocol):
         host, port, tunnel = self.proxy.route(self.user, host, port, cluster)
         if tunnel is not None:
-            chan, _ = await tunnel.conn.create_connection(lambda: protocol, host, port)
+            chan, _unused = await tunnel.conn.create_connection(lambda: protocol, host, port)
             return chan
-        transport, _ = await asyncio.get_running_loop().create_connection(lambda: protocol, host, port)
+        transport, _unused = await asyncio.get_running_loop().create_connection(lambda: protocol, host, port)
         return transport
 
 
@@ -187,7 +187,7 @@ class ProxySSH:
     def _leaf_tunnel(self, user: CertUser, cluster: str):
         if self.tunnels is None:
             raise cluster_not_found(cluster)
-        _, decision = visible_leaf(self.cache, self.ctx.checkers, user, cluster)
+        _unused, decision = visible_leaf(self.cache, self.ctx.checkers, user, cluster)
         if not decision.allowed:
             self.audit.emit("session.denied", success=False, user=user.name, cluster=cluster, reason=decision.reason)
             raise cluster_not_found(cluster)

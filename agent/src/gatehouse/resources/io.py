@@ -15,6 +15,8 @@ from ..errors import BadParameter
 from .schema import validate
 
 # --------------------------------------------------------------------------- parse
+
+
 def _make_loader():
     import yaml
 
@@ -28,7 +30,7 @@ def _make_loader():
     def construct_mapping(loader, node):
         loader.flatten_mapping(node)
         seen = set()
-        for key_node, _ in node.value:
+        for key_node, _unused in node.value:
             key = loader.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen

@@ -146,8 +146,8 @@ def _render_text(items: list) -> str:
     tables = []
     for kind, group in groups.items():
         columns = _TEXT_COLUMNS.get(kind, _GENERIC_COLUMNS)
-        rows = [[str(get(r)) if isinstance(r, dict) else str(r) for _, get in columns] for r in group]
-        headers = [h for h, _ in columns]
+        rows = [[str(get(r)) if isinstance(r, dict) else str(r) for _unused, get in columns] for r in group]
+        headers = [h for h, _unused in columns]
         widths = [max(len(row[i]) for row in [headers] + rows) for i in range(len(headers))]
         lines = [headers, ["-" * w for w in widths]] + rows
         tables.append("\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()

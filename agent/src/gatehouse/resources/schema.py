@@ -120,6 +120,8 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _RFC3339_RE = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.I)
 
 # --------------------------------------------------------------------------- kinds and references
+
+
 def canonical_kind(kind: Any) -> str:
     """``rc`` → ``remote_cluster``, ``users`` → ``user``; BadParameter for an unknown kind."""
     text = str(kind if kind is not None else "").strip()
@@ -156,7 +158,7 @@ def parse_ref(ref: Any) -> tuple[str, str | None]:
 
 def _check_ref_name(kind: str, name: str, text: str) -> None:
     if kind == "cert_authority":
-        cluster, _, ca_type = name.partition("/")
+        cluster, _unused, ca_type = name.partition("/")
         validate_name(cluster, "cluster name")
         if ca_type and ca_type not in CA_TYPES:
             raise BadParameter(f'resource reference "{text}" names CA type "{ca_type}"; use ca/CLUSTER/TYPE '
@@ -223,10 +225,10 @@ def validate_dial_addr(value: Any, what: str) -> str:
     if not text or len(text) > 261 or not text.isprintable():
         raise BadParameter(f"{what} is not a host:port address of at most 261 printable characters")
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, _unused, rest = text[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
     else:
-        host, _, port = text.rpartition(":")
+        host, _unused, port = text.rpartition(":")
     try:
         if text.startswith("["):
             host_ok = ipaddress.ip_address(host).version == 6
@@ -441,7 +443,7 @@ def _hostport(ctx: _Ctx, value: Any, path: str) -> str:
     if "://" in text:
         ctx.fail(f'{path} "{text}" must be host:port without a scheme or path, {example}')
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, _unused, rest = text[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else None
     elif text.count(":") == 1:
         host, port = text.split(":")

@@ -118,7 +118,7 @@ class LeafTunnel:
         interval = self.server.interval
         registered = False
         try:
-            writer, reader, _ = await self.conn.open_session(subsystem=HEARTBEAT_SUBSYSTEM, encoding="utf-8")
+            writer, reader, _unused = await self.conn.open_session(subsystem=HEARTBEAT_SUBSYSTEM, encoding="utf-8")
             sender = asyncio.create_task(self._send_hello(writer, interval))
             warned = False
             try:
@@ -186,7 +186,7 @@ class LeafTunnel:
         """One JSON request and answer on a tunnel subsystem; an error the leaf answers is raised here."""
         writer = None
         try:
-            writer, reader, _ = await self.conn.open_session(subsystem=subsystem, encoding=None)
+            writer, reader, _unused = await self.conn.open_session(subsystem=subsystem, encoding=None)
             writer.write(json.dumps(request).encode())
             writer.write_eof()
             text = await asyncio.wait_for(read_bounded(reader, MAX_ANSWER, "the answer"), 15)
