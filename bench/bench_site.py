@@ -11,6 +11,9 @@ Measured (wall time of ansible-playbook, start-up included):
     source's build (``build_cached`` says which); the first run on a machine builds them.
   * re-run: site.yml again, which must change nothing (checked from PLAY RECAP); the
     median of --reruns runs. Target: <= 30 s.
+  * check run: site.yml --check --diff on the converged site, which must report no change
+    and no failure; the median of --reruns runs, reported beside the re-run (it also asks
+    the auth services what they hold, like the re-run).
 Baseline in the same run: a playbook with one ansible.builtin.ping per host on the same
 hosts and connection settings, i.e. Ansible's own floor for reaching these hosts. The
 report gives the re-run / baseline ratio and the time per executed task.
@@ -19,6 +22,8 @@ Needs root (network namespaces) and sshd; uses .venv's ansible-playbook. Do not 
 together with scripts/test-molecule.sh (same hosts; both take /run/lock/gatehouse-molecule.lock).
 
 Usage: python3 bench/bench_site.py [--reruns N] [--keep]
+Every measurement is reported as its samples and their spread (min, median, max), with the
+load average before and after the run.
 Prints one JSON object on stdout (progress on stderr); exits non-zero if it could not
 measure (a playbook failed or the re-run changed something).
 """
@@ -140,6 +145,7 @@ def main() -> int:
     pin = ["-e", f"agent_source_dir={snapshot}"]
     result: dict = {}
     started = time.monotonic()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         run_playbook(destroy, env, "destroy-leftovers", ephemeral)
         run_playbook(create, env, "create", ephemeral)
@@ -149,21 +155,30 @@ def main() -> int:
         changed = [r["changed"] for r in reruns]
         if any(changed):
             raise RuntimeError(f"site.yml re-runs changed something (changed={changed}); see {ephemeral}")
+        checks = [run_playbook(site, env, f"site-check-{i + 1}", ephemeral, pin + ["--check", "--diff"])
+                  for i in range(args.reruns)]
+        if any(c["changed"] for c in checks):
+            raise RuntimeError(f"site.yml --check on the converged site reported changes "
+                               f"(changed={[c['changed'] for c in checks]}); see {ephemeral}")
         baselines = [run_playbook(str(baseline_pb), env, f"baseline-{i + 1}", ephemeral) for i in range(3)]
         rerun_s = statistics.median(r["s"] for r in reruns)
+        check_s = statistics.median(c["s"] for c in checks)
         baseline_s = statistics.median(b["s"] for b in baselines)
         tasks = reruns[0]["ok"]
         result = {
             "topology": "root1 + leaf1 (firewalled) + node1, netns test hosts over SSH",
             "cold_converge": {"s": cold["s"], "changed": cold["changed"], "tasks_ok": cold["ok"],
                               "build_cached": build_cached},
-            "rerun": {"s": rerun_s, "samples_s": [r["s"] for r in reruns], "changed": 0, "tasks_ok": tasks,
+            "rerun": {**spread([r["s"] for r in reruns]), "changed": 0, "tasks_ok": tasks,
                       "s_per_task": round(rerun_s / max(tasks, 1), 3),
                       "target": f"<={TARGET_RERUN_S:g}s", "meets_target": rerun_s <= TARGET_RERUN_S},
-            "baseline_ping_playbook": {"s": baseline_s, "samples_s": [b["s"] for b in baselines]},
+            "check_run": {**spread([c["s"] for c in checks]), "changed": 0, "tasks_ok": checks[0]["ok"],
+                          "ratio_vs_rerun": round(check_s / rerun_s, 2)},
+            "baseline_ping_playbook": spread([b["s"] for b in baselines]),
             "ratio_rerun_vs_baseline": round(rerun_s / baseline_s, 2),
             "cpus": os.cpu_count(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "load_avg_before": load_before,
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
             "python": sys.version.split()[0],
         }
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -185,9 +200,14 @@ def main() -> int:
     return 0
 
 
+def spread(samples: list[float]) -> dict:
+    """Median (``s``), min, max and the samples of one measurement."""
+    return {"s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples), "samples_s": samples}
+
+
 def _build_cached(source: Path) -> bool:
     """Whether the controller already holds this agent source's wheels (the agent role's cache)."""
-    digest = subprocess.run(["bash", str(REPO / "roles" / "agent" / "files" / "build-agent.sh"), "--hash",
+    digest = subprocess.run([sys.executable, str(REPO / "roles" / "agent" / "files" / "build_agent.py"), "--hash",
                              str(source)], capture_output=True, text=True, check=True).stdout.strip()
     return (Path(os.path.expanduser("~/.cache/gatehouse-collection")) / digest / "wheelhouse.tar").is_file()
 

@@ -57,7 +57,7 @@ timeout --foreground 1200 molecule test --scenario-name default "$@" 2>&1 | tee 
   | "$GATEHOUSE_REPO/.venv/bin/python" -u -c '
 import re, sys, time
 start = time.monotonic()
-keep = re.compile(r"TASK \[|PLAY \[|PLAY RECAP|: ok=[0-9]|fatal:|FAILED!|ERROR|➜")
+keep = re.compile(r"TASK \[|PLAY \[|RUNNING HANDLER \[|PLAY RECAP|: ok=[0-9]|fatal:|FAILED!|ERROR|➜")
 for line in sys.stdin:
     if keep.search(line):
         sys.stdout.write("[%4ds] %s" % (time.monotonic() - start, line))

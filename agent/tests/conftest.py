@@ -95,16 +95,18 @@ def write_yaml(path: str, text: str) -> str:
 class Daemon:
     """One `gatehouse start -c CFG` process with its stderr in a log file."""
 
-    def __init__(self, config_path: str, log_path: str):
+    def __init__(self, config_path: str, log_path: str, args: tuple = ()):
         self.config_path = config_path
         self.log_path = log_path
+        self.args = list(args)   # more `gatehouse start` options, e.g. --pid-file
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "Daemon":
         # Readiness is a new "gatehouse is running" line after this point (the log survives restarts).
         self._ready_lines = self.log_text().count("gatehouse is running")
         logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", self.config_path],
+        self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", self.config_path,
+                                      *self.args],
                                      stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=base_env())
         logf.close()
         if wait:

@@ -88,6 +88,9 @@ class Config:
     heartbeat_interval: float = 5.0
     insecure: bool = False
     debug: bool = False
+    #: After a reload (SIGHUP) hands the listeners to a new process, the old one lets its sessions
+    #: and tunnels finish for at most this many seconds (reload.py).
+    drain_timeout: int = 3600
     log: LogConfig = field(default_factory=LogConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
@@ -104,7 +107,7 @@ class Config:
 
 _SECTIONS = {
     "gatehouse": {"nodename", "data_dir", "auth_servers", "auth_token", "join_token", "ca_pin", "join_insecure",
-                  "log", "heartbeat_interval", "insecure"},
+                  "log", "heartbeat_interval", "insecure", "drain_timeout"},
     "auth_service": {f.name for f in dataclasses.fields(AuthConfig)},
     "proxy_service": {f.name for f in dataclasses.fields(ProxyConfig)},
     "ssh_service": {f.name for f in dataclasses.fields(SSHConfig)},
@@ -146,6 +149,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
     cfg.join_insecure = _bool(general.get("join_insecure", False), path, "gatehouse.join_insecure")
     cfg.heartbeat_interval = _positive(general.get("heartbeat_interval", 5.0), path, "gatehouse.heartbeat_interval")
     cfg.insecure = bool(general.get("insecure", False))
+    cfg.drain_timeout = _drain_timeout(general.get("drain_timeout", "1h"), path)
     log = general.get("log") or {}
     _check_keys(log, {"output", "severity", "format"}, path, "gatehouse.log.")
     cfg.log = LogConfig(output=str(log.get("output", "stderr")), severity=str(log.get("severity", "INFO")).upper(),
@@ -314,6 +318,17 @@ def _list(value, path, where) -> list:
     if not isinstance(value, list):
         raise BadParameter(f"{path}: {where} must be a list")
     return value
+
+
+def _drain_timeout(value, path: str) -> int:
+    from .durations import parse_duration
+    try:
+        seconds = parse_duration(value, "gatehouse.drain_timeout")
+    except BadParameter as exc:
+        raise BadParameter(f"{path}: {exc}") from None
+    if seconds < 0:
+        raise BadParameter(f"{path}: gatehouse.drain_timeout must be 0 or more, like 10m or 1h, not {value!r}")
+    return seconds
 
 
 def _positive(value, path, where) -> float:

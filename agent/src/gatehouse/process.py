@@ -7,6 +7,7 @@ import logging
 import signal
 
 from . import sshtuning
+from .reload import Reloader, is_successor
 from .audit import AuditLog
 from .config import Config, split_hostport
 from .member.join import api_client, obtain_identity
@@ -41,7 +42,8 @@ class GatehouseProcess:
         issue = self.auth.issue_host_identity if self.auth is not None else None
         idents = {}
         for role in roles:
-            idents[role] = await obtain_identity(cfg, role, cfg.nodename, self._principals(role), issue)
+            idents[role] = await obtain_identity(cfg, role, cfg.nodename, self._principals(role), issue,
+                                                 keep_keys=is_successor())
         client = api_client(idents[roles[0]])
         cache = ClusterCache(client)
         await cache.start()
@@ -106,8 +108,10 @@ async def run(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, proc.stopped.set)
+    reloader = Reloader(proc)  # SIGHUP: a new process takes the listeners over, this one drains
     try:
         await proc.start()
+        await reloader.started()
         log.info("gatehouse is running (pid services: %s)", ", ".join(
             s for s, on in (("auth", cfg.auth.enabled), ("proxy", cfg.proxy.enabled), ("node", cfg.ssh.enabled)) if on))
         await proc.stopped.wait()

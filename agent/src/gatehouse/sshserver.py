@@ -89,6 +89,14 @@ class ListenerLimits:
         self._conns.discard(conn)
         self.authenticated(conn)
 
+    def connections(self) -> set:
+        """The connections this listener holds now (a draining process lets them finish)."""
+        return set(self._conns)
+
+    @staticmethod
+    def open_channels(conn) -> int:
+        return _open_channels(conn)
+
     def check_channel(self, conn) -> None:
         """Before a channel opens on CONN: raise ChannelOpenError (with the reason) when a cap is reached."""
         open_here = _open_channels(conn)

@@ -410,6 +410,24 @@ def test_hostile_root_announcements_are_bounded(world, fake_root):
     ok(world.victim.run_gatectl("rm", f"tc/{fake_root.name}"))
 
 
+def test_hostile_root_saying_it_hands_over_cannot_pile_up_tunnels(world, fake_root):
+    """A root whose every heartbeat says its proxy hands over to a new process (what a reload
+    says once) makes the leaf dial again, but the leaf keeps at most MAX_HANDED_OVER of the
+    tunnels it was told about open, closing the oldest."""
+    from gatehouse.tunnel.agent import MAX_HANDED_OVER
+    fake_root.hello = lambda: {"cluster": fake_root.name, "proxy": "p1", "interval": 1.0, "proxies": ["p1"],
+                               "draining": True}
+    ok(world.create_tc(world.victim, tc_json(fake_root.name, fake_root.web_addr)))
+    try:
+        wait_until(lambda: fake_root.dials >= MAX_HANDED_OVER + 4, 90, "the victim dialling the 'new process'")
+        assert "proxy p1 is handing over to a new process; dialling it" in world.victim.log_text()
+        # Open now: the handed-over ones it keeps, the current one, and at most one being dialled.
+        wait_until(lambda: fake_root.dials - fake_root.tunnels_closed <= MAX_HANDED_OVER + 2, 20,
+                   "the victim closing the oldest handed-over tunnels")
+    finally:
+        ok(world.victim.run_gatectl("rm", f"tc/{fake_root.name}"))
+
+
 # ================================================================ low: gate login --insecure
 def test_insecure_login_pins_the_proxy_certificate(world):
     home = os.path.join(world.tmp, "gate-pin")

@@ -15,7 +15,7 @@ import ssl
 
 from aiohttp import web
 
-from .. import __version__, pki
+from .. import __version__, listeners, pki
 from ..config import is_ip, join_hostport, split_hostport
 from ..durations import parse_ttl
 from ..errors import AccessDenied, BadParameter
@@ -344,9 +344,9 @@ async def start(svc: AuthService) -> web.AppRunner:
     host, port = split_hostport(svc.cfg.auth.listen_addr, AUTH_PORT)
     runner = web.AppRunner(api.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or None, port, ssl_context=await server_tls_context(svc, host),
-                       reuse_address=True)
+    site = web.SockSite(runner, listeners.listen("auth", host, port), ssl_context=await server_tls_context(svc, host))
     await site.start()
+    listeners.serving("auth", site)
     log.info("auth API listening on https://%s:%d (cluster %s)", host, port, svc.cluster_name)
     return runner
 

@@ -1,4 +1,5 @@
-"""`gatehouse start -c FILE [--debug] [--insecure] [--pid-file PATH]` — run the agent."""
+"""`gatehouse start -c FILE [--debug] [--insecure] [--pid-file PATH]` — run the agent;
+`gatehouse reload -c FILE --pid-file PATH` — apply a new config or build without dropping sessions."""
 
 from __future__ import annotations
 
@@ -21,39 +22,62 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--insecure", action="store_true",
                        help="accept a self-signed root web certificate (tests only)")
     start.add_argument("--pid-file", help="write the process id here (for supervisors without systemd)")
+    _add_reload_parser(sub)
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(f"Gatehouse v{__version__} python{sys.version_info.major}.{sys.version_info.minor}")
         return 0
-    from .. import config, logs
+    if args.command == "reload":
+        return _reload(args)
+    from .. import config, logs, reload
+    reload.setup(args.pid_file)
     try:
         cfg = config.load(args.config, debug=args.debug, insecure=args.insecure)
         logs.setup(cfg.log.output, cfg.log.severity, cfg.log.format, debug=cfg.debug)
     except GatehouseError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
+        reload.report_failure(str(exc))
         return 1
     if cfg.insecure:
         logging.getLogger("gatehouse").warning(
             "INSECURE MODE: certificate verification of root web proxies is disabled; never use this in production")
-    if args.pid_file:
-        from ..pki import write_public
-        write_public(args.pid_file, f"{os.getpid()}\n")
+    if not reload.is_successor():  # a successor writes it once it is ready
+        reload.write_pid_file(args.pid_file)
     from ..process import run
     try:
         asyncio.run(run(cfg))
     except GatehouseError as exc:
         logging.getLogger("gatehouse").error("%s", exc)
         print(f"ERROR: {exc}", file=sys.stderr)
+        reload.report_failure(str(exc))
         return 1
     except OSError as exc:
-        print(f"ERROR: cannot start: {exc.strerror or exc}; is another gatehouse already using the port?",
-              file=sys.stderr)
+        message = f"cannot start: {exc.strerror or exc}; is another gatehouse already using the port?"
+        print(f"ERROR: {message}", file=sys.stderr)
+        reload.report_failure(message)
         return 1
     finally:
-        if args.pid_file and os.path.exists(args.pid_file):
-            os.unlink(args.pid_file)
+        reload.remove_pid_file(args.pid_file)
     return 0
+
+
+def _add_reload_parser(sub) -> None:
+    cmd = sub.add_parser("reload", help="apply a new config or build without dropping sessions (SIGHUP, then wait)",
+                         description="Check the config, then signal the running agent (SIGHUP): a new process "
+                                     "takes over its listening sockets and the old one lets its sessions finish. "
+                                     "A config the new process refuses leaves the running one as it is.")
+    cmd.add_argument("-c", "--config", default=os.environ.get("GATEHOUSE_CONFIG", "/etc/gatehouse.yaml"))
+    cmd.add_argument("--pid-file", required=True, help="the running agent's pidfile (gatehouse start --pid-file)")
+    cmd.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the outcome (default 180)")
+    cmd.add_argument("--insecure", action="store_true", help="as given to gatehouse start")
+
+
+def _reload(args) -> int:
+    from ..reload import request
+    status, line = request(args.config, args.pid_file, args.timeout, insecure=args.insecure)
+    print(line, file=sys.stderr if status else sys.stdout)
+    return status
 
 
 if __name__ == "__main__":

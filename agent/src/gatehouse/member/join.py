@@ -30,16 +30,21 @@ log = logging.getLogger("gatehouse.join")
 
 
 async def obtain_identity(cfg: Config, role: str, name: str, principals: list[str],
-                          issue: Callable[..., Awaitable[dict]] | None = None) -> IdentityFiles:
+                          issue: Callable[..., Awaitable[dict]] | None = None,
+                          keep_keys: bool = False) -> IdentityFiles:
     """This process's identity for ROLE: issued by ``issue`` (the auth service of this very
-    process), else the one it joined with earlier, else a new one joined with the join token."""
+    process), else the one it joined with earlier, else a new one joined with the join token.
+    ``keep_keys``: ``issue`` certifies the keys already on disk again (a process taking over from
+    another with a reload, whose certificates for the same keys must stay valid while it drains)."""
     ident = IdentityFiles(os.path.join(cfg.data_dir, "identity", role))
     if issue is None and ident.exists() and os.path.exists(ident.path("ssh_key")):
         log.debug("using the existing %s identity in %s", role, ident.dir)
         _check_not_expired(ident, role, name)
         return ident
-    ssh_key = pki.new_ssh_key(comment=f"{role}:{name}")
-    tls_key, tls_pub = pki.new_tls_key()
+    ssh_key, tls_key, tls_pub = _existing_keys(ident) if keep_keys else (None, "", "")
+    if ssh_key is None:
+        ssh_key = pki.new_ssh_key(comment=f"{role}:{name}")
+        tls_key, tls_pub = pki.new_tls_key()
     if issue is not None:
         result = await issue(role, name, ssh_key.public_line, tls_pub, principals)
     else:
@@ -49,6 +54,16 @@ async def obtain_identity(cfg: Config, role: str, name: str, principals: list[st
                 "ssh_key-cert.pub": result["ssh_cert"], "host_ca.pub": result["host_ca"],
                 "user_ca.pub": result["user_ca"], "cluster_name": result["cluster_name"] + "\n"})
     return ident
+
+
+def _existing_keys(ident: IdentityFiles) -> tuple:
+    """(SSH key pair, TLS private key, TLS public key) on disk, or (None, "", "") when there are none."""
+    try:
+        ssh_private, tls_key = ident.read("ssh_key"), ident.read("identity.key")
+        return (pki.SSHKeyPair(ssh_private, pki.ssh_public_from_private(ssh_private)), tls_key,
+                pki.tls_public_from_private(tls_key))
+    except (OSError, GatehouseError):
+        return None, "", ""
 
 
 async def _join(cfg: Config, role: str, name: str, ssh_pub: str, tls_pub: str) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from .. import listeners
 from ..config import split_hostport
 from ..durations import format_duration
 from ..errors import GatehouseError
@@ -191,8 +192,9 @@ class NodeService:
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.ssh.listen_addr, NODE_PORT)
         self.server = await asyncssh.create_server(
-            lambda: _NodeConnection(self), host or None, port, reuse_address=True,
+            lambda: _NodeConnection(self), sock=listeners.listen("node", host, port),
             **server_options(self.ctx.ident.ssh_host_keypair(), max_pktsize=SESSION_MAX_PKTSIZE))
+        listeners.serving("node", self.server, self.limits)
         if port == 0:
             port = self.server.sockets[0].getsockname()[1]
         self.port = port
@@ -215,7 +217,8 @@ class NodeService:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_interval)
+            if await listeners.wait_draining(self.cfg.heartbeat_interval):
+                return  # the process that took over heartbeats now
             try:
                 await self._send_heartbeat()
             except GatehouseError as exc:

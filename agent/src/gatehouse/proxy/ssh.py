@@ -16,6 +16,7 @@ import logging
 
 import asyncssh
 
+from .. import listeners
 from ..config import split_hostport
 from ..errors import GatehouseError
 from ..member.context import MemberContext
@@ -197,8 +198,9 @@ class ProxySSH:
     async def start(self) -> None:
         host, port = split_hostport(self.ctx.cfg.proxy.listen_addr, PROXY_SSH_PORT)
         self.server = await asyncssh.create_server(
-            lambda: _ProxyConnection(self), host or None, port, reuse_address=True,
+            lambda: _ProxyConnection(self), sock=listeners.listen("proxy ssh", host, port),
             **server_options(self.ctx.ident.ssh_host_keypair(), max_pktsize=CARRIER_MAX_PKTSIZE))
+        listeners.serving("proxy ssh", self.server, self.limits)
         self.port = self.server.sockets[0].getsockname()[1]
         # A renewed host certificate is presented on new connections; running ones keep theirs.
         self.ctx.ident.on_renewed(lambda: self.server.update(server_host_keys=[self.ctx.ident.ssh_host_keypair()]))

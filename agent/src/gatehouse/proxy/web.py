@@ -14,7 +14,7 @@ import socket
 
 from aiohttp import web
 
-from .. import __version__, pki
+from .. import __version__, listeners, pki
 from ..httputil import error_middleware, make_server_context, peer_subject, read_json, serve_cluster_identity
 from ..config import is_ip, public_addr, split_hostport
 from ..errors import AccessDenied, BadParameter, NotFound
@@ -188,8 +188,9 @@ class ProxyWeb:
         host, port = split_hostport(self.cfg.proxy.web_listen_addr, WEB_PORT)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host or None, port, ssl_context=ctx, reuse_address=True)
+        site = web.SockSite(self.runner, listeners.listen("proxy web", host, port), ssl_context=ctx)
         await site.start()
+        listeners.serving("proxy web", site)
         self.port = port
         log.info("proxy web listening on https://%s:%d", host, port)
 

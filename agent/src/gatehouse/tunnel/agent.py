@@ -20,6 +20,7 @@ import time
 
 import asyncssh
 
+from .. import listeners
 from ..access import explain_ssh, node_not_registered
 from ..config import split_hostport
 from ..errors import AccessDenied, BadParameter, GatehouseError, NotFound
@@ -39,6 +40,10 @@ MAX_BACKOFF = 10.0
 #: Dials in a row that may land on root proxies this leaf already holds, per held proxy, before it
 #: stops redialling at once and backs off: a root may announce proxies that no dial ever reaches.
 DUPLICATE_DIALS_PER_PROXY = 8
+#: Tunnels kept per root after their root proxy said it hands over to a new process (a reload), for
+#: the sessions still running on them; one more closes the oldest, so a root saying it all the time
+#: cannot make a leaf hold ever more tunnels.
+MAX_HANDED_OVER = 4
 
 
 class _LeafSide(CertificateOnlyServer):
@@ -96,6 +101,8 @@ class RootLink:
         #: The root's web API, asked for its tunnel address when that was not set explicitly.
         self.discover_from = discover_from
         self.links: dict[str, asyncssh.SSHServerConnection] = {}
+        #: Tunnels whose root proxy hands over to a new process, oldest first (kept while in use).
+        self.handed_over: list[asyncssh.SSHServerConnection] = []
         self.announced: set[str] = set()
         #: Dials in a row that landed on a proxy already held (reset by a new proxy or a new announcement).
         self.duplicates = 0
@@ -112,9 +119,10 @@ class RootLink:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
                 pass
-        for conn in list(self.links.values()):
+        for conn in [*self.links.values(), *self.handed_over]:
             conn.close()
         self.links.clear()
+        self.handed_over.clear()
         await self._report()
 
     def _missing(self) -> bool:
@@ -122,7 +130,7 @@ class RootLink:
 
     async def _maintain(self) -> None:
         backoff = 0.5
-        while True:
+        while not listeners.draining():  # a draining process dials no more: its successor does
             if not self._missing():
                 self._wake.clear()
                 try:
@@ -201,6 +209,8 @@ class RootLink:
             await self._report()
 
     async def _report(self) -> None:
+        if listeners.draining():
+            return  # the successor reports its own tunnels
         try:
             await self.pool.client.call("POST", "/v1/tunnels/agent_status",
                                         {"cluster": self.root, "proxies": sorted(self.links),
@@ -233,8 +243,10 @@ class RootLink:
                 revoked = self.pool.cache.revoked_keys("proxy")
                 if revoked:  # the root closes and refuses tunnels of this leaf's revoked proxies
                     line["revoked"] = revoked
+                if listeners.draining():  # this process hands over: the root routes new sessions elsewhere
+                    line["draining"] = True
                 process.stdout.write(json.dumps(line).encode() + b"\n")
-                await asyncio.sleep(interval)
+                await listeners.sleep_or_drain(interval)
 
         sender = asyncio.create_task(beat())
         last_valid, warned = time.monotonic(), False
@@ -259,6 +271,8 @@ class RootLink:
                     continue
                 proxy, announced = self._check_hello(hello)  # a hostile announcement closes the tunnel
                 last_valid = time.monotonic()
+                if hello.get("draining") is True:
+                    self._release(process.channel.get_connection())
                 if not ready.done():
                     ready.set_result(proxy)
                 if announced != self.announced:
@@ -275,6 +289,18 @@ class RootLink:
             if not ready.done():
                 ready.set_result("")
             sender.cancel()
+
+    def _release(self, conn) -> None:
+        """The root proxy on CONN hands over to a new process: what runs on CONN goes on, and this
+        leaf dials again (the new process holds the listener now)."""
+        for proxy, held in list(self.links.items()):
+            if held is conn:
+                del self.links[proxy]
+                log.info("tunnel: root %s proxy %s is handing over to a new process; dialling it", self.root, proxy)
+                self.handed_over = [c for c in self.handed_over if not c.is_closed()] + [conn]
+                while len(self.handed_over) > MAX_HANDED_OVER:
+                    self.handed_over.pop(0).close()
+                self._wake.set()
 
     def _check_hello(self, hello: dict) -> tuple[str, set[str]]:
         """(proxy, announced proxies) of one root heartbeat; ValueError saying what is wrong with it.
@@ -376,6 +402,15 @@ class TunnelAgentPool:
     async def start(self) -> None:
         self.cache.on_change(self._reconcile)
         await self._reconcile()
+        listeners.serving("tunnel agent", None, self.limits, channels_when_idle=1)
+        listeners.before_ready(self.wait_connected)
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Until a tunnel reaches every trusted root (at most TIMEOUT seconds): a process taking
+        over from another (reload) is ready for the root's sessions before the old one drains."""
+        deadline = time.monotonic() + timeout
+        while any(not link.links for link in self.links.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         for link in list(self.links.values()):

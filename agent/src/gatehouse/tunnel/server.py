@@ -16,7 +16,7 @@ import time
 
 import asyncssh
 
-from .. import pki
+from .. import listeners, pki
 from ..config import split_hostport
 from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
 from ..member.context import MemberContext
@@ -113,6 +113,8 @@ class LeafTunnel:
         self.leaf_proxy = ""
         self.last_seen = time.monotonic()
         self.closed = asyncio.Event()
+        #: The leaf proxy on this tunnel is handing over to a new process (reload): route new sessions elsewhere.
+        self.draining = False
 
     async def run(self) -> None:
         interval = self.server.interval
@@ -173,14 +175,17 @@ class LeafTunnel:
             raise ValueError(f"the leaf sent the heartbeat interval {str(beat.get('interval'))[:40]!r}, not a number "
                              f"of seconds from {MIN_HEARTBEAT_INTERVAL:g} to {MAX_HEARTBEAT_INTERVAL:g}")
         self.leaf_proxy = str(beat.get("proxy") or "")[:253]
+        self.draining = beat.get("draining") is True
         return beat_interval
 
     async def _send_hello(self, writer, interval: float) -> None:
         while True:
             hello = {"cluster": self.server.cache.cluster_name, "proxy": self.server.name,
                      "proxies": self.server.proxies, "interval": interval}
+            if listeners.draining():  # this process hands over: the leaf dials the new one
+                hello["draining"] = True
             writer.write(json.dumps(hello) + "\n")
-            await asyncio.sleep(interval)
+            await listeners.sleep_or_drain(interval)
 
     async def ask(self, subsystem: str, request: dict) -> dict:
         """One JSON request and answer on a tunnel subsystem; an error the leaf answers is raised here."""
@@ -265,11 +270,12 @@ class TunnelServer:
         keypair, valid_before = await self._tunnel_certificate()
         host, port = split_hostport(self.cfg.proxy.tunnel_listen_addr, TUNNEL_PORT)
         self._acceptor = await asyncssh.listen_reverse(
-            host or None, port, client_factory=lambda: _RootSide(self), acceptor=self._accepted,
+            sock=listeners.listen("tunnels", host, port), client_factory=lambda: _RootSide(self),
+            acceptor=self._accepted,
             username=TUNNEL_LOGIN, host_key_alias=TUNNEL_PRINCIPAL, encoding=None,
             keepalive_interval=self.interval, keepalive_count_max=MISSED_HEARTBEATS, login_timeout=15,
-            reuse_address=True,
             **client_options(keypair, max_pktsize=CARRIER_MAX_PKTSIZE, known_hosts=([], [], [])))
+        listeners.serving("tunnels", self._acceptor, self.limits, channels_when_idle=1)
         self.port = self._acceptor.sockets[0].getsockname()[1]
         self.cache.on_change(self._on_cache_change)
         self._heartbeat_task = asyncio.create_task(self._proxy_heartbeats(), name="proxy-heartbeat")
@@ -297,7 +303,7 @@ class TunnelServer:
     async def _proxy_heartbeats(self) -> None:
         """Announce this proxy (and its web port, where auth asks leaves through it) to auth; learn the
         others, so leaves dial each of them."""
-        while True:
+        while not listeners.draining():  # a draining process leaves them to its successor
             try:
                 answer = await self.client.call("POST", "/v1/proxies/heartbeat",
                                                 {"interval": self.interval,
@@ -305,7 +311,7 @@ class TunnelServer:
                 self.proxies = answer.get("proxies") or [self.name]
             except GatehouseError as exc:
                 log.warning("cannot send the proxy heartbeat: %s", exc)
-            await asyncio.sleep(self.interval)
+            await listeners.wait_draining(self.interval)
 
     # -- tunnels ---------------------------------------------------------------
     def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -328,6 +334,8 @@ class TunnelServer:
         if not tunnels:
             self.tunnels.pop(tunnel.leaf, None)
             log.info("tunnel: leaf %s is disconnected from proxy %s", tunnel.leaf, self.name)
+        if listeners.draining():
+            return  # the successor holds this proxy's tunnels and reports them
         try:
             await self.report(tunnel.leaf, bool(tunnels), self.interval)
         except GatehouseError:
@@ -370,6 +378,7 @@ class TunnelServer:
 
     def tunnel_for(self, leaf: str) -> LeafTunnel:
         tunnels = [t for t in self.tunnels.get(leaf, []) if not t.closed.is_set()]
+        tunnels = [t for t in tunnels if not t.draining] or tunnels
         if not tunnels:
             raise ConnectionProblem(f'cluster "{leaf}" is offline: no reverse tunnel from it reaches this proxy; '
                                     f"check 'gatectl get rc/{leaf}' on the root and the leaf's trusted_cluster")
