@@ -282,6 +282,7 @@ class TunnelServer:
             await self._renewer.stop()
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
+            await self._leave()
         if self._acceptor:
             self._acceptor.close()
             await self._acceptor.wait_closed()
@@ -306,6 +307,13 @@ class TunnelServer:
             except GatehouseError as exc:
                 log.warning("cannot send the proxy heartbeat: %s", exc)
             await asyncio.sleep(self.interval)
+
+    async def _leave(self) -> None:
+        """Tell auth this proxy stops, so the others stop announcing it to leaves within a heartbeat."""
+        try:
+            await self.client.call("POST", "/v1/proxies/heartbeat", {"leaving": True}, timeout=5)
+        except GatehouseError as exc:
+            log.info("cannot tell auth that this proxy is leaving (%s); its record expires by itself", exc)
 
     # -- tunnels ---------------------------------------------------------------
     def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
