@@ -117,6 +117,7 @@ class LeafTunnel:
     async def run(self) -> None:
         interval = self.server.interval
         registered = False
+        reported = True
         try:
             writer, reader, _unused = await self.conn.open_session(subsystem=HEARTBEAT_SUBSYSTEM, encoding="utf-8")
             sender = asyncio.create_task(self._send_hello(writer, interval))
@@ -147,7 +148,7 @@ class LeafTunnel:
                     if not registered:
                         registered = True
                         self.server.register(self)
-                    await self.server.report(self.leaf, True, beat_interval)
+                    reported = await self.server.report_alive(self.leaf, beat_interval, reported)
             finally:
                 sender.cancel()
         except asyncio.TimeoutError:
@@ -344,6 +345,21 @@ class TunnelServer:
     async def report(self, leaf: str, connected: bool, interval: float) -> None:
         await self.client.call("POST", "/v1/tunnels/heartbeat",
                                {"cluster": leaf, "connected": connected, "interval": interval})
+
+    async def report_alive(self, leaf: str, interval: float, reported: bool) -> bool:
+        """Report a live tunnel to auth; whether that worked. Auth or its database being away does not
+        end the tunnel: routing needs only the tunnel itself and the cache, and the next beat that gets
+        through writes the record again (one warning per outage, one line when it works again)."""
+        try:
+            await self.report(leaf, True, interval)
+        except ConnectionProblem as exc:
+            if reported:
+                log.warning("tunnel: cannot record the tunnel from leaf %s at auth (%s); keeping the tunnel and "
+                            "trying again with its next heartbeat", leaf, exc)
+            return False
+        if not reported:
+            log.info("tunnel: the tunnel from leaf %s is recorded at auth again", leaf)
+        return True
 
     def _on_cache_change(self) -> None:
         for leaf, tunnels in list(self.tunnels.items()):
