@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 from conftest import Daemon, base_env, free_port, run_module, wait_until, write_yaml
 
@@ -155,7 +154,7 @@ class HARoot:
         self.proxies = [self._proxy_daemon(i, token, pin) for i in range(len(self.proxy_ports))]
         for proxy in self.proxies:
             proxy.start()
-        self.lb = Proc(["haproxy", "-db", "-f", write_yaml(os.path.join(self.tmp, "haproxy.cfg"),
+        self.lb = Proc([haproxy_binary(), "-db", "-f", write_yaml(os.path.join(self.tmp, "haproxy.cfg"),
                                                              self._haproxy_config())],
                        os.path.join(self.tmp, "haproxy.log")).start()
         wait_port(self.lb_web)
@@ -232,14 +231,9 @@ class HARoot:
         return APIClient.for_identity(ident, f"https://{self.auth_addrs[i]}")
 
 
+def haproxy_binary() -> str:
+    return shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
 def haproxy_missing() -> bool:
-    return shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy")
-
-
-def wait_gone(check, timeout: float, what: str):
-    """Until CHECK() is false."""
-    return wait_until(lambda: not check(), timeout, what)
-
-
-def now() -> float:
-    return time.monotonic()
+    return not os.path.exists(haproxy_binary())
