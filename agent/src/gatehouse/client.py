@@ -7,11 +7,14 @@ types, so a CLI prints the server's one-line message unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 
 from .errors import ConnectionProblem, GatehouseError, TLSProblem, from_dict
 from .identity import PeerKindError, client_context
 from .wire import AUTH_KIND, FORWARDED_IDENTITY
+
+log = logging.getLogger("gatehouse.client")
 
 
 def _unreachable(url: str, exc: Exception) -> ConnectionProblem:
@@ -67,6 +70,47 @@ def _find_cause(exc: BaseException, kind: type, limit: int = 24):
     return None
 
 
+def _base_urls(base_url) -> list[str]:
+    """One base URL, or several (auth servers to fail over between), without trailing slashes."""
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    urls = [str(u).rstrip("/") for u in urls if str(u).strip()]
+    if not urls:
+        raise GatehouseError("no auth server address is configured; set gatehouse.auth_servers (host:3025)")
+    return urls
+
+
+class _Servers:
+    """The addresses of one service (auth servers, or one load balancer) and the one in use.
+
+    A call goes to the server that worked last; when the connection to it fails the next
+    one is tried, and the one that answers is remembered. Which failures are tried again
+    elsewhere is the caller's decision (FAILOVER in APIClient.call / AsyncAPIClient.call).
+    """
+
+    def __init__(self, base_url):
+        self.urls = _base_urls(base_url)
+        self.current = 0
+
+    def order(self) -> list[int]:
+        n = len(self.urls)
+        return [(self.current + i) % n for i in range(n)]
+
+    def worked(self, index: int) -> None:
+        if index != self.current:
+            log.info("auth API: switched to %s", self.urls[index])
+        self.current = index
+
+    def failed(self, index: int) -> None:
+        """A server that failed mid-request: later calls start with the next one."""
+        if index == self.current and len(self.urls) > 1:
+            self.current = (index + 1) % len(self.urls)
+
+
+#: Methods that may be sent to another server after the connection broke mid-request (reads).
+#: Writes are sent again elsewhere only when no connection was made (nothing can have arrived).
+_REPEATABLE = ("GET", "HEAD")
+
+
 class APIClient:
     """Synchronous client; lazily imports requests so CLI start-up stays fast.
 
@@ -99,7 +143,7 @@ class APIClient:
                     kwargs["ssl_context"] = context
                 super().init_poolmanager(*args, **kwargs)
 
-        self.base_url = base_url.rstrip("/")
+        self.servers = _Servers(base_url)
         self.timeout = timeout
         self.pin_sha256 = pin_sha256
         self.session = requests.Session()
@@ -115,29 +159,45 @@ class APIClient:
             import urllib3
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
+    @property
+    def base_url(self) -> str:
+        """The server calls go to now."""
+        return self.servers.urls[self.servers.current]
+
     @classmethod
-    def for_identity(cls, ident, base_url: str | None = None, **kw) -> "APIClient":
-        """Client for the auth API with an on-disk identity (see identity.IdentityFiles)."""
+    def for_identity(cls, ident, base_url=None, **kw) -> "APIClient":
+        """Client for the auth API with an on-disk identity (see identity.IdentityFiles); BASE_URL (one or
+        a list) replaces the identity's auth server addresses."""
         ident.read("ca.crt")  # clear error when the identity is missing
         kw.setdefault("peer_kind", AUTH_KIND)
-        return cls(base_url or f"https://{ident.auth_addr}", cert_file=ident.path("identity.crt"),
+        return cls(base_url or [f"https://{addr}" for addr in ident.auth_addrs], cert_file=ident.path("identity.crt"),
                    key_file=ident.path("identity.key"), ca_file=ident.path("ca.crt"), check_hostname=False, **kw)
 
     def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
              timeout: float | None = None) -> dict:
+        """One request; on a connection failure the next server (if several are configured) is tried."""
         import requests
-        url = self.base_url + path
-        try:
-            resp = self.session.request(method, url, json=body, params=params, timeout=timeout or self.timeout)
-        except requests.exceptions.SSLError as exc:
-            if self.pin_sha256 and "Fingerprints did not match" in str(exc):
-                raise TLSProblem(f"{self.base_url} presented a TLS certificate other than the one pinned when you "
-                                 f"logged in with --insecure (SHA-256 {self.pin_sha256[:16]}…), so the connection "
-                                 f"may be intercepted; if the proxy's certificate was replaced, log in again") from None
-            raise _tls_problem(self.base_url, exc) from None
-        except requests.exceptions.RequestException as exc:
-            raise _unreachable(self.base_url, exc) from None
-        return decode_response(resp.status_code, resp.content)
+        error = None
+        for index in self.servers.order():
+            base = self.servers.urls[index]
+            try:
+                resp = self.session.request(method, base + path, json=body, params=params,
+                                            timeout=timeout or self.timeout)
+            except requests.exceptions.SSLError as exc:
+                if self.pin_sha256 and "Fingerprints did not match" in str(exc):
+                    raise TLSProblem(f"{base} presented a TLS certificate other than the one pinned when you logged "
+                                     f"in with --insecure (SHA-256 {self.pin_sha256[:16]}…), so the connection may be "
+                                     f"intercepted; if the proxy's certificate was replaced, log in again") from None
+                raise _tls_problem(base, exc) from None
+            except requests.exceptions.RequestException as exc:
+                error = _unreachable(base, exc)
+                if method not in _REPEATABLE and not _never_connected(exc):
+                    self.servers.failed(index)
+                    raise error from None
+                continue
+            self.servers.worked(index)
+            return decode_response(resp.status_code, resp.content)
+        raise error
 
     def get(self, path, **kw):
         return self.call("GET", path, **kw)
@@ -155,9 +215,10 @@ class APIClient:
 class AsyncAPIClient:
     """aiohttp client used inside the agent (nodes and proxies talking to auth)."""
 
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, timeout: float = 30.0,
-                 server_hostname: str | None = None):
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url, ssl_context: ssl.SSLContext, timeout: float = 30.0,
+                 server_hostname: str | None = None, connect_timeout: float = 5.0):
+        self.servers = _Servers(base_url)   # one address, or several auth servers to fail over between
+        self.connect_timeout = connect_timeout
         self.ssl_context = ssl_context
         self.timeout = timeout
         self.server_hostname = server_hostname  # TLS server name to ask for, when not the URL's host
@@ -169,24 +230,50 @@ class AsyncAPIClient:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=32))
         return self._session
 
+    @property
+    def base_url(self) -> str:
+        """The server calls go to now."""
+        return self.servers.urls[self.servers.current]
+
     async def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
                    timeout: float | None = None, headers: dict | None = None) -> dict:
+        """One request; on a connection failure the next server (if several are configured) is tried:
+        always when no connection was made, after a broken connection only for reads."""
         import aiohttp
         session = await self._get_session()
-        url = self.base_url + path
-        try:
-            async with session.request(method, url, json=body, params=params, headers=headers,
-                                       server_hostname=self.server_hostname,
-                                       timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
-                return decode_response(resp.status, await resp.read())
-        except aiohttp.ClientSSLError as exc:
-            raise _tls_problem(self.base_url, exc) from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _unreachable(self.base_url, exc) from None
+        total = timeout or self.timeout
+        error = None
+        for index in self.servers.order():
+            base = self.servers.urls[index]
+            try:
+                async with session.request(method, base + path, json=body, params=params, headers=headers,
+                                           server_hostname=self.server_hostname,
+                                           timeout=aiohttp.ClientTimeout(total=total, sock_connect=min(
+                                               total, self.connect_timeout))) as resp:
+                    content = await resp.read()
+            except aiohttp.ClientSSLError as exc:
+                raise _tls_problem(base, exc) from None
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = _unreachable(base, exc)
+                if method not in _REPEATABLE and not isinstance(exc, aiohttp.ClientConnectorError):
+                    self.servers.failed(index)
+                    raise error from None
+                continue
+            self.servers.worked(index)
+            return decode_response(resp.status, content)
+        raise error
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether a requests failure happened before a connection existed (so no request was sent)."""
+    import requests
+    import urllib3
+    return isinstance(exc, requests.exceptions.ConnectTimeout) or \
+        _find_cause(exc, urllib3.exceptions.NewConnectionError) is not None
 
 
 def decode_response(status: int, content: bytes) -> dict:

@@ -99,10 +99,18 @@ class Config:
     @property
     def auth_addr(self) -> str:
         """Where this process reaches the auth API (itself when it runs auth)."""
+        return self.auth_addrs[0]
+
+    @property
+    def auth_addrs(self) -> list[str]:
+        """Every auth server address, in the order to try them: this process's own auth service first
+        (when it runs one), then `gatehouse.auth_servers` (several auth servers sharing one backend,
+        or one load-balanced address)."""
+        addrs = []
         if self.auth.enabled:
             host, port = split_hostport(self.auth.listen_addr, AUTH_PORT)
-            return join_hostport(_loopback_if_any(host), port)
-        return self.auth_servers[0]
+            addrs.append(join_hostport(_loopback_if_any(host), port))
+        return addrs + [a for a in self.auth_servers if a not in addrs]
 
 
 _SECTIONS = {

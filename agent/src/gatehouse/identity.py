@@ -1,7 +1,8 @@
 """On-disk identities (X.509 client cert + key + cluster CA, optional SSH host cert).
 
 One directory per identity, files 0600:
-  identity.crt  identity.key  ca.crt  auth_addr      -- for the auth API (mutual TLS)
+  identity.crt  identity.key  ca.crt  auth_addr      -- for the auth API (mutual TLS; auth_addr:
+                                                        one auth server address per line)
   ssh_key  ssh_key-cert.pub  host_ca.pub  user_ca.pub -- for SSH servers (nodes, proxies)
 The auth server writes `data_dir/admin/` for gatectl; joined processes keep
 `data_dir/identity/<role>/`.
@@ -61,7 +62,17 @@ class IdentityFiles:
 
     @property
     def auth_addr(self) -> str:
-        return self.read("auth_addr").strip()
+        """The first auth server address (see auth_addrs)."""
+        return self.auth_addrs[0]
+
+    @property
+    def auth_addrs(self) -> list[str]:
+        """The auth server addresses, one per line of `auth_addr` (several auth servers on one backend)."""
+        addrs = [line.strip() for line in self.read("auth_addr").splitlines() if line.strip()]
+        if not addrs:
+            raise BadParameter(f"identity file {self.path('auth_addr')} names no auth server; write its "
+                               f"host:port there, or pass --auth-server")
+        return addrs
 
     def save(self, files: dict[str, str]) -> None:
         for name, content in files.items():

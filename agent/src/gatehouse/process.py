@@ -99,6 +99,12 @@ class GatehouseProcess:
         self.closers.clear()
 
 
+async def migrate_storage(cfg: Config, conn_string: str) -> dict:
+    """`gatehouse migrate`: copy this auth server's site from SQLite into PostgreSQL (auth/storage_move.py)."""
+    from .auth.storage_move import copy_to_postgresql
+    return await copy_to_postgresql(cfg, conn_string)
+
+
 async def run(cfg: Config) -> None:
     sshtuning.install()
     # Buffers of the bulk-data path (reads up to 256 KiB, packets of 132 KiB) come from a

@@ -5,16 +5,25 @@ directory, listening on a free loopback port and on a Unix socket in that direct
 with TLS on (a test CA and a server certificate for ``localhost``/127.0.0.1).
 ``initdb`` refuses to run as root, so as root the server runs as the ``postgres``
 account Debian creates (or ``gatehouse-pg``, created when neither exists).
+
+Durability: tests run with ``fsync=off`` (speed); ``PgServer(fsync=True)`` is a server
+as operators run it (the benchmarks). Replication: ``init(replication=True)`` makes a
+primary, :meth:`PgServer.standby` a streaming-replication standby of it
+(``pg_basebackup``) that the primary waits for on every commit when
+``synchronous=True``; :meth:`kill` ends a server the way a crash does and
+:meth:`promote` turns a standby into the new primary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import ipaddress
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -99,9 +108,10 @@ def _write_tls_files(directory: str) -> None:
 class PgServer:
     """One PostgreSQL cluster in a temp directory; ``start()``, ``stop()``, ``destroy()``."""
 
-    def __init__(self):
+    def __init__(self, fsync: bool = False):
         self.bindir = find_bindir()
         self.account = _server_account()
+        self.fsync = fsync
         self.tmp = tempfile.mkdtemp(prefix=PREFIX)
         self.data = os.path.join(self.tmp, "data")
         self.tls = os.path.join(self.tmp, "tls")
@@ -153,7 +163,7 @@ class PgServer:
                                  f"{result.stdout}{result.stderr}")
         return result
 
-    def init(self) -> None:
+    def init(self, replication: bool = False) -> None:
         pwfile = os.path.join(self.tmp, "pwfile")
         with open(pwfile, "w", encoding="utf-8") as fh:
             fh.write(PASSWORD + "\n")
@@ -170,11 +180,61 @@ ssl = on
 ssl_cert_file = '{self.tls}/server.crt'
 ssl_key_file = '{self.tls}/server.key'
 max_connections = 200
-fsync = off
-full_page_writes = off
+fsync = {"on" if self.fsync else "off"}
+full_page_writes = {"on" if self.fsync else "off"}
 shared_buffers = 32MB
 log_min_messages = warning
 """)
+            if replication:
+                fh.write("wal_level = replica\nmax_wal_senders = 5\nwal_keep_size = 256MB\nhot_standby = on\n")
+
+    def standby(self, synchronous: bool = True) -> "PgServer":
+        """A new server streaming from this one (pg_basebackup -R), started; with SYNCHRONOUS this
+        primary's commits wait until the standby has flushed them (no acknowledged commit is lost
+        when the standby is promoted)."""
+        standby = PgServer(fsync=self.fsync)
+        shutil.rmtree(standby.tls)
+        shutil.copytree(self.tls, standby.tls)
+        standby._chown(standby.tls, *(os.path.join(standby.tls, f) for f in os.listdir(standby.tls)))
+        name = f"standby_{standby.port}"
+        standby._run("pg_basebackup", "-h", self.tmp, "-p", str(self.port), "-U", SUPERUSER, "-D", standby.data,
+                     "-R", "-X", "stream", "--no-sync", "-d",
+                     f"host={self.tmp} port={self.port} user={SUPERUSER} application_name={name}")
+        with open(os.path.join(standby.data, "postgresql.auto.conf"), "a", encoding="utf-8") as fh:
+            # Its own port, socket and TLS files; once promoted it has no standby to wait for.
+            fh.write(f"port = {standby.port}\nunix_socket_directories = '{standby.tmp}'\n"
+                     f"ssl_cert_file = '{standby.tls}/server.crt'\nssl_key_file = '{standby.tls}/server.key'\n"
+                     f"synchronous_standby_names = ''\n")
+        standby.start()
+        if synchronous:
+            self.query("postgres", f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
+            self.query("postgres", "SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while self.query("postgres", "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s"
+                             " AND sync_state = 'sync'", (name,)) != [(1,)]:
+                assert time.monotonic() < deadline, "the standby did not become synchronous"
+                time.sleep(0.1)
+        return standby
+
+    def kill(self) -> None:
+        """End the server as a crash would: SIGKILL to the postmaster (its backends follow)."""
+        with open(os.path.join(self.data, "postmaster.pid"), encoding="utf-8") as fh:
+            pid = int(fh.readline())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) != 0:
+                    break
+            assert time.monotonic() < deadline, "the killed PostgreSQL server still answers"
+            time.sleep(0.05)
+        time.sleep(0.5)   # its backends notice the postmaster is gone and exit
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.data, "postmaster.pid"))
+
+    def promote(self) -> None:
+        """Make this standby the primary (it stops replaying and accepts writes)."""
+        self._run("pg_ctl", "-D", self.data, "-w", "-t", "60", "promote")
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.tmp, "server.log"), "-w",

@@ -720,6 +720,37 @@ async def test_concurrent_cas_increments_are_exact(db):
     assert sum(retries) > 0   # the tasks really did race
 
 
+async def test_concurrent_writes_fail_alone_and_commit_in_order(db):
+    """Many atomic() calls at once (the PostgreSQL backend commits them together, one flush for the
+    group): each one succeeds or fails on its own, every result carries the revision of its write,
+    and the feed holds exactly the successful writes, each once, in revision order."""
+    watcher = db.watch(["g/"])
+    start = await db.revision()
+
+    async def call(i: int):
+        ops = [Op("create", f"g/shared/{i % 5}", {"by": i}), Op("put", f"g/own/{i}", {"i": i})]
+        if i % 7 == 3:
+            ops.append(Op("update", "g/missing", {}))    # this call fails as a whole
+        try:
+            return await db.atomic(ops)
+        except (AlreadyExists, NotFound) as err:
+            return err
+    outcomes = await asyncio.gather(*(call(i) for i in range(60)))
+    written = [o for o in outcomes if isinstance(o, list)]
+    failed = [o for o in outcomes if not isinstance(o, list)]
+    assert len(written) == 5 and len(failed) == 55   # one creator per shared key; the rest fail alone
+    assert all("already exists" in str(e) or "not found" in str(e) for e in failed)
+    revisions = sorted(item.revision for result in written for item in result)
+    assert revisions == list(range(start + 1, start + 11))
+    events = [await next_event(watcher) for _ in range(10)]
+    assert [e.revision for e in events] == revisions
+    for result in written:
+        for item in result:
+            assert await db.get(item.key) == item
+    assert sorted(item.key for item in await db.get_range("g/own/")) == sorted(
+        result[1].key for result in written)
+
+
 INCREMENTER = """
 import asyncio, json, sys
 sys.path.insert(0, sys.argv[3])

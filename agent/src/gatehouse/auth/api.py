@@ -301,7 +301,8 @@ class AuthAPI:
         if body.get("web_listen_addr"):
             _unused, port = split_hostport(str(body["web_listen_addr"])[:300], WEB_PORT, what="web_listen_addr")
         web_addr = join_hostport(request.remote, port) if request.remote else ""
-        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), body.get("interval", 5.0), web_addr)
+        proxies = await self.svc.trust.proxy_heartbeat(self.ident(request), body.get("interval", 5.0), web_addr,
+                                                       leaving=body.get("leaving") is True)
         return web.json_response({"proxies": proxies})
 
     async def clusters(self, request):

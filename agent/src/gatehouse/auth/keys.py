@@ -18,6 +18,8 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     members/<kind>/<name>         joined nodes and proxies: the name's holder and its keys (until its
                                   certificates expire or it is revoked)
     locks/<kind>/<name>           revoked member identities (their keys), until their certificates expire
+    ratelimits/<limiter>/<digest>/<window>
+                                  attempts of one caller in one rate-limit window (limits.py; expire)
 """
 
 from __future__ import annotations
@@ -30,15 +32,23 @@ NODES_PREFIX = "nodes/"
 TRUSTED_CLUSTERS_PREFIX = "trusted_clusters/"
 REMOTE_CLUSTERS_PREFIX = "remote_clusters/"
 PROXIES_PREFIX = "proxies/"
+TUNNELS_PREFIX = "tunnels/"
+TUNNEL_AGENTS_PREFIX = "tunnel_agents/"
 OIDC_PREFIX = "oidc_connectors/"
 SSO_REQUESTS_PREFIX = "sso_requests/"
 SSO_USERS_PREFIX = "sso_users/"
 MEMBERS_PREFIX = "members/"
 LOCKS_PREFIX = "locks/"
+RATE_LIMITS_PREFIX = "ratelimits/"
 
 #: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
 SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PREFIX, REMOTE_CLUSTERS_PREFIX,
                      NODES_PREFIX, LOCKS_PREFIX]
+
+#: Presence and work in progress: rebuilt by heartbeats within seconds, or short-lived (SSO logins,
+#: rate-limit counts). Moving a site to other storage leaves them behind (storage_move.py).
+PRESENCE_PREFIXES = [NODES_PREFIX, PROXIES_PREFIX, TUNNELS_PREFIX, TUNNEL_AGENTS_PREFIX, SSO_REQUESTS_PREFIX,
+                     RATE_LIMITS_PREFIX]
 
 #: Resource kinds stored one record per name under a prefix.
 _KIND_PREFIXES = {"user": USERS_PREFIX, "role": ROLES_PREFIX, "token": TOKENS_PREFIX, "node": NODES_PREFIX,
@@ -101,7 +111,7 @@ def tunnel(leaf: str, proxy: str) -> str:
 
 
 def tunnels_of(leaf: str) -> str:
-    return f"tunnels/{leaf}/"
+    return f"{TUNNELS_PREFIX}{leaf}/"
 
 
 def tunnel_agent(root: str, proxy: str) -> str:
@@ -109,7 +119,7 @@ def tunnel_agent(root: str, proxy: str) -> str:
 
 
 def tunnel_agents_of(root: str) -> str:
-    return f"tunnel_agents/{root}/"
+    return f"{TUNNEL_AGENTS_PREFIX}{root}/"
 
 
 def proxy(name: str) -> str:
@@ -138,3 +148,12 @@ def members_of(kind: str) -> str:
 
 def lock(kind: str, name: str) -> str:
     return f"{LOCKS_PREFIX}{kind}/{name}"
+
+
+def rate_limits_of(limiter: str, digest: str) -> str:
+    """Prefix of the attempt counts of one caller (DIGEST of its key) in LIMITER."""
+    return f"{RATE_LIMITS_PREFIX}{limiter}/{digest}/"
+
+
+def rate_limit(limiter: str, digest: str, window: int) -> str:
+    return f"{rate_limits_of(limiter, digest)}{window}"

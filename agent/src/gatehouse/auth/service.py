@@ -20,10 +20,10 @@ from ..backend.base import Op
 from ..clock import now_iso
 from ..config import Config, join_hostport, public_addr, split_hostport
 from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
-from ..ratelimit import RateLimiter
 from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NODE_PORT, NOLOGIN_PRINCIPAL
 from . import keys, passwords
 from .authz import Identity, require_admin, require_kind, require_node_itself
+from .limits import SharedRateLimiter
 from .members import MemberRegistry
 from .relay import LeafRelay
 from .resource_store import not_found
@@ -41,10 +41,10 @@ class AuthService:
         self.cluster_name = cfg.auth.cluster_name
         self.backend = backend
         self.audit = audit
-        # Addresses and user names are limited apart, so a flood of one kind never pushes out the other.
-        self.login_addr_limiter = RateLimiter(cfg.auth.login_rate)
-        self.login_user_limiter = RateLimiter(cfg.auth.login_rate)
-        self.validate_limiter = RateLimiter(cfg.auth.validate_rate)
+        # In the backend, so the limits hold across auth servers; addresses and user names apart.
+        self.login_addr_limiter = SharedRateLimiter(backend, "login_addr", cfg.auth.login_rate)
+        self.login_user_limiter = SharedRateLimiter(backend, "login_user", cfg.auth.login_rate)
+        self.validate_limiter = SharedRateLimiter(backend, "validate", cfg.auth.validate_rate)
         self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
         self.relay = LeafRelay(backend, cfg.data_dir)
         self.members = MemberRegistry(self)
@@ -73,7 +73,10 @@ class AuthService:
         for ca_type in ("user", "host", "tls"):
             key = keys.ca(self.cluster_name, ca_type)
             if not await self.backend.exists(key):
-                await self.backend.create(key, self._new_ca(ca_type))
+                try:
+                    await self.backend.create(key, self._new_ca(ca_type))
+                except AlreadyExists:
+                    continue   # another auth server of this cluster, starting at the same time, made it
                 log.info("created %s certificate authority for cluster %s", ca_type, self.cluster_name)
         try:
             await self.backend.create(keys.role("access"), _default_access_role())
@@ -101,7 +104,8 @@ class AuthService:
         pki.write_secret(os.path.join(admin_dir, "identity.key"), key_pem)
         pki.write_secret(os.path.join(admin_dir, "identity.crt"), cert)
         pki.write_secret(os.path.join(admin_dir, "ca.crt"), ca["public"])
-        pki.write_secret(os.path.join(admin_dir, "auth_addr"), self.cfg.auth_addr + "\n")
+        # This server first, then the others of gatehouse.auth_servers: gatectl fails over to them.
+        pki.write_secret(os.path.join(admin_dir, "auth_addr"), "\n".join(self.cfg.auth_addrs) + "\n")
 
     # ----------------------------------------------------------------- CAs
     async def local_ca(self, ca_type: str) -> dict:
@@ -148,7 +152,7 @@ class AuthService:
         """A node or proxy process exchanges a join token for its identity (auth picks its principals)."""
         if role not in MEMBER_KINDS:
             raise BadParameter(f"cannot join as {role!r}; use node or proxy")
-        self.validate_limiter.check(f"join:{client_addr}", "join")
+        await self.validate_limiter.check(f"join:{client_addr}", "join")
         try:
             ident = await self.members.join(token, role, name, ssh_public, tls_public, client_addr)
         except (AccessDenied, BadParameter) as exc:
@@ -184,14 +188,14 @@ class AuthService:
         require_kind(ident, ("proxy",), "password logins go through the proxy: use 'gate login --proxy=HOST:3080'")
         # The address first: a caller over its limit reaches no per-user bucket, so junk user
         # names from one address can neither fill the user limiter nor reset a user's bucket.
-        self.login_addr_limiter.check(client_addr, "login")
+        await self.login_addr_limiter.check(client_addr, "login")
         try:
             resources.validate_name(user, "user name", kind="user")
         except BadParameter:
             valid_name = False  # cannot exist: no bucket, no hash, the same answer as a wrong password
         else:
             valid_name = True
-            self.login_user_limiter.check(user, "login")
+            await self.login_user_limiter.check(user, "login")
         record = None
         if valid_name:
             try:

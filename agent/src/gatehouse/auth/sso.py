@@ -95,7 +95,7 @@ class SSOLogins:
         """Store a login request; answer the provider's authorization URL for the browser."""
         require_kind(ident, ("proxy",), _VIA_PROXY)
         try:
-            self.svc.login_addr_limiter.check(client_addr, "login")
+            await self.svc.login_addr_limiter.check(client_addr, "login")
             check_client_redirect(client_redirect)
             pki.ssh_fingerprint(ssh_public)  # a malformed key fails now, not after the browser round trip
             connector = await self.connector(connector_name)
@@ -196,7 +196,7 @@ class SSOLogins:
         """Start a device authorization: the user code and the URL for gate to show, a poll secret for gate."""
         require_kind(ident, ("proxy",), _VIA_PROXY)
         try:
-            self.svc.login_addr_limiter.check(client_addr, "login")
+            await self.svc.login_addr_limiter.check(client_addr, "login")
             pki.ssh_fingerprint(ssh_public)
             connector = await self.connector(connector_name)
             answer = await self.provider(connector).device_authorization(connector["spec"]["scope"])

@@ -56,7 +56,7 @@ class TrustManager:
         leaf's host CA must be one valid key that no cluster (this one included) holds.
         """
         require_kind(ident, ("proxy",), f"trust handshakes arrive through the root proxy's {VALIDATE_PATH}")
-        self.svc.validate_limiter.check(f"validate:{client_addr}", "trust validation")
+        await self.svc.validate_limiter.check(f"validate:{client_addr}", "trust validation")
         leaf = str(body.get("cluster_name") or "")[:253]
         try:
             leaf, host_ca = handshake.check_request(body, self.cluster_name)
@@ -200,10 +200,19 @@ class TrustManager:
         if previous is None or bool(previous.get("connected")) != bool(connected):
             self.audit.emit("tunnel.connect" if connected else "tunnel.disconnect", leaf=leaf, proxy=ident.name)
 
-    async def proxy_heartbeat(self, ident, interval, web_addr: str = "") -> list[str]:
+    async def proxy_heartbeat(self, ident, interval, web_addr: str = "", leaving: bool = False) -> list[str]:
         """A root proxy is alive; `web_addr` is where this auth service reaches its web port (see ask_leaf):
-        the API passes the address the proxy called from, with the port it says it listens on."""
+        the API passes the address the proxy called from, with the port it says it listens on. A proxy
+        that stops says it is LEAVING: its record goes at once, so the other proxies stop announcing it
+        to leaves on their next heartbeat (a proxy that dies is dropped when its record expires)."""
         require_kind(ident, ("proxy",), "only proxies send proxy heartbeats")
+        if leaving:
+            try:
+                await self.backend.delete(keys.proxy(ident.name))
+            except NotFound:
+                pass
+            log.info("proxy %s is leaving; leaves stop dialling it", ident.name)
+            return sorted(i.value["name"] for i in await self.backend.get_range(keys.PROXIES_PREFIX))
         interval = reported_interval(interval)
         await self.backend.put(keys.proxy(ident.name), {"name": ident.name, "last_heartbeat": now_iso(),
                                                         "web_addr": web_addr},

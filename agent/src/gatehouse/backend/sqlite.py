@@ -147,6 +147,35 @@ def _tighten(*paths: str) -> None:
             pass
 
 
+def read_snapshot(path: str, now: Optional[float] = None) -> tuple:
+    """(revision, unexpired items sorted by key) of the SQLite storage file at PATH, read in
+    one read-only transaction: a consistent snapshot, even while a process writes to it
+    (WAL readers see the state of one commit). Writes nothing; GatehouseError in one
+    sentence when PATH is missing or not a Gatehouse storage file."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise GatehouseError(f"there is no SQLite storage file at {path}; check auth_service.storage.path "
+                             f"and gatehouse.data_dir in the config")
+    now = time.time() if now is None else now
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5)
+    except sqlite3.Error as err:
+        raise GatehouseError(f"cannot open the storage file {path} ({err}); run as the user that owns "
+                             f"the gatehouse data directory") from None
+    try:
+        conn.execute("BEGIN")
+        revision = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+        rows = conn.execute("SELECT key, value, revision, expires FROM items WHERE expires IS NULL"
+                            " OR expires > ? ORDER BY key", (now,)).fetchall()
+        conn.execute("COMMIT")
+    except (sqlite3.Error, TypeError) as err:
+        raise GatehouseError(f"the storage file {path} is not a usable Gatehouse SQLite database ({err}); "
+                             f"restore it from a backup") from None
+    finally:
+        conn.close()
+    return revision, [Item(key, json.loads(text), rev, expires) for key, text, rev, expires in rows]
+
+
 class SQLiteBackend(Backend):
     """Storage in one SQLite file; open with ``await SQLiteBackend.open(path)``."""
 

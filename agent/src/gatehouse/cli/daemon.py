@@ -1,5 +1,6 @@
 """`gatehouse start -c FILE [--debug] [--insecure] [--pid-file PATH]` — run the agent;
-`gatehouse reload -c FILE --pid-file PATH` — apply a new config or build without dropping sessions."""
+`gatehouse reload -c FILE --pid-file PATH` — apply a new config or build without dropping sessions;
+`gatehouse migrate -c FILE --to CONN` — move its auth service's storage from SQLite to PostgreSQL."""
 
 from __future__ import annotations
 
@@ -24,12 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--pid-file", help="write the process id here (for supervisors without systemd)")
     _add_reload_parser(sub)
     sub.add_parser("version", help="print the version")
+    move = sub.add_parser("migrate", help="copy this auth server's site from SQLite into an empty PostgreSQL "
+                                          "database (stop the auth service first)")
+    move.add_argument("-c", "--config", default=os.environ.get("GATEHOUSE_CONFIG", "/etc/gatehouse.yaml"))
+    move.add_argument("--to", required=True, metavar="CONN",
+                      help="libpq connection string or postgresql:// URI of the target database (keep the "
+                           "password in PGPASSWORD or ~/.pgpass rather than here)")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(f"Gatehouse v{__version__} python{sys.version_info.major}.{sys.version_info.minor}")
         return 0
     if args.command == "reload":
         return _reload(args)
+    if args.command == "migrate":
+        return _migrate(args)
     from .. import config, logs, reload
     reload.setup(args.pid_file)
     try:
@@ -78,6 +87,28 @@ def _reload(args) -> int:
     status, line = request(args.config, args.pid_file, args.timeout, insecure=args.insecure)
     print(line, file=sys.stderr if status else sys.stdout)
     return status
+
+
+def _migrate(args) -> int:
+    """`gatehouse migrate -c FILE --to CONN`: one summary on success, one ERROR sentence otherwise."""
+    import json
+
+    from .. import config
+    from ..process import migrate_storage
+    try:
+        cfg = config.load(args.config)
+        done = asyncio.run(migrate_storage(cfg, args.to))
+    except GatehouseError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    kinds = ", ".join(f"{n} {kind}" for kind, n in done["copied"].items())
+    print(f"Copied {sum(done['copied'].values())} records ({kinds}) from {done['source']} to the PostgreSQL "
+          f"{done['target']} at revision {done['revision']}; left behind {done['skipped']} presence records "
+          f"(heartbeats, logins in progress, rate-limit counts).")
+    print(f"Next: in {cfg.path} set auth_service.storage to "
+          f"{json.dumps({'type': 'postgresql', 'conn_string': '...'})} with this connection string, then start "
+          f"gatehouse; members and leaves reconnect with the certificates they have.")
+    return 0
 
 
 if __name__ == "__main__":

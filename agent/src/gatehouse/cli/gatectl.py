@@ -2,7 +2,8 @@
 
 On an auth host it uses the local admin identity the agent wrote to
 `data_dir/admin/`; `-i DIR` points at another identity directory and
-`--auth-server` at another address.
+`--auth-server` at other addresses (several auth servers: the next is tried when
+one cannot be reached).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _client(args):
             data_dir = load(cfg_path).data_dir if os.path.exists(cfg_path) or args.config else DEFAULT_DATA_DIR
         ident_dir = os.path.join(data_dir, "admin")
     ident = IdentityFiles(ident_dir)
-    base = f"https://{args.auth_server}" if args.auth_server else None
+    base = [f"https://{a.strip()}" for a in args.auth_server.split(",") if a.strip()] if args.auth_server else None
     return APIClient.for_identity(ident, base)
 
 
@@ -303,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="agent config (to find the data dir and admin identity)")
     p.add_argument("-d", "--data-dir", help="agent data dir holding admin/ (overrides -c)")
     p.add_argument("-i", "--identity", help="identity directory (identity.crt, identity.key, ca.crt, auth_addr)")
-    p.add_argument("--auth-server", help="auth API address host:port (default: from the identity)")
+    p.add_argument("--auth-server", help="auth API address host:port, or several separated by commas (tried in "
+                                         "order when one is unreachable; default: from the identity)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(parent, name, func, help_text, fmt="text"):

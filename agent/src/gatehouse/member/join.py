@@ -50,7 +50,7 @@ async def obtain_identity(cfg: Config, role: str, name: str, principals: list[st
     else:
         result = await _join(cfg, role, name, ssh_key.public_line, tls_pub)
     ident.save({"identity.key": tls_key, "identity.crt": result["tls_cert"], "ca.crt": result["tls_ca"],
-                "auth_addr": cfg.auth_addr + "\n", "ssh_key": ssh_key.private_openssh,
+                "auth_addr": "\n".join(cfg.auth_addrs) + "\n", "ssh_key": ssh_key.private_openssh,
                 "ssh_key-cert.pub": result["ssh_cert"], "host_ca.pub": result["host_ca"],
                 "user_ca.pub": result["user_ca"], "cluster_name": result["cluster_name"] + "\n"})
     return ident
@@ -69,7 +69,7 @@ def _existing_keys(ident: IdentityFiles) -> tuple:
 async def _join(cfg: Config, role: str, name: str, ssh_pub: str, tls_pub: str) -> dict:
     """Join with the token, sent only to the auth server whose CA matches the pin."""
     ca_pem = await _pinned_ca(cfg)
-    client = AsyncAPIClient(f"https://{cfg.auth_addr}", client_context(None, None, ca_pem, peer_kind=AUTH_KIND))
+    client = AsyncAPIClient(_urls(cfg.auth_addrs), client_context(None, None, ca_pem, peer_kind=AUTH_KIND))
     try:
         # Auth picks the principals of our certificates; the request names only what we are.
         result = await client.call("POST", "/v1/join", {
@@ -88,13 +88,13 @@ async def _pinned_ca(cfg: Config) -> str:
                            f"set it to the tls CA fingerprint that 'gatectl status' shows on the auth server, or set "
                            f"gatehouse.join_insecure: true to trust the first auth server that answers")
     # Nothing secret is sent on this connection: it only fetches the CA the pin is checked against.
-    client = AsyncAPIClient(f"https://{cfg.auth_addr}", client_context(None, None, None, insecure=True))
+    client = AsyncAPIClient(_urls(cfg.auth_addrs), client_context(None, None, None, insecure=True))
     try:
         answer = await client.call("GET", CA_PATH)
     except GatehouseError as exc:
         if "HTTP 404" in str(exc):
-            raise AccessDenied(f"the auth server at {cfg.auth_addr} does not publish its CA at {CA_PATH} (an older "
-                               f"version?); upgrade the auth server before joining new members") from None
+            raise AccessDenied(f"the auth server at {_addr(client)} does not publish its CA at {CA_PATH} (an "
+                               f"older version?); upgrade the auth server before joining new members") from None
         raise
     finally:
         await client.close()
@@ -102,7 +102,7 @@ async def _pinned_ca(cfg: Config) -> str:
     try:
         actual = pki.tls_fingerprint(ca_pem if isinstance(ca_pem, str) else "")
     except GatehouseError:
-        raise AccessDenied(f"the server at {cfg.auth_addr} answered {CA_PATH} without a valid CA certificate; "
+        raise AccessDenied(f"the server at {_addr(client)} answered {CA_PATH} without a valid CA certificate; "
                            f"check gatehouse.auth_servers") from None
     if cfg.ca_pin:
         if normal_pin(actual) != normal_pin(cfg.ca_pin):
@@ -131,6 +131,16 @@ def normal_pin(text: str) -> str:
 
 def api_client(ident: IdentityFiles) -> AsyncAPIClient:
     """A client that calls auth as IDENT (and presents its renewed certificate once it is renewed)."""
-    client = AsyncAPIClient(f"https://{ident.auth_addr}", ident.client_context())
+    client = AsyncAPIClient(_urls(ident.auth_addrs), ident.client_context())
     ident.on_renewed(lambda: ident.reload(client.ssl_context))
     return client
+
+
+def _urls(addrs: list[str]) -> list[str]:
+    """Base URLs of the auth servers (the client fails over between them)."""
+    return [f"https://{addr}" for addr in addrs]
+
+
+def _addr(client: AsyncAPIClient) -> str:
+    """The host:port of the auth server the client called last."""
+    return client.base_url.removeprefix("https://")

@@ -276,6 +276,7 @@ class RootLink:
                 if not ready.done():
                     ready.set_result(proxy)
                 if announced != self.announced:
+                    log.info("tunnel: root %s announces proxies %s", self.root, ", ".join(sorted(announced)))
                     self.announced = announced
                     self.duplicates = 0
                     self._wake.set()

@@ -119,6 +119,7 @@ class LeafTunnel:
     async def run(self) -> None:
         interval = self.server.interval
         registered = False
+        reported = True
         try:
             writer, reader, _unused = await self.conn.open_session(subsystem=HEARTBEAT_SUBSYSTEM, encoding="utf-8")
             sender = asyncio.create_task(self._send_hello(writer, interval))
@@ -149,7 +150,7 @@ class LeafTunnel:
                     if not registered:
                         registered = True
                         self.server.register(self)
-                    await self.server.report(self.leaf, True, beat_interval)
+                    reported = await self.server.report_alive(self.leaf, beat_interval, reported)
             finally:
                 sender.cancel()
         except asyncio.TimeoutError:
@@ -288,6 +289,7 @@ class TunnelServer:
             await self._renewer.stop()
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
+            await self._leave()
         if self._acceptor:
             self._acceptor.close()
             await self._acceptor.wait_closed()
@@ -312,6 +314,13 @@ class TunnelServer:
             except GatehouseError as exc:
                 log.warning("cannot send the proxy heartbeat: %s", exc)
             await listeners.wait_draining(self.interval)
+
+    async def _leave(self) -> None:
+        """Tell auth this proxy stops, so the others stop announcing it to leaves within a heartbeat."""
+        try:
+            await self.client.call("POST", "/v1/proxies/heartbeat", {"leaving": True}, timeout=5)
+        except GatehouseError as exc:
+            log.info("cannot tell auth that this proxy is leaving (%s); its record expires by itself", exc)
 
     # -- tunnels ---------------------------------------------------------------
     def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -344,6 +353,21 @@ class TunnelServer:
     async def report(self, leaf: str, connected: bool, interval: float) -> None:
         await self.client.call("POST", "/v1/tunnels/heartbeat",
                                {"cluster": leaf, "connected": connected, "interval": interval})
+
+    async def report_alive(self, leaf: str, interval: float, reported: bool) -> bool:
+        """Report a live tunnel to auth; whether that worked. Auth or its database being away does not
+        end the tunnel: routing needs only the tunnel itself and the cache, and the next beat that gets
+        through writes the record again (one warning per outage, one line when it works again)."""
+        try:
+            await self.report(leaf, True, interval)
+        except ConnectionProblem as exc:
+            if reported:
+                log.warning("tunnel: cannot record the tunnel from leaf %s at auth (%s); keeping the tunnel and "
+                            "trying again with its next heartbeat", leaf, exc)
+            return False
+        if not reported:
+            log.info("tunnel: the tunnel from leaf %s is recorded at auth again", leaf)
+        return True
 
     def _on_cache_change(self) -> None:
         for leaf, tunnels in list(self.tunnels.items()):
