@@ -42,8 +42,9 @@ def tc_yaml(token: str, web: str, *, enabled: bool = True, role_map=None, name: 
 class Trust:
     def __init__(self, tmp: str):
         self.tmp = tmp
+        # Presence summaries every 2 s (default 30), so last_heartbeat moves within a test's patience.
         self.root = Cluster(os.path.join(tmp, "root"), extra_auth=", login_rate: 600",
-                            cluster_name=ROOT, node_name="rootnode")
+                            cluster_name=ROOT, node_name="rootnode", extra_proxy=", presence_interval: 2")
         self.leaf = Cluster(os.path.join(tmp, "leaf"), extra_auth=", login_rate: 600",
                             cluster_name=LEAF, node_name="leafnode", extra_general=", insecure: true")
         self.others: list[Cluster] = []
@@ -141,11 +142,17 @@ def test_leaf_joins_and_tunnel_comes_online(trust):
 
 
 def test_last_heartbeat_is_monotonic(trust):
+    """Heartbeats stay in the root proxy's memory; its presence summary (every presence_interval, 2 s
+    here) carries the newest one to auth, so last_heartbeat moves forward and is never older than a
+    summary interval plus a beat (docs/architecture.md, "Presence")."""
+    from gatehouse.clock import parse_iso
     first = trust.wait_status("online")["status"]["last_heartbeat"]
     later = wait_until(lambda: (lambda rc: rc["status"]["last_heartbeat"]
                                 if rc["status"]["last_heartbeat"] > first else None)(trust.rc()),
-                       15, "a newer heartbeat")
+                       30, "a newer heartbeat")
     assert later > first
+    assert trust.rc()["status"]["heartbeat_mode"] == "default"
+    assert time.time() - parse_iso(trust.rc()["status"]["last_heartbeat"]) < 2 + 4 + 5  # summary + beat + slack
 
 
 def test_root_user_reaches_leaf_node(trust):

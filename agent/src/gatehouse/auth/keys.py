@@ -8,7 +8,10 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     nodes/<name>                  registered nodes (expire without heartbeats)
     trusted_clusters/<root>       leaf side: the roots this cluster trusts
     remote_clusters/<leaf>        root side: the leaves that trust this cluster
-    tunnels/<leaf>/<root proxy>   root side: a root proxy's tunnel to a leaf
+    tunnels/<leaf>/<root proxy>   root side: a root proxy's tunnel to a leaf (written by proxies of
+                                  earlier versions, per heartbeat; still read)
+    presence/<shard>/<root proxy> root side: the leaves of one shard of names holding a tunnel to that
+                                  proxy, rewritten on connects, disconnects and every summary interval
     tunnel_agents/<root>/<proxy>  leaf side: which root proxies a leaf proxy holds tunnels to
     proxies/<name>                root proxies (expire without heartbeats)
     oidc_connectors/<name>        single sign-on connectors (kind: oidc)
@@ -35,6 +38,8 @@ SSO_REQUESTS_PREFIX = "sso_requests/"
 SSO_USERS_PREFIX = "sso_users/"
 MEMBERS_PREFIX = "members/"
 LOCKS_PREFIX = "locks/"
+TUNNELS_PREFIX = "tunnels/"
+PRESENCE_PREFIX = "presence/"
 
 #: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
 SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PREFIX, REMOTE_CLUSTERS_PREFIX,
@@ -101,7 +106,15 @@ def tunnel(leaf: str, proxy: str) -> str:
 
 
 def tunnels_of(leaf: str) -> str:
-    return f"tunnels/{leaf}/"
+    return f"{TUNNELS_PREFIX}{leaf}/"
+
+
+def presence(shard: int, proxy: str) -> str:
+    return f"{presence_shard_prefix(shard)}{proxy}"
+
+
+def presence_shard_prefix(shard: int) -> str:
+    return f"{PRESENCE_PREFIX}{int(shard)}/"
 
 
 def tunnel_agent(root: str, proxy: str) -> str:

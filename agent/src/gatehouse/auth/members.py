@@ -257,13 +257,12 @@ class MemberRegistry:
 
     async def _forget_presence(self, kind: str, name: str) -> None:
         """Drop what the member reported about itself, so routing and relays stop using it now."""
-        for key in [_live_key(kind, name)] + ([keys.tunnel(i.value["metadata"]["name"], name)
-                                              for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
-                                              if kind == "proxy" else []):
-            try:
-                await self.backend.delete(key)
-            except NotFound:
-                pass
+        try:
+            await self.backend.delete(_live_key(kind, name))
+        except NotFound:
+            pass
+        if kind == "proxy":
+            await self.svc.presence.forget_proxy(name)
 
     async def _revoked_message(self, kind: str, name: str, token: str) -> str:
         message = (f'{kind} "{name}" has been revoked: its certificates are refused from now on, and it can join '

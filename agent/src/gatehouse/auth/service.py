@@ -46,7 +46,9 @@ class AuthService:
         self.login_user_limiter = RateLimiter(cfg.auth.login_rate)
         self.validate_limiter = RateLimiter(cfg.auth.validate_rate)
         self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
-        self.relay = LeafRelay(backend, cfg.data_dir)
+        from .presence import PresenceStore
+        self.presence = PresenceStore(backend, audit)
+        self.relay = LeafRelay(backend, cfg.data_dir, self.presence)
         self.members = MemberRegistry(self)
         self._ca_cache: dict[str, dict] = {}
         from .resource_store import ResourceStore

@@ -9,10 +9,11 @@ Leaf side: creating a `trusted_cluster` runs the handshake and stores the root's
 and user CAs (the user CA carries the role map) plus the resource, without its token;
 `enabled` flips the CAs' `active` flag, so root certificates stop working at once.
 
-Storage keys are in `keys.py`: the CAs, `remote_clusters/<leaf>`, per-proxy tunnel
-records on both sides, and `proxies/<name>` (root proxies, announced to leaves so they
-dial every one, with the address of their web port through which `relay.py` reaches
-a leaf).
+Storage keys are in `keys.py`: the CAs, `remote_clusters/<leaf>`, tunnel presence on
+both sides (root: `presence.py`; leaf: `tunnel_agents/<root>/<proxy>`, written on change
+and every summary interval), and `proxies/<name>` (root proxies, announced to leaves so
+they dial every one, with the address of their web port through which `relay.py`
+reaches a leaf).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..errors import AlreadyExists, BadParameter, ConnectionProblem, GatehouseEr
 from ..rolemap import validate_role_map
 from ..rootclient import RootWebClient
 from ..wire import (MAX_ANNOUNCED_PROXIES, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS,
-                    TUNNEL_LOGIN, VALIDATE_PATH, connection_status, heartbeat_interval, is_live)
+                    TUNNEL_LOGIN, VALIDATE_PATH, heartbeat_interval, is_live)
 from . import handshake, keys
 from .authz import Identity, require_kind
 from .tokens import check_token_admits_leaf
@@ -139,21 +140,18 @@ class TrustManager:
         await self.backend.atomic([Op("create", key, ca), Op("create", keys.remote_cluster(leaf), rc)])
 
     async def remote_clusters(self, name: str | None = None) -> list[dict]:
-        items = [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
+        """Remote clusters with their status, computed from tunnel presence (auth/presence.py)."""
         if name is not None:
-            items = [rc for rc in items if rc["metadata"]["name"] == name]
-            if not items:
-                raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'')
-        now = time.time()
-        out = []
-        for rc in items:
-            leaf = rc["metadata"]["name"]
-            records = [i.value for i in await self.backend.get_range(keys.tunnels_of(leaf))]
-            connection, last = connection_status(records, now)
-            out.append({"kind": "remote_cluster", "version": "v3",
-                        "metadata": {"name": leaf, "labels": dict(rc["metadata"].get("labels") or {})},
-                        "status": {"connection": connection, "last_heartbeat": now_iso(last) if last else ""}})
-        return out
+            try:
+                items = [(await self.backend.get(keys.remote_cluster(name))).value]
+            except NotFound:
+                raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'') \
+                    from None
+            presence = await self.svc.presence.of_leaves([name])
+        else:
+            items = [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
+            presence = await self.svc.presence.of_leaves()
+        return [remote_cluster_view(rc, presence.get(rc["metadata"]["name"])) for rc in items]
 
     async def set_labels(self, ident: Identity, name: str, labels, dry_run: bool = False) -> dict:
         require_kind(ident, ("admin",), "only the root's admin can set a remote cluster's labels")
@@ -178,7 +176,7 @@ class TrustManager:
             raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'')
         await self.backend.atomic([Op("delete", keys.remote_cluster(name))] +
                                   [Op("delete", i.key) for i in await self.backend.get_range(keys.cas_of(name))])
-        await self.backend.delete_range(keys.tunnels_of(name))
+        await self.svc.presence.forget_leaf(name)
         self.audit.emit("remote_cluster.delete", user=ident.name, name=name)
         log.info("trust: remote cluster %s removed; its tunnels will be dropped", name)
 
@@ -376,12 +374,16 @@ class TrustManager:
         for tc in items:
             root = tc["metadata"]["name"]
             agents = [i.value for i in await self.backend.get_range(keys.tunnel_agents_of(root))]
-            live = [a for a in agents if a.get("proxies") and is_live(a.get("updated", 0), a.get("interval", 5.0), now)]
+            # Reported on change and every summary interval, by leaf proxies that are themselves live.
+            live_proxies = await self.svc.presence.live_proxies()
+            live = [a for a in agents if a.get("proxies") and is_live(a.get("updated", 0), a.get("interval", 5.0), now)
+                    and a.get("proxy", "") in live_proxies | {""}]
             online = bool(live)
             proxies = sorted({p for a in agents for p in a.get("proxies", [])})
             # Where the live tunnels go (the root may have moved since the handshake).
             dialled = sorted({a["tunnel_addr"] for a in live if a.get("tunnel_addr")})
             view = {k: v for k, v in tc.items() if k != "discovered_tunnel_addr"}
+            view["spec"] = {**view["spec"], "heartbeat_mode": view["spec"].get("heartbeat_mode") or "default"}
             view["status"] = {"connection": "online" if online and tc["spec"]["enabled"] else "offline",
                               "tunnels": len(proxies) if online else 0,
                               "tunnel_addr": dialled[0] if len(dialled) == 1 else resources.tunnel_dial_addr(tc)}
@@ -405,8 +407,19 @@ class TrustManager:
         proxies = [str(p)[:253] for p in proxies][:MAX_ANNOUNCED_PROXIES]
         await self.backend.put(keys.tunnel_agent(root, ident.name),
                                {"proxies": sorted(proxies), "interval": interval, "updated": time.time(),
-                                "tunnel_addr": str(tunnel_addr)[:261]},
-                               expires=time.time() + 10 * interval + 60)
+                                "tunnel_addr": str(tunnel_addr)[:261], "proxy": ident.name},
+                               expires=time.time() + MISSED_HEARTBEATS * interval + 60)
+
+
+def remote_cluster_view(rc: dict, presence) -> dict:
+    """A stored remote_cluster as `gatectl get rc` shows it: labels, and a status from its presence."""
+    status = {"connection": presence.connection if presence else "offline",
+              "last_heartbeat": now_iso(presence.last) if presence and presence.last else ""}
+    if presence and presence.mode:
+        status["heartbeat_mode"] = presence.mode
+    return {"kind": "remote_cluster", "version": "v3",
+            "metadata": {"name": rc["metadata"]["name"], "labels": dict(rc["metadata"].get("labels") or {})},
+            "status": status}
 
 
 def reported_interval(value) -> float:
