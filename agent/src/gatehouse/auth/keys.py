@@ -21,6 +21,9 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     members/<kind>/<name>         joined nodes and proxies: the name's holder and its keys (until its
                                   certificates expire or it is revoked)
     locks/<kind>/<name>           revoked member identities (their keys), until their certificates expire
+    ca_keys/<sha256>              index: which cluster holds an SSH CA key (written with the CA record)
+    cluster_names/<tld>/.../<l1>  index: every cluster name this cluster knows, labels reversed, so the
+                                  names under a name are one range (written with remote/trusted clusters)
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ SSO_USERS_PREFIX = "sso_users/"
 MEMBERS_PREFIX = "members/"
 LOCKS_PREFIX = "locks/"
 TUNNELS_PREFIX = "tunnels/"
+CA_KEYS_PREFIX = "ca_keys/"
+CLUSTER_NAMES_PREFIX = "cluster_names/"
 PRESENCE_PREFIX = "presence/"
 
 #: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
@@ -151,3 +156,16 @@ def members_of(kind: str) -> str:
 
 def lock(kind: str, name: str) -> str:
     return f"{LOCKS_PREFIX}{kind}/{name}"
+
+
+def ca_key_index(public_key: str) -> str:
+    """The index record of an SSH CA key (its canonical ``type base64`` form, see pki.ca_public_key)."""
+    import hashlib
+    return CA_KEYS_PREFIX + hashlib.sha256(public_key.encode()).hexdigest()
+
+
+def cluster_name_index(name: str) -> str:
+    """The index record of a cluster name: its labels, lower-cased, in reverse order (``leaf.example.com``
+    → ``cluster_names/com/example/leaf``), so every name under NAME is the range below this key."""
+    labels = [label or "~" for label in name.lower().rstrip(".").split(".")]  # "~" never occurs in a name
+    return CLUSTER_NAMES_PREFIX + "/".join(reversed(labels))

@@ -72,11 +72,15 @@ class AuthService:
         self.audit.close()
 
     async def _init_cluster(self) -> None:
+        from . import cluster_index
         for ca_type in ("user", "host", "tls"):
             key = keys.ca(self.cluster_name, ca_type)
             if not await self.backend.exists(key):
-                await self.backend.create(key, self._new_ca(ca_type))
+                ca = self._new_ca(ca_type)
+                index = cluster_index.ca_ops(self.cluster_name, ca_type, ca["public"], True) if ca_type != "tls" else []
+                await self.backend.atomic([Op("create", key, ca)] + index)
                 log.info("created %s certificate authority for cluster %s", ca_type, self.cluster_name)
+        await cluster_index.backfill(self.backend, self.cluster_name)
         try:
             await self.backend.create(keys.role("access"), _default_access_role())
         except AlreadyExists:
