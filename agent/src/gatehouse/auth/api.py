@@ -253,7 +253,8 @@ class AuthAPI:
     async def snapshot(self, request):
         since = int(_number(request.query.get("since"), "since", 0, 0, 2 ** 63, "a revision number (0 or more)"))
         timeout = _number(request.query.get("timeout"), "timeout", 0, 0, 3600, "a number of seconds up to 3600")
-        return web.json_response(await self.svc.snapshot(self.ident(request), since, timeout))
+        delta = request.query.get("delta", "") in ("1", "true")
+        return web.json_response(await self.svc.snapshot(self.ident(request), since, timeout, delta))
 
     async def cas(self, request):
         self.ident(request)

@@ -278,8 +278,8 @@ class MemberRegistry:
 
     async def locks(self) -> list[dict]:
         """Revoked member keys, for members' snapshots (no secrets: fingerprints of public keys)."""
-        return [{"kind": v["kind"], "name": v["name"], "ssh_keys": v["ssh_keys"], "revoked": v["revoked"]}
-                for v in (i.value for i in await self.backend.get_range(keys.LOCKS_PREFIX))]
+        from .snapshots import public_lock
+        return [public_lock(i.value) for i in await self.backend.get_range(keys.LOCKS_PREFIX)]
 
 
 def _live_key(kind: str, name: str) -> str:

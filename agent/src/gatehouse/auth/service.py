@@ -22,7 +22,7 @@ from ..config import Config, join_hostport, public_addr, split_hostport
 from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
 from ..ratelimit import RateLimiter
 from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NODE_PORT, NOLOGIN_PRINCIPAL
-from . import keys, passwords
+from . import keys, passwords, snapshots
 from .authz import Identity, require_admin, require_kind, require_node_itself
 from .members import MemberRegistry
 from .relay import LeafRelay
@@ -48,6 +48,7 @@ class AuthService:
         self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
         from .presence import PresenceStore
         self.presence = PresenceStore(backend, audit)
+        self.snapshot_feed = snapshots.SnapshotFeed(backend)
         self.relay = LeafRelay(backend, cfg.data_dir, self.presence)
         self.members = MemberRegistry(self)
         self._ca_cache: dict[str, dict] = {}
@@ -65,9 +66,11 @@ class AuthService:
         backend = await open_backend(cfg.auth.storage, cfg.data_dir)
         svc = cls(cfg, backend, AuditLog(cfg.data_dir, cfg.auth.cluster_name))
         await svc._init_cluster()
+        await svc.snapshot_feed.start()
         return svc
 
     async def close(self) -> None:
+        await self.snapshot_feed.stop()
         await self.backend.close()
         self.audit.close()
 
@@ -114,6 +117,11 @@ class AuthService:
         if ca_type not in self._ca_cache:
             self._ca_cache[ca_type] = (await self.backend.get(keys.ca(self.cluster_name, ca_type))).value
         return self._ca_cache[ca_type]
+
+    @staticmethod
+    def public_ca(record: dict) -> dict:
+        """The public view of a stored CA record (what members and users see); raises when it does not parse."""
+        return _public_ca(record)
 
     async def cert_authorities(self) -> list[dict]:
         """Public parts of every CA this cluster knows (its own and trusted clusters').
@@ -398,16 +406,26 @@ class AuthService:
         return {**answer, **root_view}
 
     # ----------------------------------------------------------------- snapshots for nodes and proxies
-    async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0) -> dict:
+    async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0, delta: bool = False) -> dict:
+        """What a member needs of this cluster (snapshots.member_needs): the changes after SINCE when it
+        asks for a DELTA and this server still has them (snapshots.py), else all of it."""
         require_kind(ident, ("node", "proxy", "admin"), "only cluster members can read the access snapshot")
+        if delta and since:
+            answer = await snapshots.delta(self, ident.kind, since, min(timeout, 55.0))
+            if answer is not None:
+                return answer
         revision = await self.backend.revision()
-        if since and revision <= since and timeout > 0:
+        if since and revision <= since and timeout > 0 and not delta:
             revision = await self.backend.wait_for_change(since, min(timeout, 55.0), keys.SNAPSHOT_PREFIXES)
-        cas = await self.cert_authorities()
+        kind = ident.kind
+        cas = [c for c in await self.cert_authorities()
+               if snapshots.member_needs(kind, "cas", f'{c["cluster_name"]}/{c["type"]}')]
         return {"revision": revision, "cluster_name": self.cluster_name,
                 "cas": cas, "roles": list((await self.roles_by_name()).values()),
-                "nodes": [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)],
-                "remote_clusters": [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)],
+                "nodes": [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)]
+                if snapshots.member_needs(kind, "nodes", "") else [],
+                "remote_clusters": [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
+                if snapshots.member_needs(kind, "remote_clusters", "") else [],
                 "trusted_clusters": [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)],
                 "locks": await self.members.locks()}
 

@@ -452,8 +452,15 @@ class TunnelServer:
             log.info("tunnel: leaf %s is disconnected from proxy %s", tunnel.leaf, self.name)
 
     def _on_cache_change(self) -> None:
-        for leaf, tunnels in list(self.tunnels.items()):
-            if not self.cache.leaf_is_trusted(leaf):
+        changed = self.cache.last_changes
+        if changed is None:  # a full snapshot: look at every leaf
+            leaves = list(self.tunnels)
+        else:  # a delta: only leaves whose CA or remote cluster changed
+            leaves = {ident.split("/", 1)[0] if section == "cas" else ident for section, ident in changed
+                      if section in ("cas", "remote_clusters")}
+        for leaf in leaves:
+            tunnels = self.tunnels.get(leaf)
+            if tunnels and not self.cache.leaf_is_trusted(leaf):
                 log.info("tunnel: leaf %s was removed; dropping its %d tunnel(s)", leaf, len(tunnels))
                 for t in list(tunnels):
                     t.close()
