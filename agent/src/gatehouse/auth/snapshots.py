@@ -68,12 +68,16 @@ class SnapshotFeed:
         self._changed = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._watcher = None
+        #: Set when auth stops (or the backend closed): long polls answer at once instead of waiting.
+        self.stopped = False
 
     async def start(self) -> None:
         self._restart()
         self._task = asyncio.create_task(self._follow(), name="snapshot-feed")
 
     async def stop(self) -> None:
+        self.stopped = True
+        self._wake()  # members' long polls end now, so the API server stops without waiting for them
         if self._task:
             self._task.cancel()
             try:
@@ -102,7 +106,9 @@ class SnapshotFeed:
                         if len(self._changes) > self.history:
                             self.first = self._changes.popleft()[0]
                         self._wake()
-                return  # the backend closed
+                self.stopped = True  # the backend closed
+                self._wake()
+                return
             except GatehouseError as exc:  # fell behind, or the backend lost changes: history starts anew
                 log.warning("snapshot history restarted (%s); members get a full snapshot on their next poll", exc)
                 self._restart()
@@ -186,7 +192,7 @@ async def delta(svc, kind: str, since: int, timeout: float) -> dict | None:
         changes = delta_changes(feed.since(since), kind, svc.public_ca)
         revision = feed.revision
         left = deadline - time.monotonic()
-        if changes or left <= 0:
+        if changes or left <= 0 or feed.stopped:
             return {"revision": revision, "cluster_name": svc.cluster_name, "delta": True, "changes": changes}
         since = revision  # nothing this member needs changed up to here: keep waiting
         await feed.wait(left)
