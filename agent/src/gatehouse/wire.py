@@ -95,6 +95,7 @@ def heartbeat_mode(value) -> str | None:
     """VALUE as a heartbeat mode, or None unless it is one."""
     return value if isinstance(value, str) and value in HEARTBEAT_MODES else None
 
+
 # -- HTTP -----------------------------------------------------------------------
 #: Header with which a proxy tells auth which verified user it calls for.
 FORWARDED_IDENTITY = "X-Gatehouse-Forwarded-User"

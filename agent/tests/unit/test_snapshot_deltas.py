@@ -74,12 +74,15 @@ async def _fresh(svc, kind: str) -> ClusterCache:
 # ---------------------------------------------------------------- writes the property test draws from
 CLUSTERS = ["leaf1.test", "leaf2.test", "root2.test"]
 KEYS = [pki.new_ssh_key(comment=f"ca{i}").public_line for i in range(4)]
+#: Two keys per CA record (a rotation), no key held by two records: auth's index never stores that.
+CA_KEYS = {(c, t): [pki.new_ssh_key(comment=f"{c} {t} {i}").public_line for i in range(2)]
+           for c in ["leaf1.test", "leaf2.test", "root2.test"] for t in ("host", "user")}
 NAMES = ["a", "b", "c"]
 
 
 def _write_ops():
     ca = st.tuples(st.just("cas"), st.sampled_from(CLUSTERS), st.sampled_from(["host", "user"]),
-                   st.sampled_from(KEYS + ["not a key"]), st.booleans())
+                   st.sampled_from([0, 1, "not a key"]), st.booleans())
     named = st.tuples(st.sampled_from(["roles", "nodes", "remote_clusters", "trusted_clusters"]),
                       st.sampled_from(NAMES + CLUSTERS), st.sampled_from(["x", "y"]), st.booleans())
     lock = st.tuples(st.just("locks"), st.sampled_from(["node", "proxy"]), st.sampled_from(NAMES),
@@ -92,7 +95,8 @@ def _write_ops():
 async def _apply_op(svc, op, written: list) -> None:
     b = svc.backend
     if op[0] == "cas":
-        _, cluster, ca_type, public, active = op
+        _, cluster, ca_type, which, active = op
+        public = which if isinstance(which, str) else CA_KEYS[(cluster, ca_type)][which]
         key = keys.ca(cluster, ca_type)
         value = {"cluster_name": cluster, "type": ca_type, "public": public, "active": active, "local": False}
         if ca_type == "user":
@@ -153,7 +157,8 @@ def world():
     w.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=_write_ops(), polls=st.integers(min_value=1, max_value=3))
 def test_deltas_give_the_same_cache_as_a_full_snapshot(world, ops, polls):
     async def go():

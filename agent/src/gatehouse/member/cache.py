@@ -42,7 +42,7 @@ class ClusterCache:
         self._records: dict[str, dict[str, dict]] = {section: {} for section in SECTIONS}
         self._user_cas: dict[str, dict] = {}
         self._host_cas: dict[str, dict] = {}
-        self._ca_keys: dict[str, tuple[str, str]] = {}  # CA id -> (index it is in, its key)
+        self._ca_keys: dict[str, tuple[str, str, dict]] = {}  # CA id -> (index it is in, its key, the record)
         self._host_ca_clusters: dict[str, int] = {}
         self._revoked: dict[str, set[str]] = {}
         #: What the last update changed: (section, id) pairs, or None after a full snapshot.
@@ -154,7 +154,7 @@ class ClusterCache:
                 key = key_only(ca["public"])
                 index = self._user_cas if ca["type"] == "user" else self._host_cas
                 index[key] = ca
-                self._ca_keys[ident] = (ca["type"], key)
+                self._ca_keys[ident] = (ca["type"], key, ca)
                 if ca["type"] == "host":
                     self._host_ca_clusters[ca["cluster_name"]] = self._host_ca_clusters.get(ca["cluster_name"], 0) + 1
         except (KeyError, TypeError, AttributeError):
@@ -164,10 +164,11 @@ class ClusterCache:
         old = self._ca_keys.pop(ident, None)
         if old is None:
             return
-        ca_type, key = old
+        ca_type, key, ca = old
         index = self._user_cas if ca_type == "user" else self._host_cas
-        ca = index.pop(key, None)
-        if ca is not None and ca_type == "host":
+        if index.get(key) is ca:  # another record holding the same key (never stored by auth) stays
+            del index[key]
+        if ca_type == "host":
             left = self._host_ca_clusters.get(ca["cluster_name"], 1) - 1
             if left > 0:
                 self._host_ca_clusters[ca["cluster_name"]] = left
