@@ -151,7 +151,7 @@ class Cluster:
     node_name = "node1"
 
     def __init__(self, tmp: str, extra_auth: str = "", ssh: bool = True, cluster_name: str | None = None,
-                 node_name: str | None = None, extra_general: str = ""):
+                 node_name: str | None = None, extra_general: str = "", extra_proxy: str = ""):
         self.cluster_name = cluster_name or self.cluster_name
         self.node_name = node_name or self.node_name
         self.tmp = tmp
@@ -167,7 +167,8 @@ class Cluster:
                f"auth_service: {{enabled: true, cluster_name: {self.cluster_name}, "
                f"listen_addr: '{self.auth_addr}'{extra_auth}}}\n"
                f"proxy_service: {{enabled: true, web_listen_addr: '{self.web_addr}', "
-               f"listen_addr: '127.0.0.1:{self.ssh_proxy_port}', tunnel_listen_addr: '127.0.0.1:{self.tunnel_port}'}}\n")
+               f"listen_addr: '127.0.0.1:{self.ssh_proxy_port}', tunnel_listen_addr: '127.0.0.1:{self.tunnel_port}'"
+               f"{extra_proxy}}}\n")
         if ssh:
             cfg += f"ssh_service: {{enabled: true, listen_addr: '127.0.0.1:{self.node_port}', labels: {{env: dev}}}}\n"
         self.config_path = write_yaml(os.path.join(tmp, "gatehouse.yaml"), cfg)

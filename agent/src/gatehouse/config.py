@@ -55,7 +55,10 @@ class ProxyConfig:
     tunnel_public_addr: str = ""
     https_cert_file: str = ""
     https_key_file: str = ""
-    tunnel_heartbeat_interval: float = 3.0  # a tunnel counts as offline after 3 missed heartbeats
+    # How often this proxy reports itself to auth (it counts as gone after 3 missed); tunnels beat as
+    # the leaf's trusted_cluster heartbeat_mode says (wire.HEARTBEAT_TIMING).
+    tunnel_heartbeat_interval: float = 3.0
+    presence_interval: float = 30.0  # summary of the leaves holding tunnels here (on change, too)
     # Caps (sshserver.ListenerLimits): channels on one user connection (3023), channels on all
     # user connections and on all tunnels, unauthenticated connections per listener (3023, 3024).
     max_channels_per_connection: int = 10
@@ -195,9 +198,11 @@ def _validate(cfg: Config, path: str) -> None:
         raise BadParameter(f"{path}: this process runs no auth service, so gatehouse.auth_servers must list the auth server address (host:3025)")
     elif not cfg.join_token and not os.path.exists(os.path.join(cfg.data_dir, "identity")):
         raise BadParameter(f"{path}: set gatehouse.join_token to a node or proxy token from 'gatectl tokens add' so this process can join the cluster")
-    if heartbeat_interval(cfg.proxy.tunnel_heartbeat_interval) is None:
-        raise BadParameter(f"{path}: proxy_service.tunnel_heartbeat_interval must be from {MIN_HEARTBEAT_INTERVAL:g} "
-                           f"to {MAX_HEARTBEAT_INTERVAL:g} seconds, not {cfg.proxy.tunnel_heartbeat_interval:g}")
+    for interval_field in ("tunnel_heartbeat_interval", "presence_interval"):
+        value = getattr(cfg.proxy, interval_field)
+        if heartbeat_interval(value) is None:
+            raise BadParameter(f"{path}: proxy_service.{interval_field} must be from {MIN_HEARTBEAT_INTERVAL:g} "
+                               f"to {MAX_HEARTBEAT_INTERVAL:g} seconds, not {value:g}")
     for addr_field in ("auth.listen_addr", "proxy.web_listen_addr", "proxy.listen_addr",
                        "proxy.tunnel_listen_addr", "ssh.listen_addr"):
         section, name = addr_field.split(".")

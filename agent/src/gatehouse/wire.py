@@ -61,6 +61,40 @@ MISSED_HEARTBEATS = 3
 MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL = 0.5, 300.0
 #: The most root proxies a root announces on a tunnel heartbeat (a leaf refuses a longer list).
 MAX_ANNOUNCED_PROXIES = 64
+#: The tunnel heartbeat protocol both ends announce in their first heartbeat. 1 (no "protocol" field):
+#: a JSON object on every beat. 2: a JSON object first and whenever what it says changes, and one
+#: empty line ("\n", the smallest SSH data packet) as the beat in between; an end sends empty lines
+#: only to a peer that announced 2.
+HEARTBEAT_PROTOCOL = 2
+#: Heartbeat modes of a trusted cluster (``spec.heartbeat_mode``): the leaf applies its mode and
+#: announces it with its interval. Per mode: how often the leaf beats (the root shows it offline
+#: after MISSED_HEARTBEATS of them) and how often the root beats back (the leaf redials after
+#: MISSED_HEARTBEATS of those; a silent network is noticed sooner, by TCP_USER_TIMEOUT).
+HEARTBEAT_MODES = ("default", "low_bandwidth")
+HEARTBEAT_TIMING = {"default": (4.0, 30.0), "low_bandwidth": (25.0, 120.0)}
+#: Presence: a root proxy reports which leaves hold tunnels to it in PRESENCE_SHARDS records (one
+#: per shard of leaf names), each rewritten when one of its leaves connects or disconnects (batched:
+#: at most every PRESENCE_FLUSH_DELAY seconds) and every summary interval.
+PRESENCE_SHARDS = 16
+PRESENCE_FLUSH_DELAY = 1.0
+DEFAULT_PRESENCE_INTERVAL = 30.0
+
+
+def presence_shard(name: str) -> int:
+    """The presence shard a leaf's name falls in (both the reporting proxy and auth compute it)."""
+    import zlib
+    return zlib.crc32(name.encode("utf-8", "replace")) % PRESENCE_SHARDS
+
+
+def heartbeat_timing(mode) -> tuple[float, float]:
+    """(leaf interval, root interval) in seconds for a heartbeat mode; the default mode's for anything else."""
+    return HEARTBEAT_TIMING.get(mode if isinstance(mode, str) else "default", HEARTBEAT_TIMING["default"])
+
+
+def heartbeat_mode(value) -> str | None:
+    """VALUE as a heartbeat mode, or None unless it is one."""
+    return value if isinstance(value, str) and value in HEARTBEAT_MODES else None
+
 
 # -- HTTP -----------------------------------------------------------------------
 #: Header with which a proxy tells auth which verified user it calls for.

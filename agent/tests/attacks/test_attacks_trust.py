@@ -354,9 +354,32 @@ def test_proxy_reports_are_validated_and_bounded(world):
             proxy.post(path, body)
         assert str(info.value).startswith("the heartbeat interval must be a number of seconds from 0.5 to 300, "
                                           "not "), info.value
+    # Presence (what root proxies report instead of every heartbeat): intervals, shards, names and times
+    # are checked; a heartbeat "from the future" is stored as now, so it cannot keep a leaf fresh.
+    from gatehouse.wire import PRESENCE_SHARDS, presence_shard
+    shard = presence_shard(LEAF)
+    for body, refusal in (
+            ({"summary_interval": 1e12, "shards": []}, "summary_interval must be a number of seconds from 0.5 to 300"),
+            ({"summary_interval": 30, "shards": [{"shard": shard, "leaves": {LEAF: [1.0, 1, 1e12, "default"]}}]},
+             f'the heartbeat interval of leaf "{LEAF}" must be a number of seconds from 0.5 to 300'),
+            ({"summary_interval": 30, "shards": [{"shard": (shard + 1) % PRESENCE_SHARDS,
+                                                  "leaves": {LEAF: [1.0, 1, 4, "default"]}}]},
+             f'leaf "{LEAF}" does not belong to presence shard {(shard + 1) % PRESENCE_SHARDS}'),
+            ({"summary_interval": 30, "shards": [{"shard": 99, "leaves": {}}]}, "shard must be a number from 0 to 15"),
+            ({"summary_interval": 30, "shards": [{"shard": 0, "leaves": {}}] * 17},
+             "shards must be a list of at most 16 presence shards"),
+            ({"summary_interval": 30, "shards": [{"shard": shard, "leaves": {"../x": [1.0, 1, 4, "default"]}}]},
+             "leaf cluster name")):
+        with pytest.raises(BadParameter) as info:
+            proxy.post("/v1/tunnels/presence", body)
+        assert refusal in str(info.value), info.value
+    proxy.post("/v1/tunnels/presence", {"summary_interval": 30, "shards": [
+        {"shard": shard, "leaves": {LEAF: [time.time() + 1e9, 1, 4, "weird"]}}]})
     records = []
-    backend_edit(world.root.data_dir, lambda b: _collect(b, f"tunnels/{LEAF}/", records))
-    assert records and all(r["interval"] <= 300 for r in records), records
+    backend_edit(world.root.data_dir, lambda b: _collect(b, "presence/", records))
+    rows = [row for r in records for row in r["leaves"].values()]
+    assert rows and all(row[2] <= 300 and row[0] <= time.time() and row[3] in ("default", "low_bandwidth")
+                        for row in rows), rows
     # A web address the proxy names is never where auth calls it: only the port is the proxy's.
     proxy.post("/v1/proxies/heartbeat", {"interval": 3, "web_listen_addr": "169.254.169.254:80"})
     records.clear()

@@ -301,9 +301,9 @@ def test_database_lost_while_running(site):
         assert f"at 127.0.0.1:{site.pg.port}" in out and "check that the server runs" in out
         assert out.count("\n") == 1 and "pg-Secret" not in out
         # Nodes decide from their cache, proxies route from theirs: an existing login still works,
-        # also after the proxies failed to record the leaf's tunnel heartbeats (the tunnels stay).
-        wait_until(lambda: all("cannot record the tunnel from leaf leaf.test" in p.log_text() for p in root.proxies),
-                   60, "a tunnel heartbeat on each proxy while the database is down")
+        # also after the proxies failed to report the leaf's tunnel presence (the tunnels stay).
+        wait_until(lambda: all("cannot report tunnel presence to auth" in p.log_text() for p in root.proxies),
+                   90, "a presence summary on each proxy while the database is down")
         assert ok(root.gate(home, "ssh", "visitor@rootnode", "echo cached")) == "cached\n"
         assert ok(site.ssh_leaf(home, "echo leaf-cached")) == "leaf-cached\n"
     finally:

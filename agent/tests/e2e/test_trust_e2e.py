@@ -33,17 +33,21 @@ def error_of(r: subprocess.CompletedProcess) -> str:
     return r.stderr.strip()
 
 
-def tc_yaml(token: str, web: str, *, enabled: bool = True, role_map=None, name: str = ROOT) -> str:
+def tc_yaml(token: str, web: str, *, enabled: bool = True, role_map=None, name: str = ROOT,
+            heartbeat_mode: str | None = None) -> str:
     role_map = role_map if role_map is not None else [{"remote": "access", "local": ["access"]}]
-    return json.dumps({"kind": "trusted_cluster", "version": "v2", "metadata": {"name": name},
-                       "spec": {"enabled": enabled, "token": token, "web_proxy_addr": web, "role_map": role_map}})
+    spec = {"enabled": enabled, "token": token, "web_proxy_addr": web, "role_map": role_map}
+    if heartbeat_mode is not None:
+        spec["heartbeat_mode"] = heartbeat_mode
+    return json.dumps({"kind": "trusted_cluster", "version": "v2", "metadata": {"name": name}, "spec": spec})
 
 
 class Trust:
     def __init__(self, tmp: str):
         self.tmp = tmp
+        # Presence summaries every 2 s (default 30), so last_heartbeat moves within a test's patience.
         self.root = Cluster(os.path.join(tmp, "root"), extra_auth=", login_rate: 600",
-                            cluster_name=ROOT, node_name="rootnode")
+                            cluster_name=ROOT, node_name="rootnode", extra_proxy=", presence_interval: 2")
         self.leaf = Cluster(os.path.join(tmp, "leaf"), extra_auth=", login_rate: 600",
                             cluster_name=LEAF, node_name="leafnode", extra_general=", insecure: true")
         self.others: list[Cluster] = []
@@ -141,11 +145,17 @@ def test_leaf_joins_and_tunnel_comes_online(trust):
 
 
 def test_last_heartbeat_is_monotonic(trust):
+    """Heartbeats stay in the root proxy's memory; its presence summary (every presence_interval, 2 s
+    here) carries the newest one to auth, so last_heartbeat moves forward and is never older than a
+    summary interval plus a beat (docs/architecture.md, "Presence")."""
+    from gatehouse.clock import parse_iso
     first = trust.wait_status("online")["status"]["last_heartbeat"]
     later = wait_until(lambda: (lambda rc: rc["status"]["last_heartbeat"]
                                 if rc["status"]["last_heartbeat"] > first else None)(trust.rc()),
-                       15, "a newer heartbeat")
+                       30, "a newer heartbeat")
     assert later > first
+    assert trust.rc()["status"]["heartbeat_mode"] == "default"
+    assert time.time() - parse_iso(trust.rc()["status"]["last_heartbeat"]) < 2 + 4 + 5  # summary + beat + slack
 
 
 def test_root_user_reaches_leaf_node(trust):
@@ -299,6 +309,38 @@ def test_leaf_follows_root_tunnel_listener_to_a_new_port(trust):
     ok(trust.root.login("alice", PASSWORD))
     wait_until(lambda: trust.root.run_gate("ssh", f"--cluster={LEAF}", "visitor@leafnode", "true").returncode == 0,
                15, "ssh after the root moved its tunnel listener")
+
+def test_low_bandwidth_leaf_online_then_offline_when_it_stops_answering(trust):
+    """heartbeat_mode low_bandwidth on the leaf's trusted_cluster: the leaf redials with it, the root
+    shows the mode, and when the leaf freezes (SIGSTOP: its TCP connection stays open, only the
+    heartbeats stop) the root proxy closes the tunnel after MISSED_HEARTBEATS of the leaf's 25 s
+    beats and reports it offline (the bound is 90 s; no timing is asserted, only the reason)."""
+    import signal
+    trust.wait_status("online")
+    ok(trust.create_tc(trust.leaf, tc_yaml("x" * 20, trust.root.web_addr, heartbeat_mode="low_bandwidth"),
+                       "--force"))
+    rc = wait_until(lambda: (lambda rc: rc if rc and rc["status"]["connection"] == "online"
+                             and rc["status"].get("heartbeat_mode") == "low_bandwidth" else None)(trust.rc()),
+                    60, "the leaf online in low-bandwidth mode")
+    assert rc["status"]["last_heartbeat"]
+    assert "heartbeat mode low_bandwidth, every 25s" in trust.leaf.log_text()
+    closed = trust.root.log_text().count(f"tunnel: leaf {LEAF} (")
+    pid = trust.leaf.daemon.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        trust.wait_status("offline", 240)
+        log = trust.root.log_text()
+        assert log.count(f"tunnel: leaf {LEAF} (") > closed and "missed 3 heartbeats; closing its tunnel" in log
+        assert trust.rc()["status"]["last_heartbeat"]  # kept while offline
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    trust.wait_status("online", 240)
+    # Back to the default mode for the tests that follow.
+    ok(trust.create_tc(trust.leaf, tc_yaml("x" * 20, trust.root.web_addr), "--force"))
+    wait_until(lambda: (lambda rc: rc if rc and rc["status"]["connection"] == "online"
+                        and rc["status"].get("heartbeat_mode") == "default" else None)(trust.rc()),
+               60, "the leaf online in the default mode again")
+
 
 def test_update_rc_labels_and_cluster_visibility(trust):
     out = ok(trust.root.run_gatectl("update", f"rc/{LEAF}", "--set-labels=env=prod,team=ops"))

@@ -52,7 +52,7 @@ AUTH_ROUTES = [
     ("POST", "/v1/login"), ("POST", "/v1/join"), ("POST", "/v1/nodes/heartbeat"), ("GET", "/v1/nodes"),
     ("GET", "/v1/snapshot"), ("GET", "/v1/cas"), ("POST", "/v1/trustedclusters/validate"),
     ("PUT", "/v1/remote_clusters/{name}/labels"), ("POST", "/v1/tunnels/heartbeat"),
-    ("POST", "/v1/tunnels/agent_status"), ("POST", "/v1/tunnels/cert"), ("POST", "/v1/proxies/heartbeat"),
+    ("POST", "/v1/tunnels/agent_status"), ("POST", "/v1/tunnels/presence"), ("POST", "/v1/tunnels/cert"), ("POST", "/v1/proxies/heartbeat"),
     ("GET", "/v1/clusters"), ("GET", "/v1/hostcas"), ("GET", "/v1/whoami"), ("POST", "/v1/access/check"),
     ("POST", "/v1/sso/oidc/login"), ("POST", "/v1/sso/oidc/callback"), ("POST", "/v1/sso/oidc/certs"),
     ("POST", "/v1/sso/oidc/device"), ("POST", "/v1/sso/oidc/device/poll"),

@@ -144,6 +144,7 @@ class AuthAPI:
         r.add_put("/v1/remote_clusters/{name}/labels", self.set_cluster_labels)
         r.add_post("/v1/tunnels/heartbeat", self.tunnel_heartbeat)
         r.add_post("/v1/tunnels/agent_status", self.tunnel_agent_status)
+        r.add_post("/v1/tunnels/presence", self.tunnel_presence)
         r.add_post("/v1/tunnels/cert", self.tunnel_cert)
         r.add_post("/v1/proxies/heartbeat", self.proxy_heartbeat)
         r.add_get("/v1/clusters", self.clusters)
@@ -252,7 +253,8 @@ class AuthAPI:
     async def snapshot(self, request):
         since = int(_number(request.query.get("since"), "since", 0, 0, 2 ** 63, "a revision number (0 or more)"))
         timeout = _number(request.query.get("timeout"), "timeout", 0, 0, 3600, "a number of seconds up to 3600")
-        return web.json_response(await self.svc.snapshot(self.ident(request), since, timeout))
+        delta = request.query.get("delta", "") in ("1", "true")
+        return web.json_response(await self.svc.snapshot(self.ident(request), since, timeout, delta))
 
     async def cas(self, request):
         self.ident(request)
@@ -287,6 +289,12 @@ class AuthAPI:
                                                  body.get("interval", 5.0),
                                                  str(body.get("tunnel_addr") or ""))
         return web.json_response({})
+
+    async def tunnel_presence(self, request):
+        """A root proxy's tunnel presence, per shard of leaf names (auth/presence.py)."""
+        body = await read_json(request)
+        written = await self.svc.presence.report(self.ident(request), body.get("shards"), body.get("summary_interval"))
+        return web.json_response({"written": written})
 
     async def tunnel_cert(self, request):
         body = await read_json(request)

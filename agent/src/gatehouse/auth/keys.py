@@ -8,7 +8,10 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     nodes/<name>                  registered nodes (expire without heartbeats)
     trusted_clusters/<root>       leaf side: the roots this cluster trusts
     remote_clusters/<leaf>        root side: the leaves that trust this cluster
-    tunnels/<leaf>/<root proxy>   root side: a root proxy's tunnel to a leaf
+    tunnels/<leaf>/<root proxy>   root side: a root proxy's tunnel to a leaf (written by proxies of
+                                  earlier versions, per heartbeat; still read)
+    presence/<shard>/<root proxy> root side: the leaves of one shard of names holding a tunnel to that
+                                  proxy, rewritten on connects, disconnects and every summary interval
     tunnel_agents/<root>/<proxy>  leaf side: which root proxies a leaf proxy holds tunnels to
     proxies/<name>                root proxies (expire without heartbeats)
     oidc_connectors/<name>        single sign-on connectors (kind: oidc)
@@ -20,6 +23,9 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     locks/<kind>/<name>           revoked member identities (their keys), until their certificates expire
     ratelimits/<limiter>/<digest>/<window>
                                   attempts of one caller in one rate-limit window (limits.py; expire)
+    ca_keys/<sha256>              index: which cluster holds an SSH CA key (written with the CA record)
+    cluster_names/<tld>/.../<l1>  index: every cluster name this cluster knows, labels reversed, so the
+                                  names under a name are one range (written with remote/trusted clusters)
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ SSO_USERS_PREFIX = "sso_users/"
 MEMBERS_PREFIX = "members/"
 LOCKS_PREFIX = "locks/"
 RATE_LIMITS_PREFIX = "ratelimits/"
+CA_KEYS_PREFIX = "ca_keys/"
+CLUSTER_NAMES_PREFIX = "cluster_names/"
+PRESENCE_PREFIX = "presence/"
 
 #: What members' snapshots are made of: a write under these prefixes wakes their long-polls.
 SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PREFIX, REMOTE_CLUSTERS_PREFIX,
@@ -47,8 +56,8 @@ SNAPSHOT_PREFIXES = [CAS_PREFIX, ROLES_PREFIX, USERS_PREFIX, TRUSTED_CLUSTERS_PR
 
 #: Presence and work in progress: rebuilt by heartbeats within seconds, or short-lived (SSO logins,
 #: rate-limit counts). Moving a site to other storage leaves them behind (storage_move.py).
-PRESENCE_PREFIXES = [NODES_PREFIX, PROXIES_PREFIX, TUNNELS_PREFIX, TUNNEL_AGENTS_PREFIX, SSO_REQUESTS_PREFIX,
-                     RATE_LIMITS_PREFIX]
+PRESENCE_PREFIXES = [NODES_PREFIX, PROXIES_PREFIX, TUNNELS_PREFIX, TUNNEL_AGENTS_PREFIX, PRESENCE_PREFIX,
+                     SSO_REQUESTS_PREFIX, RATE_LIMITS_PREFIX]
 
 #: Resource kinds stored one record per name under a prefix.
 _KIND_PREFIXES = {"user": USERS_PREFIX, "role": ROLES_PREFIX, "token": TOKENS_PREFIX, "node": NODES_PREFIX,
@@ -114,6 +123,14 @@ def tunnels_of(leaf: str) -> str:
     return f"{TUNNELS_PREFIX}{leaf}/"
 
 
+def presence(shard: int, proxy: str) -> str:
+    return f"{presence_shard_prefix(shard)}{proxy}"
+
+
+def presence_shard_prefix(shard: int) -> str:
+    return f"{PRESENCE_PREFIX}{int(shard)}/"
+
+
 def tunnel_agent(root: str, proxy: str) -> str:
     return f"{tunnel_agents_of(root)}{proxy}"
 
@@ -157,3 +174,14 @@ def rate_limits_of(limiter: str, digest: str) -> str:
 
 def rate_limit(limiter: str, digest: str, window: int) -> str:
     return f"{rate_limits_of(limiter, digest)}{window}"
+def ca_key_index(public_key: str) -> str:
+    """The index record of an SSH CA key (its canonical ``type base64`` form, see pki.ca_public_key)."""
+    import hashlib
+    return CA_KEYS_PREFIX + hashlib.sha256(public_key.encode()).hexdigest()
+
+
+def cluster_name_index(name: str) -> str:
+    """The index record of a cluster name: its labels, lower-cased, in reverse order (``leaf.example.com``
+    → ``cluster_names/com/example/leaf``), so every name under NAME is the range below this key."""
+    labels = [label or "~" for label in name.lower().rstrip(".").split(".")]  # "~" never occurs in a name
+    return CLUSTER_NAMES_PREFIX + "/".join(reversed(labels))

@@ -257,13 +257,12 @@ class MemberRegistry:
 
     async def _forget_presence(self, kind: str, name: str) -> None:
         """Drop what the member reported about itself, so routing and relays stop using it now."""
-        for key in [_live_key(kind, name)] + ([keys.tunnel(i.value["metadata"]["name"], name)
-                                              for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
-                                              if kind == "proxy" else []):
-            try:
-                await self.backend.delete(key)
-            except NotFound:
-                pass
+        try:
+            await self.backend.delete(_live_key(kind, name))
+        except NotFound:
+            pass
+        if kind == "proxy":
+            await self.svc.presence.forget_proxy(name)
 
     async def _revoked_message(self, kind: str, name: str, token: str) -> str:
         message = (f'{kind} "{name}" has been revoked: its certificates are refused from now on, and it can join '
@@ -279,8 +278,8 @@ class MemberRegistry:
 
     async def locks(self) -> list[dict]:
         """Revoked member keys, for members' snapshots (no secrets: fingerprints of public keys)."""
-        return [{"kind": v["kind"], "name": v["name"], "ssh_keys": v["ssh_keys"], "revoked": v["revoked"]}
-                for v in (i.value for i in await self.backend.get_range(keys.LOCKS_PREFIX))]
+        from .snapshots import public_lock
+        return [public_lock(i.value) for i in await self.backend.get_range(keys.LOCKS_PREFIX)]
 
 
 def _live_key(kind: str, name: str) -> str:

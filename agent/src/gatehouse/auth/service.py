@@ -21,7 +21,7 @@ from ..clock import now_iso
 from ..config import Config, join_hostport, public_addr, split_hostport
 from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
 from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NODE_PORT, NOLOGIN_PRINCIPAL
-from . import keys, passwords
+from . import keys, passwords, snapshots
 from .authz import Identity, require_admin, require_kind, require_node_itself
 from .limits import SharedRateLimiter
 from .members import MemberRegistry
@@ -46,7 +46,10 @@ class AuthService:
         self.login_user_limiter = SharedRateLimiter(backend, "login_user", cfg.auth.login_rate)
         self.validate_limiter = SharedRateLimiter(backend, "validate", cfg.auth.validate_rate)
         self.tokens = TokenStore(backend, audit, cfg.auth.tokens)
-        self.relay = LeafRelay(backend, cfg.data_dir)
+        from .presence import PresenceStore
+        self.presence = PresenceStore(backend, audit)
+        self.snapshot_feed = snapshots.SnapshotFeed(backend)
+        self.relay = LeafRelay(backend, cfg.data_dir, self.presence)
         self.members = MemberRegistry(self)
         self._ca_cache: dict[str, dict] = {}
         from .resource_store import ResourceStore
@@ -63,21 +66,27 @@ class AuthService:
         backend = await open_backend(cfg.auth.storage, cfg.data_dir)
         svc = cls(cfg, backend, AuditLog(cfg.data_dir, cfg.auth.cluster_name))
         await svc._init_cluster()
+        await svc.snapshot_feed.start()
         return svc
 
     async def close(self) -> None:
+        await self.snapshot_feed.stop()
         await self.backend.close()
         self.audit.close()
 
     async def _init_cluster(self) -> None:
+        from . import cluster_index
         for ca_type in ("user", "host", "tls"):
             key = keys.ca(self.cluster_name, ca_type)
             if not await self.backend.exists(key):
+                ca = self._new_ca(ca_type)
+                index = cluster_index.ca_ops(self.cluster_name, ca_type, ca["public"], True) if ca_type != "tls" else []
                 try:
-                    await self.backend.create(key, self._new_ca(ca_type))
+                    await self.backend.atomic([Op("create", key, ca)] + index)
                 except AlreadyExists:
                     continue   # another auth server of this cluster, starting at the same time, made it
                 log.info("created %s certificate authority for cluster %s", ca_type, self.cluster_name)
+        await cluster_index.backfill(self.backend, self.cluster_name)
         try:
             await self.backend.create(keys.role("access"), _default_access_role())
         except AlreadyExists:
@@ -112,6 +121,11 @@ class AuthService:
         if ca_type not in self._ca_cache:
             self._ca_cache[ca_type] = (await self.backend.get(keys.ca(self.cluster_name, ca_type))).value
         return self._ca_cache[ca_type]
+
+    @staticmethod
+    def public_ca(record: dict) -> dict:
+        """The public view of a stored CA record (what members and users see); raises when it does not parse."""
+        return _public_ca(record)
 
     async def cert_authorities(self) -> list[dict]:
         """Public parts of every CA this cluster knows (its own and trusted clusters').
@@ -396,16 +410,26 @@ class AuthService:
         return {**answer, **root_view}
 
     # ----------------------------------------------------------------- snapshots for nodes and proxies
-    async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0) -> dict:
+    async def snapshot(self, ident: Identity, since: int = 0, timeout: float = 0, delta: bool = False) -> dict:
+        """What a member needs of this cluster (snapshots.member_needs): the changes after SINCE when it
+        asks for a DELTA and this server still has them (snapshots.py), else all of it."""
         require_kind(ident, ("node", "proxy", "admin"), "only cluster members can read the access snapshot")
+        if delta and since:
+            answer = await snapshots.delta(self, ident.kind, since, min(timeout, 55.0))
+            if answer is not None:
+                return answer
         revision = await self.backend.revision()
-        if since and revision <= since and timeout > 0:
+        if since and revision <= since and timeout > 0 and not delta:
             revision = await self.backend.wait_for_change(since, min(timeout, 55.0), keys.SNAPSHOT_PREFIXES)
-        cas = await self.cert_authorities()
+        kind = ident.kind
+        cas = [c for c in await self.cert_authorities()
+               if snapshots.member_needs(kind, "cas", f'{c["cluster_name"]}/{c["type"]}')]
         return {"revision": revision, "cluster_name": self.cluster_name,
                 "cas": cas, "roles": list((await self.roles_by_name()).values()),
-                "nodes": [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)],
-                "remote_clusters": [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)],
+                "nodes": [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)]
+                if snapshots.member_needs(kind, "nodes", "") else [],
+                "remote_clusters": [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
+                if snapshots.member_needs(kind, "remote_clusters", "") else [],
                 "trusted_clusters": [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)],
                 "locks": await self.members.locks()}
 

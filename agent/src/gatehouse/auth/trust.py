@@ -9,10 +9,11 @@ Leaf side: creating a `trusted_cluster` runs the handshake and stores the root's
 and user CAs (the user CA carries the role map) plus the resource, without its token;
 `enabled` flips the CAs' `active` flag, so root certificates stop working at once.
 
-Storage keys are in `keys.py`: the CAs, `remote_clusters/<leaf>`, per-proxy tunnel
-records on both sides, and `proxies/<name>` (root proxies, announced to leaves so they
-dial every one, with the address of their web port through which `relay.py` reaches
-a leaf).
+Storage keys are in `keys.py`: the CAs, `remote_clusters/<leaf>`, tunnel presence on
+both sides (root: `presence.py`; leaf: `tunnel_agents/<root>/<proxy>`, written on change
+and every summary interval), and `proxies/<name>` (root proxies, announced to leaves so
+they dial every one, with the address of their web port through which `relay.py`
+reaches a leaf).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from ..errors import AlreadyExists, BadParameter, ConnectionProblem, GatehouseEr
 from ..rolemap import validate_role_map
 from ..rootclient import RootWebClient
 from ..wire import (MAX_ANNOUNCED_PROXIES, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS,
-                    TUNNEL_LOGIN, VALIDATE_PATH, connection_status, heartbeat_interval, is_live)
-from . import handshake, keys
+                    TUNNEL_LOGIN, VALIDATE_PATH, heartbeat_interval, is_live)
+from . import cluster_index, handshake, keys
 from .authz import Identity, require_kind
 from .tokens import check_token_admits_leaf
 
@@ -64,7 +65,7 @@ class TrustManager:
             token = await self.svc.tokens.check(str(body.get("token") or ""), "trusted_cluster")
             check_token_admits_leaf(token, leaf)
             handshake.check_leaf_name(leaf, self.cluster_name, await self._root_hosts(proxy_hosts),
-                                      await self._other_clusters(leaf))
+                                      await cluster_index.overlapping(self.backend, leaf, exclude=(self.cluster_name,)))
             try:
                 host_ca = pki.ca_public_key(host_ca)
             except BadParameter as exc:
@@ -88,18 +89,9 @@ class TrustManager:
                 "host_ca": host["public"], "user_ca": user["public"]}
 
     async def ca_owner(self, public_key: str) -> dict | None:
-        """The stored SSH CA record (any cluster, this one included; host or user) holding PUBLIC_KEY
-        (canonical, see pki.ca_public_key), or None. A record that does not parse holds no key."""
-        for item in await self.backend.get_range(keys.CAS_PREFIX):
-            record = item.value
-            if not isinstance(record, dict) or record.get("type") not in ("host", "user"):
-                continue
-            try:
-                if pki.ca_public_key(record.get("public")) == public_key:
-                    return record
-            except BadParameter:
-                continue
-        return None
+        """{cluster_name, type, local} of the SSH CA (any cluster, this one included; host or user) holding
+        PUBLIC_KEY (canonical, see pki.ca_public_key), or None: one read of the index (cluster_index.py)."""
+        return await cluster_index.ca_owner(self.backend, public_key)
 
     async def _root_hosts(self, proxy_hosts) -> list[str]:
         """Host names (and addresses) under which users reach this root's proxies."""
@@ -113,13 +105,6 @@ class TrustManager:
             except (BadParameter, TypeError):
                 continue
         return sorted({h for h in hosts if h and h not in ("0.0.0.0", "::")})
-
-    async def _other_clusters(self, leaf: str) -> list[str]:
-        """Every other cluster this root knows: registered leaves, CA owners and the roots it trusts."""
-        names = {keys.name_of(i.key) for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)}
-        names |= {keys.name_of(i.key) for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)}
-        names |= {keys.name_of(i.key).split("/", 1)[0] for i in await self.backend.get_range(keys.CAS_PREFIX)}
-        return sorted(names - {leaf, self.cluster_name})
 
     async def _register_leaf(self, leaf: str, host_ca: str, labels: dict) -> None:
         key = keys.ca(leaf, "host")
@@ -136,24 +121,31 @@ class TrustManager:
         # Status is not stored: remote_clusters() computes it from the tunnel records when asked.
         rc = {"kind": "remote_cluster", "version": "v3",
               "metadata": {"name": leaf, "labels": {str(k): str(v) for k, v in labels.items()}}, "created": now_iso()}
-        await self.backend.atomic([Op("create", key, ca), Op("create", keys.remote_cluster(leaf), rc)])
+        try:
+            await self.backend.atomic([Op("create", key, ca), Op("create", keys.remote_cluster(leaf), rc)]
+                                      + cluster_index.ca_ops(leaf, "host", host_ca) + cluster_index.name_ops(leaf))
+        except AlreadyExists:
+            # Another handshake committed meanwhile: with this key for another cluster, or with this name.
+            if (await self.ca_owner(host_ca) or {}).get("cluster_name") not in (None, leaf):
+                raise TrustError("the leaf's host certificate authority is already registered here for another "
+                                 "cluster; every cluster needs its own CA keys — check that the leaf's auth "
+                                 "service data was not copied from another cluster") from None
+            raise AlreadyExists(f'a cluster named "{leaf}" is already registered with the root; remove it there '
+                                f"with 'gatectl rm rc/{leaf}' or rename the leaf") from None
 
     async def remote_clusters(self, name: str | None = None) -> list[dict]:
-        items = [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
+        """Remote clusters with their status, computed from tunnel presence (auth/presence.py)."""
         if name is not None:
-            items = [rc for rc in items if rc["metadata"]["name"] == name]
-            if not items:
-                raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'')
-        now = time.time()
-        out = []
-        for rc in items:
-            leaf = rc["metadata"]["name"]
-            records = [i.value for i in await self.backend.get_range(keys.tunnels_of(leaf))]
-            connection, last = connection_status(records, now)
-            out.append({"kind": "remote_cluster", "version": "v3",
-                        "metadata": {"name": leaf, "labels": dict(rc["metadata"].get("labels") or {})},
-                        "status": {"connection": connection, "last_heartbeat": now_iso(last) if last else ""}})
-        return out
+            try:
+                items = [(await self.backend.get(keys.remote_cluster(name))).value]
+            except NotFound:
+                raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'') \
+                    from None
+            presence = await self.svc.presence.of_leaves([name])
+        else:
+            items = [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
+            presence = await self.svc.presence.of_leaves()
+        return [remote_cluster_view(rc, presence.get(rc["metadata"]["name"])) for rc in items]
 
     async def set_labels(self, ident: Identity, name: str, labels, dry_run: bool = False) -> dict:
         require_kind(ident, ("admin",), "only the root's admin can set a remote cluster's labels")
@@ -177,8 +169,9 @@ class TrustManager:
         if not await self.backend.exists(keys.remote_cluster(name)):
             raise NotFound(f'remote_cluster "{name}" not found; list remote clusters with \'gatectl get rc\'')
         await self.backend.atomic([Op("delete", keys.remote_cluster(name))] +
+                                  await cluster_index.delete_ops(self.backend, name) +
                                   [Op("delete", i.key) for i in await self.backend.get_range(keys.cas_of(name))])
-        await self.backend.delete_range(keys.tunnels_of(name))
+        await self.svc.presence.forget_leaf(name)
         self.audit.emit("remote_cluster.delete", user=ident.name, name=name)
         log.info("trust: remote cluster %s removed; its tunnels will be dropped", name)
 
@@ -343,12 +336,18 @@ class TrustManager:
         # Where the root says its tunnel listener is, used while spec.tunnel_addr is left at web_proxy_addr.
         stored["discovered_tunnel_addr"] = str(answer.get("tunnel_addr") or "")
         base = {"cluster_name": name, "active": spec["enabled"], "local": False}
-        await self.backend.atomic([
-            Op("create", keys.trusted_cluster(name), stored),
-            Op("create", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
-            Op("create", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
-                                                 "role_map": spec["role_map"]}),
-        ])
+        try:
+            await self.backend.atomic([
+                Op("create", keys.trusted_cluster(name), stored),
+                Op("create", keys.ca(name, "host"), {**base, "type": "host", "public": answer["host_ca"]}),
+                Op("create", keys.ca(name, "user"), {**base, "type": "user", "public": answer["user_ca"],
+                                                     "role_map": spec["role_map"]}),
+            ] + cluster_index.ca_ops(name, "host", answer["host_ca"])
+                + cluster_index.ca_ops(name, "user", answer["user_ca"]) + cluster_index.name_ops(name))
+        except AlreadyExists:
+            raise TrustError(f'the answer of root "{name}" names a cluster or certificate authority this cluster '
+                             f"already knows (another trust was created at the same moment?); check 'gatectl get tc' "
+                             f"and 'gatectl get rc', then try again") from None
 
     async def _update(self, ident, current, res: dict) -> None:
         name, spec = res["metadata"]["name"], res["spec"]
@@ -385,12 +384,16 @@ class TrustManager:
         for tc in items:
             root = tc["metadata"]["name"]
             agents = [i.value for i in await self.backend.get_range(keys.tunnel_agents_of(root))]
-            live = [a for a in agents if a.get("proxies") and is_live(a.get("updated", 0), a.get("interval", 5.0), now)]
+            # Reported on change and every summary interval, by leaf proxies that are themselves live.
+            live_proxies = await self.svc.presence.live_proxies()
+            live = [a for a in agents if a.get("proxies") and is_live(a.get("updated", 0), a.get("interval", 5.0), now)
+                    and a.get("proxy", "") in live_proxies | {""}]
             online = bool(live)
             proxies = sorted({p for a in agents for p in a.get("proxies", [])})
             # Where the live tunnels go (the root may have moved since the handshake).
             dialled = sorted({a["tunnel_addr"] for a in live if a.get("tunnel_addr")})
             view = {k: v for k, v in tc.items() if k != "discovered_tunnel_addr"}
+            view["spec"] = {**view["spec"], "heartbeat_mode": view["spec"].get("heartbeat_mode") or "default"}
             view["status"] = {"connection": "online" if online and tc["spec"]["enabled"] else "offline",
                               "tunnels": len(proxies) if online else 0,
                               "tunnel_addr": dialled[0] if len(dialled) == 1 else resources.tunnel_dial_addr(tc)}
@@ -401,6 +404,7 @@ class TrustManager:
         if not await self.backend.exists(keys.trusted_cluster(name)):
             raise NotFound(f'trusted_cluster "{name}" not found; list them with \'gatectl get tc\'')
         await self.backend.atomic([Op("delete", keys.trusted_cluster(name))] +
+                                  await cluster_index.delete_ops(self.backend, name) +
                                   [Op("delete", i.key) for i in await self.backend.get_range(keys.cas_of(name))])
         await self.backend.delete_range(keys.tunnel_agents_of(name))
         self.audit.emit("trusted_cluster.delete", user=ident.name, name=name)
@@ -414,8 +418,19 @@ class TrustManager:
         proxies = [str(p)[:253] for p in proxies][:MAX_ANNOUNCED_PROXIES]
         await self.backend.put(keys.tunnel_agent(root, ident.name),
                                {"proxies": sorted(proxies), "interval": interval, "updated": time.time(),
-                                "tunnel_addr": str(tunnel_addr)[:261]},
-                               expires=time.time() + 10 * interval + 60)
+                                "tunnel_addr": str(tunnel_addr)[:261], "proxy": ident.name},
+                               expires=time.time() + MISSED_HEARTBEATS * interval + 60)
+
+
+def remote_cluster_view(rc: dict, presence) -> dict:
+    """A stored remote_cluster as `gatectl get rc` shows it: labels, and a status from its presence."""
+    status = {"connection": presence.connection if presence else "offline",
+              "last_heartbeat": now_iso(presence.last) if presence and presence.last else ""}
+    if presence and presence.mode:
+        status["heartbeat_mode"] = presence.mode
+    return {"kind": "remote_cluster", "version": "v3",
+            "metadata": {"name": rc["metadata"]["name"], "labels": dict(rc["metadata"].get("labels") or {})},
+            "status": status}
 
 
 def reported_interval(value) -> float:

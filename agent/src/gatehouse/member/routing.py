@@ -18,9 +18,11 @@ def split_cluster(cache: ClusterCache, host: str, cluster: str | None) -> tuple[
     """`node.leaf` → (node, leaf) for this cluster and every registered leaf; else this cluster."""
     if cluster:
         return host, cluster
-    for name in sorted(cache.cluster_names(), key=len, reverse=True):
-        if host.endswith("." + name):
-            return host[: -len(name) - 1], name
+    dot = host.find(".")
+    while dot != -1:  # the longest suffix that names a cluster (one lookup per label, at any fleet size)
+        if cache.is_cluster(host[dot + 1:]):
+            return host[:dot], host[dot + 1:]
+        dot = host.find(".", dot + 1)
     return host, cache.cluster_name
 
 

@@ -2,8 +2,11 @@
 
 One `RootLink` per enabled trusted cluster. It dials `tunnel_addr` (often a load
 balancer) until it holds a tunnel to each root proxy the root announces, backs off
-with jitter when the root is unreachable (so it rides out a root restart), and stops
-when trust is disabled or removed — the cluster cache tells it within a second.
+with jitter when the root is unreachable or busy (so it rides out a root restart, and
+a fleet of leaves does not come back in one wave), and stops when trust is disabled
+or removed — the cluster cache tells it within a second. It beats as the trusted
+cluster's `heartbeat_mode` says (`wire.HEARTBEAT_TIMING`), with an empty line when
+nothing changed, and tells the root its mode and interval in its first heartbeat.
 
 On each tunnel this process is the SSH server: it accepts only the root proxy's
 tunnel certificate, and a root `direct-tcpip` channel may only reach a node
@@ -16,6 +19,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import time
 
 import asyncssh
@@ -30,13 +34,19 @@ from ..resources import tunnel_addr_is_discovered, tunnel_dial_addr, validate_na
 from ..rootclient import RootWebClient
 from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
 from ..sshserver import CertificateOnlyServer, ListenerLimits
-from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_ANNOUNCED_PROXIES, MISSED_HEARTBEATS, NODES_SUBSYSTEM,
-                    TUNNEL_LOGIN, TUNNEL_PORT)
-from .framing import MAX_HEARTBEAT_LINE, MAX_REQUEST, parse_heartbeat, read_bounded, too_long
+from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_PROTOCOL, HEARTBEAT_SUBSYSTEM, MAX_ANNOUNCED_PROXIES,
+                    MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN,
+                    TUNNEL_PORT, heartbeat_interval, heartbeat_timing)
+from .framing import MAX_HEARTBEAT_LINE, MAX_REQUEST, TINY_BEAT, is_tiny_beat, parse_heartbeat, read_bounded, too_long
 
 log = logging.getLogger("gatehouse.tunnel.agent")
 
-MAX_BACKOFF = 10.0
+#: Redials back off from FIRST_BACKOFF to MAX_BACKOFF seconds (doubling, each delay randomised by ±50%).
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+#: After a tunnel drops, the first redial waits a random part of this (seconds): when a root proxy
+#: restarts, its leaves do not all dial it in the same instant.
+RECONNECT_SPREAD = 3.0
 #: Dials in a row that may land on root proxies this leaf already holds, per held proxy, before it
 #: stops redialling at once and backs off: a root may announce proxies that no dial ever reaches.
 DUPLICATE_DIALS_PER_PROXY = 8
@@ -92,9 +102,13 @@ class _LeafSide(CertificateOnlyServer):
 class RootLink:
     """All tunnels from this leaf proxy to one root cluster."""
 
-    def __init__(self, pool: "TunnelAgentPool", root: str, tunnel_addr: str, discover_from: RootWebClient | None = None):
+    def __init__(self, pool: "TunnelAgentPool", root: str, tunnel_addr: str, discover_from: RootWebClient | None = None,
+                 mode: str = "default"):
         self.pool = pool
         self.root = root
+        #: The trusted cluster's heartbeat mode, and the interval it beats with.
+        self.mode = mode
+        self.interval = heartbeat_timing(mode)[0]
         self.configured_addr = tunnel_addr
         #: Where to dial now: the configured address, or what the root advertises today.
         self.addr = tunnel_addr
@@ -129,18 +143,21 @@ class RootLink:
         return not self.links or bool(self.announced - set(self.links))
 
     async def _maintain(self) -> None:
-        backoff = 0.5
+        backoff = FIRST_BACKOFF
         while not listeners.draining():  # a draining process dials no more: its successor does
             if not self._missing():
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.pool.interval)
+                    await asyncio.wait_for(self._wake.wait(), self.pool.summary_interval)
                 except asyncio.TimeoutError:
                     await self._report()
+                    continue
+                if self._missing():  # a tunnel dropped: redial soon, not all leaves of a fleet at once
+                    await asyncio.sleep(random.random() * RECONNECT_SPREAD)
                 continue
             outcome = await self._dial()
             if outcome == "new":
-                backoff = 0.5
+                backoff = FIRST_BACKOFF
                 self.duplicates = 0
                 continue
             if outcome == "unreachable":
@@ -164,15 +181,17 @@ class RootLink:
         try:
             conn = await asyncssh.connect_reverse(
                 host, port, server_factory=lambda: _LeafSide(self), process_factory=lambda p: self._serve(p, ready),
-                config=None, connect_timeout=10, keepalive_count_max=MISSED_HEARTBEATS,
+                config=None, connect_timeout=10,
+                # No SSH keepalives: the heartbeats are the liveness check, and nothing else is sent idle.
                 **server_options(self.pool.host_keypair, max_pktsize=CARRIER_MAX_PKTSIZE,
-                                 keepalive_interval=self.pool.interval, login_timeout=15))
+                                 keepalive_interval=0, login_timeout=15))
         except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
             log.info("tunnel: cannot connect to root %s at %s: %s; retrying", self.root, self.addr, exc or
                      exc.__class__.__name__)
             return "unreachable"
+        _give_up_unacknowledged(conn, MISSED_HEARTBEATS * self.interval + 5)
         try:
-            proxy = await asyncio.wait_for(asyncio.shield(ready), MISSED_HEARTBEATS * self.pool.interval + 5)
+            proxy = await asyncio.wait_for(asyncio.shield(ready), MISSED_HEARTBEATS * self.interval + 5)
         except asyncio.TimeoutError:
             log.info("tunnel: root %s at %s did not start heartbeats; retrying", self.root, self.addr)
             conn.close()
@@ -214,7 +233,7 @@ class RootLink:
         try:
             await self.pool.client.call("POST", "/v1/tunnels/agent_status",
                                         {"cluster": self.root, "proxies": sorted(self.links),
-                                         "interval": self.pool.interval, "tunnel_addr": self.addr})
+                                         "interval": self.pool.summary_interval, "tunnel_addr": self.addr})
         except GatehouseError as exc:
             log.debug("cannot report tunnel status: %s", exc)
 
@@ -234,27 +253,39 @@ class RootLink:
         finally:
             process.exit(0)
 
+    def _beat_object(self) -> dict:
+        beat = {"cluster": self.pool.cache.cluster_name, "proxy": self.pool.name, "interval": self.interval,
+                "mode": self.mode, "protocol": HEARTBEAT_PROTOCOL}
+        revoked = self.pool.cache.revoked_keys("proxy")
+        if revoked:  # the root closes and refuses tunnels of this leaf's revoked proxies
+            beat["revoked"] = revoked
+        if listeners.draining():  # this process hands over: the root routes new sessions elsewhere
+            beat["draining"] = True
+        return beat
+
     async def _heartbeats(self, process, ready: asyncio.Future) -> None:
-        interval = self.pool.interval
+        interval = self.interval
+        #: The root's protocol and how often it beats (from its hello; until then, as this end does).
+        root = {"protocol": 1, "interval": interval}
 
         async def beat():
+            sent = None
             while True:
-                line = {"cluster": self.pool.cache.cluster_name, "proxy": self.pool.name, "interval": interval}
-                revoked = self.pool.cache.revoked_keys("proxy")
-                if revoked:  # the root closes and refuses tunnels of this leaf's revoked proxies
-                    line["revoked"] = revoked
-                if listeners.draining():  # this process hands over: the root routes new sessions elsewhere
-                    line["draining"] = True
-                process.stdout.write(json.dumps(line).encode() + b"\n")
+                current = self._beat_object()
+                if root["protocol"] >= HEARTBEAT_PROTOCOL and current == sent:
+                    process.stdout.write(TINY_BEAT)  # nothing changed: the smallest beat there is
+                else:
+                    process.stdout.write(json.dumps(current).encode() + b"\n")
+                    sent = current
                 await listeners.sleep_or_drain(interval)
 
         sender = asyncio.create_task(beat())
-        last_valid, warned = time.monotonic(), False
+        last_valid, warned, hello_seen = time.monotonic(), False, False
         try:
             while True:
-                # Only a valid hello counts: a root sending anything else still misses its beats.
-                left = MISSED_HEARTBEATS * interval + 1 - (time.monotonic() - last_valid)
-                raw = await asyncio.wait_for(process.stdin.readline(), max(left, 0.1))
+                # Only a valid beat counts: a root sending anything else still misses its beats.
+                wait = MISSED_HEARTBEATS * (root["interval"] if hello_seen else interval) + 1
+                raw = await asyncio.wait_for(process.stdin.readline(), max(wait - (time.monotonic() - last_valid), 0.1))
                 if not raw:
                     return
                 if too_long(raw):
@@ -262,6 +293,10 @@ class RootLink:
                                 self.root, MAX_HEARTBEAT_LINE)
                     process.channel.get_connection().close()
                     return
+                if raw.endswith(b"\n") and is_tiny_beat(raw[:-1]):
+                    if hello_seen:
+                        last_valid = time.monotonic()
+                    continue
                 hello = parse_heartbeat(raw)
                 if hello is None or not _names_list(hello.get("proxies", [])):
                     if not warned:
@@ -269,7 +304,11 @@ class RootLink:
                         log.warning("tunnel: root %s sent a heartbeat that is not a JSON object with a list of "
                                     "proxies; ignoring it and any more like it", self.root)
                     continue
-                proxy, announced = self._check_hello(hello)  # a hostile announcement closes the tunnel
+                proxy, announced, root_interval = self._check_hello(hello)  # a hostile hello closes the tunnel
+                protocol = hello.get("protocol")
+                root["protocol"] = HEARTBEAT_PROTOCOL if isinstance(protocol, int) and protocol >= 2 else 1
+                root["interval"] = root_interval
+                hello_seen = True
                 last_valid = time.monotonic()
                 if hello.get("draining") is True:
                     self._release(process.channel.get_connection())
@@ -303,9 +342,10 @@ class RootLink:
                     self.handed_over.pop(0).close()
                 self._wake.set()
 
-    def _check_hello(self, hello: dict) -> tuple[str, set[str]]:
-        """(proxy, announced proxies) of one root heartbeat; ValueError saying what is wrong with it.
-        Proxy names are resource names and a root announces at most MAX_ANNOUNCED_PROXIES of them."""
+    def _check_hello(self, hello: dict) -> tuple[str, set[str], float]:
+        """(proxy, announced proxies, how often it beats) of one root heartbeat; ValueError saying what is
+        wrong with it. Proxy names are resource names, a root announces at most MAX_ANNOUNCED_PROXIES of
+        them, and its interval is within the bounds (it decides how long this end waits for it)."""
         names = hello.get("proxies") or []
         if len(names) > MAX_ANNOUNCED_PROXIES:
             raise ValueError(f"the root's heartbeat announces {len(names)} proxies, more than {MAX_ANNOUNCED_PROXIES}")
@@ -314,7 +354,11 @@ class RootLink:
                 validate_name(name, "root proxy name")
             except BadParameter as exc:
                 raise ValueError(f"the root's heartbeat names a proxy badly ({str(exc)[:120]!r})") from None
-        return hello["proxy"], set(names)
+        root_interval = heartbeat_interval(hello.get("interval", self.interval))
+        if root_interval is None:
+            raise ValueError(f"the root's heartbeat announces the interval {str(hello.get('interval'))[:40]!r}, not a "
+                             f"number of seconds from {MIN_HEARTBEAT_INTERVAL:g} to {MAX_HEARTBEAT_INTERVAL:g}")
+        return hello["proxy"], set(names), root_interval
 
     @staticmethod
     async def _read_request(process) -> dict:
@@ -387,7 +431,8 @@ class TunnelAgentPool:
         self.audit = ctx.audit
         self.name = ctx.name
         self.ident = ctx.ident
-        self.interval = ctx.cfg.proxy.tunnel_heartbeat_interval
+        #: How often each link reports its tunnels to auth when nothing changed (it reports changes at once).
+        self.summary_interval = ctx.cfg.proxy.presence_interval
         self.host_keypair = ctx.ident.ssh_host_keypair()
         ctx.ident.on_renewed(self._reload_host_keypair)
         self.links: dict[str, RootLink] = {}
@@ -422,15 +467,19 @@ class TunnelAgentPool:
         async with self._lock:
             wanted = {tc["metadata"]["name"]: tc for tc in self.cache.trusted_roots()}
             for name, link in list(self.links.items()):
-                if name not in wanted or tunnel_dial_addr(wanted[name]) != link.configured_addr:
-                    log.info("tunnel: closing the tunnels to root %s (trust disabled, removed or moved)", name)
+                if name not in wanted or tunnel_dial_addr(wanted[name]) != link.configured_addr or \
+                        _mode_of(wanted[name]) != link.mode:
+                    log.info("tunnel: closing the tunnels to root %s (trust disabled, removed, moved or its heartbeat "
+                             "mode changed)", name)
                     await link.stop()
                     del self.links[name]
             for name, tc in wanted.items():
                 if name not in self.links:
                     web = RootWebClient(tc["spec"]["web_proxy_addr"], self.cfg.insecure)
-                    link = RootLink(self, name, tunnel_dial_addr(tc), web if tunnel_addr_is_discovered(tc) else None)
-                    log.info("tunnel: starting tunnels to root %s at %s", name, link.addr)
+                    link = RootLink(self, name, tunnel_dial_addr(tc), web if tunnel_addr_is_discovered(tc) else None,
+                                    mode=_mode_of(tc))
+                    log.info("tunnel: starting tunnels to root %s at %s (heartbeat mode %s, every %gs)", name,
+                             link.addr, link.mode, link.interval)
                     self.links[name] = link
                     link.start()
 
@@ -438,3 +487,21 @@ class TunnelAgentPool:
 def _names_list(value) -> bool:
     """Whether a heartbeat's proxies field has the shape of a list of names (what it names is checked apart)."""
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _mode_of(tc: dict) -> str:
+    return tc["spec"].get("heartbeat_mode") or "default"
+
+
+def _give_up_unacknowledged(conn, seconds: float) -> None:
+    """Let the kernel close CONN when data it sent stays unacknowledged for SECONDS (TCP_USER_TIMEOUT):
+    the beats this end sends then notice a root that vanished without a word, without waiting for
+    the root's own, rarer beats."""
+    sock = conn.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+    except OSError as exc:
+        log.debug("tunnel: cannot set TCP_USER_TIMEOUT: %s", exc)

@@ -2,9 +2,11 @@
 
 Request/answer subsystems carry one JSON object each way, read until EOF but never
 beyond a limit (a leaf streaming gigabytes makes the root's question fail, not its
-memory grow); heartbeats are JSON lines of bounded length, and a line that is not a
-JSON object is reported and skipped, never raised out of the heartbeat loop (what a
-valid one may say is checked by each end: wire.heartbeat_interval, MAX_ANNOUNCED_PROXIES).
+memory grow); heartbeats are lines of bounded length: a JSON object when something
+changed (protocol 1: every time), otherwise one empty line (protocol 2, `TINY_BEAT`).
+A line that is neither is reported and skipped, never raised out of the heartbeat loop,
+and never counts as a beat (what a valid one may say is checked by each end:
+wire.heartbeat_interval, MAX_ANNOUNCED_PROXIES).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ MAX_ANSWER = 1024 * 1024
 MAX_REQUEST = 64 * 1024
 #: Longest heartbeat line either end accepts.
 MAX_HEARTBEAT_LINE = 16 * 1024
+#: A protocol-2 heartbeat that says nothing new: one empty line.
+TINY_BEAT = b"\n"
 
 _CHUNK = 64 * 1024
 
@@ -62,3 +66,35 @@ def parse_heartbeat(line) -> dict | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return beat if isinstance(beat, dict) else None
+
+
+def is_tiny_beat(line) -> bool:
+    """Whether a heartbeat line (without its newline) is the empty beat of protocol 2 (spaces and a
+    carriage return allowed)."""
+    return not line.strip()
+
+
+class LineReader:
+    """Whole lines from data that arrives in pieces (an SSH session's data_received), without ever
+    holding more than MAX_HEARTBEAT_LINE bytes of an unfinished line: a peer sending an endless
+    line makes `feed` raise TooLarge. Lines come back without their newline."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list:
+        if data == TINY_BEAT and not self._pending:
+            return [b""]  # the steady state: one empty line per packet
+        if b"\n" not in data:
+            self._pending += data
+            if len(self._pending) > MAX_HEARTBEAT_LINE:
+                raise TooLarge(f"a heartbeat line is longer than {size_text(MAX_HEARTBEAT_LINE)}",
+                               size_text(MAX_HEARTBEAT_LINE))
+            return []
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        if len(self._pending) > MAX_HEARTBEAT_LINE or any(len(line) > MAX_HEARTBEAT_LINE for line in lines):
+            raise TooLarge(f"a heartbeat line is longer than {size_text(MAX_HEARTBEAT_LINE)}",
+                           size_text(MAX_HEARTBEAT_LINE))
+        return lines

@@ -1,9 +1,11 @@
 """Root side: accept leaves' reverse tunnels on port 3024 and route users through them.
 
 Each accepted tunnel is an asyncssh client connection to the leaf. The root proxy
-keeps the live ones per leaf cluster, reports their heartbeats to its auth service
-(which turns them into `remote_cluster` status) and drops them when the leaf's host CA
-disappears (`gatectl rm rc/NAME`) or stops answering.
+keeps the live ones per leaf cluster, holds their heartbeats in memory and reports
+connects, disconnects and a periodic summary to its auth service (`presence.py`, which
+auth turns into `remote_cluster` status), and drops them when the leaf's host CA
+disappears (`gatectl rm rc/NAME`) or stops answering. Nothing runs per tunnel between
+beats: one sweep a second checks every deadline and sends the beats that are due.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import asyncssh
 
 from .. import listeners, pki
 from ..config import split_hostport
-from ..errors import ConnectionProblem, GatehouseError, NotFound, from_dict
+from ..errors import ConnectionProblem, GatehouseError, from_dict
 from ..member.context import MemberContext
 from ..member.renew import Renewer
 from ..sshparams import CARRIER_MAX_PKTSIZE, client_options
 from ..sshserver import ListenerLimits
-from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL,
-                    MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT, TUNNEL_PRINCIPAL,
-                    heartbeat_interval)
-from .framing import MAX_ANSWER, MAX_HEARTBEAT_LINE, TooLarge, parse_heartbeat, read_bounded, too_long
+from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_PROTOCOL, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVAL,
+                    MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT,
+                    TUNNEL_PRINCIPAL, heartbeat_interval, heartbeat_mode, heartbeat_timing)
+from .framing import (MAX_ANSWER, MAX_HEARTBEAT_LINE, TINY_BEAT, LineReader, TooLarge, is_tiny_beat, parse_heartbeat,
+                      read_bounded)
+from .presence import PresenceReporter
 
 log = logging.getLogger("gatehouse.tunnel.server")
 
@@ -45,6 +49,7 @@ class _RootSide(asyncssh.SSHClient):
         self.cert: pki.SSHCertInfo | None = None
         self.conn = None
         self.counted = False
+        self.tunnel: LeafTunnel | None = None
 
     def connection_made(self, conn):
         peer = conn.get_extra_info("peername") or ("?", 0)
@@ -70,6 +75,8 @@ class _RootSide(asyncssh.SSHClient):
     def connection_lost(self, exc):
         if self.counted:
             self.server.limits.lost(self.conn)
+        if self.tunnel is not None:
+            self.tunnel.finished()
 
     def validate_host_ca_key(self, host, addr, port, key) -> bool:
         leaf = self.server.cache.leaf_of_host_ca(key.export_public_key().decode())
@@ -100,8 +107,43 @@ def tunnel_certificate_refusal(cert: pki.SSHCertInfo | None) -> str:
     return ""
 
 
+class _HeartbeatChannel(asyncssh.SSHClientSession):
+    """The root's end of the heartbeat subsystem: whole lines go to the tunnel as they arrive (no task,
+    no timer per tunnel: the server's sweep checks every tunnel's deadline once a second)."""
+
+    def __init__(self, tunnel: "LeafTunnel"):
+        self.tunnel = tunnel
+        self.lines = LineReader()
+
+    def data_received(self, data, datatype):
+        try:
+            lines = self.lines.feed(data)
+        except TooLarge:
+            self.tunnel.end(f"it sent a heartbeat line longer than {MAX_HEARTBEAT_LINE} bytes")
+            return
+        for line in lines:
+            self.tunnel.on_line(line)
+
+    def eof_received(self):
+        self.tunnel.end("it closed its heartbeats")
+        return False
+
+    def connection_lost(self, exc):
+        self.tunnel.end(f"its heartbeats ended ({exc})" if exc else "its heartbeats ended")
+
+
 class LeafTunnel:
-    """One live tunnel to a leaf: heartbeats both ways, status reports, routing."""
+    """One live tunnel to a leaf: heartbeats both ways, presence, routing.
+
+    The leaf's first heartbeat is a JSON object (its proxy, interval, heartbeat mode and
+    protocol); a protocol-2 leaf then sends an empty line per beat and JSON only when
+    something changed, and this end answers the same way, every `root_interval` seconds
+    (`wire.HEARTBEAT_TIMING`): its JSON hello (this proxy and every root proxy) after the
+    leaf's first heartbeat and whenever the list changes, else an empty line. A protocol-1
+    leaf gets the JSON hello on every beat. Only valid beats count: anything else is
+    skipped (and logged once), so a leaf that sends nothing valid misses its beats and is
+    closed after `MISSED_HEARTBEATS` of its intervals.
+    """
 
     def __init__(self, server: "TunnelServer", leaf: str, conn: asyncssh.SSHClientConnection, peer: str,
                  host_key: str = ""):
@@ -111,60 +153,70 @@ class LeafTunnel:
         self.peer = peer
         self.host_key = host_key  # SSH fingerprint of the leaf proxy's key
         self.leaf_proxy = ""
-        self.last_seen = time.monotonic()
+        now = time.monotonic()
+        self.last_seen = now
         self.closed = asyncio.Event()
         #: The leaf proxy on this tunnel is handing over to a new process (reload): route new sessions elsewhere.
         self.draining = False
+        self.chan = None
+        self.registered = False
+        self.hello_seen = False
+        self.protocol = 1
+        self.interval = server.interval
+        self.mode = "default"
+        self.root_interval = server.interval
+        #: Close the tunnel when no valid beat came by then (monotonic); before its first, the proxy's own interval.
+        self.deadline = now + MISSED_HEARTBEATS * server.interval + 1
+        self.next_beat = float("inf")
+        self.hello_due = True
+        self._warned = False
+        self._ended = False
 
-    async def run(self) -> None:
-        interval = self.server.interval
-        registered = False
-        reported = True
+    async def open(self) -> None:
         try:
-            writer, reader, _unused = await self.conn.open_session(subsystem=HEARTBEAT_SUBSYSTEM, encoding="utf-8")
-            sender = asyncio.create_task(self._send_hello(writer, interval))
-            warned = False
-            try:
-                while True:
-                    # Only a valid heartbeat counts: a leaf sending anything else still misses its beats.
-                    left = MISSED_HEARTBEATS * interval + 1 - (time.monotonic() - self.last_seen)
-                    line = await asyncio.wait_for(reader.readline(), max(left, 0.1))
-                    if not line:
-                        break
-                    if too_long(line):
-                        raise ValueError(f"it sent a heartbeat line longer than {MAX_HEARTBEAT_LINE} bytes")
-                    beat = parse_heartbeat(line)
-                    try:
-                        if beat is None:
-                            raise ValueError("the leaf sent a heartbeat that is not a JSON object")
-                        beat_interval = self._check_beat(beat, interval)
-                    except ValueError as exc:
-                        # Skipped, not counted: a leaf that sends nothing valid misses its beats and is closed.
-                        if not warned:
-                            warned = True
-                            log.warning("tunnel: leaf %s (%s): %s; ignoring it and any more like it", self.leaf,
-                                        self.peer, exc)
-                        continue
-                    self.server.note_revoked(self.leaf, beat)
-                    self.last_seen = time.monotonic()
-                    if not registered:
-                        registered = True
-                        self.server.register(self)
-                    reported = await self.server.report_alive(self.leaf, beat_interval, reported)
-            finally:
-                sender.cancel()
-        except asyncio.TimeoutError:
-            log.warning("tunnel: leaf %s (%s) missed %d heartbeats; closing its tunnel", self.leaf, self.peer,
-                        MISSED_HEARTBEATS)
-        except NotFound:
-            log.info("tunnel: leaf %s is no longer registered; closing its tunnel", self.leaf)
-        except (asyncssh.Error, OSError, ValueError, GatehouseError) as exc:
-            log.info("tunnel: tunnel from leaf %s (%s) ended: %s", self.leaf, self.peer, exc)
-        finally:
-            self.conn.close()
-            self.closed.set()
-            if registered:
-                await self.server.unregister(self)
+            self.chan, _unused = await self.conn.create_session(lambda: _HeartbeatChannel(self),
+                                                                subsystem=HEARTBEAT_SUBSYSTEM, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            self.end(str(exc) or exc.__class__.__name__)
+
+    # -- what the leaf sends ---------------------------------------------------------
+    def on_line(self, line: bytes) -> None:
+        if is_tiny_beat(line):
+            if self.hello_seen:  # a beat that says nothing new; before the first JSON one it counts for nothing
+                self._beat()
+            return
+        beat = parse_heartbeat(line)
+        try:
+            if beat is None:
+                raise ValueError("the leaf sent a heartbeat that is not a JSON object")
+            interval = self._check_beat(beat, self.server.interval)
+        except ValueError as exc:
+            # Skipped, not counted: a leaf that sends nothing valid misses its beats and is closed.
+            if not self._warned:
+                self._warned = True
+                log.warning("tunnel: leaf %s (%s): %s; ignoring it and any more like it", self.leaf, self.peer, exc)
+            return
+        self.server.note_revoked(self.leaf, beat)
+        protocol = beat.get("protocol")
+        self.protocol = HEARTBEAT_PROTOCOL if isinstance(protocol, int) and protocol >= HEARTBEAT_PROTOCOL else 1
+        mode = heartbeat_mode(beat.get("mode")) or "default"
+        changed = (interval, mode) != (self.interval, self.mode)
+        self.interval, self.mode = interval, mode
+        self.root_interval = max(interval, heartbeat_timing(mode)[1]) if self.protocol >= 2 else interval
+        if not self.hello_seen:
+            self.hello_seen = True
+            self.next_beat = time.monotonic()  # answer with the hello at the next sweep
+        elif changed:
+            self.server.presence.announced(self.leaf, interval, mode)
+        if not self.registered:
+            self.registered = True
+            self.server.register(self)
+        self._beat()
+
+    def _beat(self) -> None:
+        self.last_seen = now = time.monotonic()
+        self.deadline = now + MISSED_HEARTBEATS * self.interval
+        self.server.presence.beat(self.leaf)
 
     def _check_beat(self, beat, default: float) -> float:
         """The leaf's heartbeat: a JSON object whose interval is within the bounds (it decides how long
@@ -179,14 +231,52 @@ class LeafTunnel:
         self.draining = beat.get("draining") is True
         return beat_interval
 
-    async def _send_hello(self, writer, interval: float) -> None:
-        while True:
+    # -- what this end sends, and the deadline (the server's sweep calls this) ------------
+    def tick(self, now: float) -> None:
+        if self._ended:
+            return
+        if now > self.deadline:
+            log.warning("tunnel: leaf %s (%s) missed %d heartbeats; closing its tunnel", self.leaf, self.peer,
+                        MISSED_HEARTBEATS)
+            self.end("")
+            return
+        if now >= self.next_beat:
+            self.next_beat = now + self.root_interval
+            self.send_beat()
+
+    def send_beat(self) -> None:
+        if self.chan is None:
+            return
+        if self.hello_due or self.protocol < 2:
             hello = {"cluster": self.server.cache.cluster_name, "proxy": self.server.name,
-                     "proxies": self.server.proxies, "interval": interval}
+                     "proxies": self.server.proxies, "interval": self.root_interval, "protocol": HEARTBEAT_PROTOCOL}
             if listeners.draining():  # this process hands over: the leaf dials the new one
                 hello["draining"] = True
-            writer.write(json.dumps(hello) + "\n")
-            await listeners.sleep_or_drain(interval)
+            data = json.dumps(hello).encode() + b"\n"
+            self.hello_due = False
+        else:
+            data = TINY_BEAT
+        try:
+            self.chan.write(data)
+        except (asyncssh.Error, OSError) as exc:
+            self.end(str(exc) or exc.__class__.__name__)
+
+    def end(self, reason: str) -> None:
+        """Close the tunnel (REASON is logged; "" when the caller logged it already)."""
+        if self._ended:
+            return
+        self._ended = True
+        if reason:
+            log.info("tunnel: tunnel from leaf %s (%s) ended: %s", self.leaf, self.peer, reason)
+        self.conn.close()
+        self.finished()
+
+    def finished(self) -> None:
+        """The connection is gone (or going): leave the server and presence, once."""
+        self._ended = True
+        if not self.closed.is_set():
+            self.closed.set()
+            self.server.unregister(self)
 
     async def ask(self, subsystem: str, request: dict) -> dict:
         """One JSON request and answer on a tunnel subsystem; an error the leaf answers is raised here."""
@@ -225,7 +315,11 @@ class LeafTunnel:
         return answer
 
     def close(self) -> None:
-        self.conn.close()
+        self.end("")
+
+
+#: How often the server checks every tunnel's deadline and sends the beats that are due (seconds).
+SWEEP_INTERVAL = 1.0
 
 
 class TunnelServer:
@@ -239,6 +333,9 @@ class TunnelServer:
         self.interval = ctx.cfg.proxy.tunnel_heartbeat_interval
         self.proxies: list[str] = [self.name]
         self.tunnels: dict[str, list[LeafTunnel]] = {}
+        #: Every open tunnel, also those whose leaf has not sent a valid heartbeat yet (their deadline counts).
+        self._open: set[LeafTunnel] = set()
+        self.presence = PresenceReporter(ctx.client, ctx.cfg.proxy.presence_interval)
         proxy = ctx.cfg.proxy
         self.limits = ListenerLimits("this proxy's tunnel listener", "proxy_service", max_startups=proxy.max_startups,
                                      max_channels=proxy.max_sessions, max_sessions=proxy.max_sessions)
@@ -246,6 +343,7 @@ class TunnelServer:
         self._acceptor = None
         self._tasks: set[asyncio.Task] = set()
         self._heartbeat_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
         self._renewer: Renewer | None = None
         #: Per leaf, the SSH key fingerprints of leaf proxies its tunnels reported revoked (only ever added to).
         self._revoked: dict[str, set[str]] = {}
@@ -274,12 +372,15 @@ class TunnelServer:
             sock=listeners.listen("tunnels", host, port), client_factory=lambda: _RootSide(self),
             acceptor=self._accepted,
             username=TUNNEL_LOGIN, host_key_alias=TUNNEL_PRINCIPAL, encoding=None,
-            keepalive_interval=self.interval, keepalive_count_max=MISSED_HEARTBEATS, login_timeout=15,
+            # No SSH keepalives: the heartbeats are the liveness check, and nothing else is sent idle.
+            keepalive_interval=0, login_timeout=15,
             **client_options(keypair, max_pktsize=CARRIER_MAX_PKTSIZE, known_hosts=([], [], [])))
         listeners.serving("tunnels", self._acceptor, self.limits, channels_when_idle=1)
         self.port = self._acceptor.sockets[0].getsockname()[1]
         self.cache.on_change(self._on_cache_change)
         self._heartbeat_task = asyncio.create_task(self._proxy_heartbeats(), name="proxy-heartbeat")
+        self._sweep_task = asyncio.create_task(self._sweep(), name="tunnel-sweep")
+        self.presence.start()
         self._renewer = Renewer("the tunnel certificate", self._renew_tunnel_certificate, valid_before)
         self._renewer.start()
         log.info("reverse tunnel listener on %s:%d", host, self.port)
@@ -287,20 +388,22 @@ class TunnelServer:
     async def stop(self) -> None:
         if self._renewer:
             await self._renewer.stop()
-        if self._heartbeat_task:
-            self._heartbeat_task.cancel()
+        for task in (self._heartbeat_task, self._sweep_task):
+            if task:
+                task.cancel()
+        if self._heartbeat_task and not listeners.draining():  # a successor carries on under this name
             await self._leave()
         if self._acceptor:
             self._acceptor.close()
             await self._acceptor.wait_closed()
-        for tunnels in list(self.tunnels.values()):
-            for t in list(tunnels):
-                t.close()
+        for t in list(self._open):
+            t.close()
         for task in list(self._tasks):
             try:
                 await asyncio.wait_for(task, 2)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 pass
+        await self.presence.stop()
 
     async def _proxy_heartbeats(self) -> None:
         """Announce this proxy (and its web port, where auth asks leaves through it) to auth; learn the
@@ -310,7 +413,12 @@ class TunnelServer:
                 answer = await self.client.call("POST", "/v1/proxies/heartbeat",
                                                 {"interval": self.interval,
                                                  "web_listen_addr": self.cfg.proxy.web_listen_addr})
-                self.proxies = answer.get("proxies") or [self.name]
+                proxies = answer.get("proxies") or [self.name]
+                if proxies != self.proxies:
+                    self.proxies = proxies
+                    for tunnel in self._open:  # leaves learn of a proxy joining or leaving at the next sweep
+                        tunnel.hello_due = True
+                        tunnel.next_beat = 0.0
             except GatehouseError as exc:
                 log.warning("cannot send the proxy heartbeat: %s", exc)
             await listeners.wait_draining(self.interval)
@@ -322,56 +430,59 @@ class TunnelServer:
         except GatehouseError as exc:
             log.info("cannot tell auth that this proxy is leaving (%s); its record expires by itself", exc)
 
+    async def _sweep(self) -> None:
+        """Once a second: close tunnels whose leaf missed its beats, send the beats that are due."""
+        drain_announced = False
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            if listeners.draining() and not drain_announced:
+                drain_announced = True
+                for tunnel in self._open:  # a hello saying "draining": each leaf dials the successor
+                    tunnel.hello_due = True
+                    tunnel.next_beat = 0.0
+            for tunnel in list(self._open):
+                tunnel.tick(now)
+
     # -- tunnels ---------------------------------------------------------------
     def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
         side: _RootSide = conn.get_owner()
         tunnel = LeafTunnel(self, side.leaf, conn, side.peer, pki.ssh_fingerprint(side.cert.public_line))
+        side.tunnel = tunnel
+        self._open.add(tunnel)
         log.debug("tunnel: leaf %s connected from %s", side.leaf, side.peer)
-        task = asyncio.create_task(tunnel.run(), name=f"tunnel-{side.leaf}")
+        task = asyncio.create_task(tunnel.open(), name=f"tunnel-{side.leaf}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def register(self, tunnel: LeafTunnel) -> None:
         self.tunnels.setdefault(tunnel.leaf, []).append(tunnel)
-        log.info("tunnel: leaf %s is connected (from %s, leaf proxy %s)", tunnel.leaf, tunnel.peer,
-                 tunnel.leaf_proxy or "?")
+        self.presence.connected(tunnel.leaf, tunnel.interval, tunnel.mode)
+        log.info("tunnel: leaf %s is connected (from %s, leaf proxy %s, heartbeat %s every %gs)", tunnel.leaf,
+                 tunnel.peer, tunnel.leaf_proxy or "?", tunnel.mode, tunnel.interval)
 
-    async def unregister(self, tunnel: LeafTunnel) -> None:
+    def unregister(self, tunnel: LeafTunnel) -> None:
+        self._open.discard(tunnel)
+        if not tunnel.registered:
+            return
         tunnels = self.tunnels.get(tunnel.leaf, [])
         if tunnel in tunnels:
             tunnels.remove(tunnel)
+            self.presence.disconnected(tunnel.leaf)
         if not tunnels:
             self.tunnels.pop(tunnel.leaf, None)
             log.info("tunnel: leaf %s is disconnected from proxy %s", tunnel.leaf, self.name)
-        if listeners.draining():
-            return  # the successor holds this proxy's tunnels and reports them
-        try:
-            await self.report(tunnel.leaf, bool(tunnels), self.interval)
-        except GatehouseError:
-            pass
-
-    async def report(self, leaf: str, connected: bool, interval: float) -> None:
-        await self.client.call("POST", "/v1/tunnels/heartbeat",
-                               {"cluster": leaf, "connected": connected, "interval": interval})
-
-    async def report_alive(self, leaf: str, interval: float, reported: bool) -> bool:
-        """Report a live tunnel to auth; whether that worked. Auth or its database being away does not
-        end the tunnel: routing needs only the tunnel itself and the cache, and the next beat that gets
-        through writes the record again (one warning per outage, one line when it works again)."""
-        try:
-            await self.report(leaf, True, interval)
-        except ConnectionProblem as exc:
-            if reported:
-                log.warning("tunnel: cannot record the tunnel from leaf %s at auth (%s); keeping the tunnel and "
-                            "trying again with its next heartbeat", leaf, exc)
-            return False
-        if not reported:
-            log.info("tunnel: the tunnel from leaf %s is recorded at auth again", leaf)
-        return True
 
     def _on_cache_change(self) -> None:
-        for leaf, tunnels in list(self.tunnels.items()):
-            if not self.cache.leaf_is_trusted(leaf):
+        changed = self.cache.last_changes
+        if changed is None:  # a full snapshot: look at every leaf
+            leaves = list(self.tunnels)
+        else:  # a delta: only leaves whose CA or remote cluster changed
+            leaves = {ident.split("/", 1)[0] if section == "cas" else ident for section, ident in changed
+                      if section in ("cas", "remote_clusters")}
+        for leaf in leaves:
+            tunnels = self.tunnels.get(leaf)
+            if tunnels and not self.cache.leaf_is_trusted(leaf):
                 log.info("tunnel: leaf %s was removed; dropping its %d tunnel(s)", leaf, len(tunnels))
                 for t in list(tunnels):
                     t.close()

@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Benchmark (first part of issue 16): a fleet of simulated leaves on one real root, idle.
+
+Stands up a root cluster (auth + proxy, one real ``gatehouse start`` process on free
+127.0.0.1 ports, SQLite) and, in this process, ``--leaves`` simulated leaves. Each leaf
+has its own host CA and name (``simNNNN.fleet.test``), joins through the root proxy's
+public trust handshake (``/webapi/trustedclusters/validate`` with a real token), and
+holds a real reverse tunnel with the leaf proxy's own code (``tunnel.agent.RootLink``:
+the same dialling, SSH server end and heartbeats as a leaf proxy), presenting a proxy
+host certificate signed by its host CA. What a leaf proxy would otherwise get from its
+own auth service (its cluster cache, audit log, status reports) is a small stand-in
+here: this simulates the network side of a leaf, not its auth. asyncssh is tuned as in
+the agent (``sshtuning.install``), so the bytes on the wire are a leaf proxy's.
+
+Measured, per heartbeat mode (``default``, then ``low_bandwidth``, the same leaves
+redialling in the other mode):
+
+* ``idle_bytes_per_leaf_day``: bytes at the IP level (IP and TCP headers included) on
+  the tunnel port, both directions, counted by two iptables rules in ``OUTPUT`` on
+  ``lo`` (comment ``gatehouse-bench-fleet-PID``), over ``--idle-seconds`` of idle
+  fleet split into ``--windows`` equal windows (reported as min / median / max of the
+  windows), scaled to a day and divided by the number of leaves;
+* ``backend_writes_per_s``: the root's storage revision counter (SQLite ``meta``) over
+  the same windows: every write auth made (presence reports, the proxy's own liveness
+  heartbeat, expiries), the figure that per-heartbeat reporting made grow with the
+  fleet;
+* the root process's RSS and CPU (percent of one core) over the windows, and this
+  simulator's own CPU and RSS, so the root's figures can be read apart from it;
+  the load average at the start and end of each mode.
+
+Not yet measured (issue 16 items left): offline detection, reconnect storms, listings,
+snapshot bytes, a ``gate ssh`` through a simulated leaf, several loopback addresses
+(N up to a few hundred fits the ports of one), 1,000 and 10,000 leaves.
+
+Usage: python3 bench/bench_fleet.py [--leaves N] [--idle-seconds S] [--windows W]
+                                    [--modes default,low_bandwidth] [--keep]
+Prints one JSON document on stdout, progress on stderr. Needs root (iptables).
+Targets (issue 16): <= 5 MB/day per leaf by default, <= 1 MB/day in low-bandwidth mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "agent" / "src"
+sys.path.insert(0, str(SRC))
+
+import asyncssh  # noqa: E402
+import requests  # noqa: E402
+import urllib3  # noqa: E402
+
+from gatehouse import __version__, pki, sshtuning  # noqa: E402
+from gatehouse.member.cache import key_only  # noqa: E402
+from gatehouse.sshserver import ListenerLimits  # noqa: E402
+from gatehouse.tunnel.agent import RootLink  # noqa: E402
+from gatehouse.wire import EXT_MEMBER_KIND, TUNNEL_PRINCIPAL, VALIDATE_PATH  # noqa: E402
+
+ROOT = "root.fleet.test"
+TARGETS_MB_DAY = {"default": 5.0, "low_bandwidth": 1.0}
+TAG = f"gatehouse-bench-fleet-{os.getpid()}"
+
+
+def log(msg: str) -> None:
+    print(f"bench_fleet: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(SRC) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e.pop("GATEHOUSE_CONFIG", None)
+    return e
+
+
+# ---------------------------------------------------------------- the root
+class Root:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.data = tmp / "data"
+        self.web = f"127.0.0.1:{free_port()}"
+        self.tunnel_port = free_port()
+        self.config = tmp / "gatehouse.yaml"
+        self.config.write_text(
+            f"gatehouse: {{nodename: rootproxy, data_dir: {self.data}, log: {{severity: INFO}}}}\n"
+            f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: '127.0.0.1:{free_port()}', "
+            f"validate_rate: 100000}}\n"
+            f"proxy_service: {{enabled: true, web_listen_addr: '{self.web}', listen_addr: '127.0.0.1:{free_port()}', "
+            f"tunnel_listen_addr: '127.0.0.1:{self.tunnel_port}'}}\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        logf = open(self.tmp / "gatehouse.log", "ab")  # noqa: SIM115 - the daemon keeps it
+        self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", str(self.config)],
+                                     stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env())
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if "gatehouse is running" in (self.tmp / "gatehouse.log").read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the root exited at start; see {self.tmp / 'gatehouse.log'}")
+            time.sleep(0.3)
+        raise SystemExit("the root did not start within 120 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def gatectl(self, *args) -> str:
+        r = subprocess.run([sys.executable, "-m", "gatehouse.cli.gatectl", "-c", str(self.config), *args],
+                           capture_output=True, text=True, env=env(), timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise SystemExit(f"gatectl {' '.join(args)} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def online(self) -> dict[str, str]:
+        return {rc["metadata"]["name"]: rc["status"].get("heartbeat_mode", "") for rc in
+                json.loads(self.gatectl("get", "rc", "--format", "json"))
+                if rc["status"]["connection"] == "online"}
+
+    def revision(self) -> int:
+        conn = sqlite3.connect(f"file:{self.data / 'backend.sqlite'}?mode=ro", uri=True, timeout=30)
+        try:
+            return int(conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0])
+        finally:
+            conn.close()
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+# ---------------------------------------------------------------- byte counters
+class Counters:
+    """Two iptables rules on lo counting the tunnel port's packets (IP level), removed at exit."""
+
+    def __init__(self, port: int):
+        self.rules = [["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port)],
+                      ["OUTPUT", "-o", "lo", "-p", "tcp", "--sport", str(port)]]
+
+    def add(self) -> None:
+        for rule in self.rules:
+            subprocess.run(["iptables", "-w", "-I", *rule, "-m", "comment", "--comment", TAG], check=True)
+
+    def remove(self) -> None:
+        for rule in self.rules:
+            subprocess.run(["iptables", "-w", "-D", *rule, "-m", "comment", "--comment", TAG],
+                           stderr=subprocess.DEVNULL, check=False)
+
+    def bytes(self) -> int:
+        out = subprocess.run(["iptables", "-w", "-L", "OUTPUT", "-v", "-n", "-x"], capture_output=True, text=True,
+                             check=True).stdout
+        return sum(int(line.split()[1]) for line in out.splitlines() if TAG in line)
+
+
+# ---------------------------------------------------------------- simulated leaves
+class _Cache:
+    """What RootLink reads of a leaf proxy's cluster cache: the root's user CA, no revoked proxies, no nodes."""
+
+    def __init__(self, name: str, root_user_ca: str):
+        self.cluster_name = name
+        self._root_user_ca = key_only(root_user_ca)
+
+    def user_ca(self, line: str):
+        return {"cluster_name": ROOT, "local": False} if key_only(line) == self._root_user_ca else None
+
+    def revoked_keys(self, _kind):
+        return []
+
+    def nodes(self):
+        return []
+
+    def node(self, _name):
+        return None
+
+
+class _Quiet:
+    def emit(self, *_a, **_k):
+        return None
+
+    async def call(self, *_a, **_k):  # the leaf's own auth, which a simulated leaf does not have
+        return {}
+
+
+class SimLeaf:
+    """One leaf: its host CA, its proxy's host key and certificate, a RootLink per run."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.host_ca = pki.new_ssh_key(comment=f"{name} host CA")
+        self.key = pki.new_ssh_key()
+        now = int(time.time())
+        cert = pki.sign_ssh_cert(self.host_ca.private_openssh, self.key.public_line, cert_type="host",
+                                 key_id="proxy:simproxy", principals=[TUNNEL_PRINCIPAL, "simproxy"],
+                                 valid_after=now - 60, valid_before=now + 86400,
+                                 extensions={EXT_MEMBER_KIND: json.dumps("proxy")})
+        self.host_keypair = (asyncssh.import_private_key(self.key.private_openssh), asyncssh.import_certificate(cert))
+        self.cache: _Cache | None = None
+        self.limits = ListenerLimits("simulated leaf tunnels", "proxy_service", max_startups=10, max_channels=10,
+                                     max_sessions=100)
+        self.audit = self.client = _Quiet()
+        self.summary_interval = 30.0
+        self.link: RootLink | None = None
+
+    def join(self, web: str, token: str) -> None:
+        r = requests.post(f"https://{web}{VALIDATE_PATH}", verify=False, timeout=60,
+                          json={"token": token, "cluster_name": self.name, "expected_root": ROOT,
+                                "host_cas": [self.host_ca.public_line], "version": __version__})
+        if r.status_code != 200:
+            raise SystemExit(f"the handshake of {self.name} failed: {r.text[:300]}")
+        self.cache = _Cache(self.name, r.json()["user_ca"])
+
+    def start(self, tunnel_addr: str, mode: str) -> None:
+        self.link = RootLink(self, ROOT, tunnel_addr, mode=mode)
+        self.link.start()
+
+    async def stop(self) -> None:
+        if self.link:
+            await self.link.stop()
+            self.link = None
+
+
+def own_usage() -> tuple[float, float]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+
+
+def spread(values: list) -> dict:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3)}
+
+
+async def measure_mode(root: Root, leaves: list, mode: str, counters: Counters, idle: float, windows: int) -> dict:
+    addr = f"127.0.0.1:{root.tunnel_port}"
+    for leaf in leaves:
+        leaf.start(addr, mode)
+    t0 = time.monotonic()
+    while True:
+        online = await asyncio.to_thread(root.online)
+        ready = sum(1 for leaf in leaves if online.get(leaf.name) == mode)
+        if ready == len(leaves):
+            break
+        if time.monotonic() - t0 > 300:
+            raise SystemExit(f"only {ready} of {len(leaves)} leaves came online in mode {mode} within 300 s")
+        await asyncio.sleep(2)
+    online_s = time.monotonic() - t0
+    log(f"{mode}: {len(leaves)} leaves online after {online_s:.1f} s; settling 35 s (first summary), "
+        f"then {idle:.0f} s idle in {windows} windows")
+    await asyncio.sleep(35)
+    load_start = os.getloadavg()
+    per_window = idle / windows
+    bytes_day, writes, root_cpu, sim_cpu = [], [], [], []
+    for w in range(windows):
+        b0, r0, c0, s0, t = counters.bytes(), root.revision(), root.cpu_s(), own_usage()[0], time.monotonic()
+        await asyncio.sleep(per_window)
+        dt = time.monotonic() - t
+        b1, r1, c1, s1 = counters.bytes(), root.revision(), root.cpu_s(), own_usage()[0]
+        bytes_day.append((b1 - b0) / len(leaves) / dt * 86400)
+        writes.append((r1 - r0) / dt)
+        root_cpu.append(100 * (c1 - c0) / dt)
+        sim_cpu.append(100 * (s1 - s0) / dt)
+        log(f"{mode}: window {w + 1}/{windows}: {bytes_day[-1] / 1e6:.3f} MB/day per leaf, "
+            f"{writes[-1]:.2f} writes/s, root {root_cpu[-1]:.1f}% CPU")
+    load_end = os.getloadavg()
+    for leaf in leaves:
+        await leaf.stop()
+    await asyncio.sleep(3)
+    return {"online_after_s": round(online_s, 1),
+            "idle_bytes_per_leaf_day": spread(bytes_day),
+            "idle_mb_per_leaf_day_median": round(statistics.median(bytes_day) / 1e6, 3),
+            "target_mb_per_leaf_day": TARGETS_MB_DAY.get(mode),
+            "backend_writes_per_s": spread(writes),
+            "root_proxy_idle_cpu_pct": spread(root_cpu),
+            "simulator_cpu_pct": spread(sim_cpu),
+            "root_proxy_rss_mib": round(root.rss_mib(), 1),
+            "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in load_end],
+            "window_s": round(per_window, 1)}
+
+
+async def main_async(args, root: Root, counters: Counters) -> dict:
+    token = json.loads(root.gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=2h", "--format", "json"))["token"]
+    leaves = [SimLeaf(f"sim{i:04d}.fleet.test") for i in range(args.leaves)]
+    t0 = time.monotonic()
+    for leaf in leaves:
+        await asyncio.to_thread(leaf.join, root.web, token)
+    join_s = time.monotonic() - t0
+    log(f"{len(leaves)} leaves joined through the handshake in {join_s:.1f} s")
+    out = {"leaves": args.leaves, "join_all_s": round(join_s, 1), "idle_seconds_per_mode": args.idle_seconds,
+           "windows": args.windows, "modes": {}}
+    for mode in args.modes.split(","):
+        out["modes"][mode] = await measure_mode(root, leaves, mode, counters, args.idle_seconds, args.windows)
+    cpu, rss = own_usage()
+    out["simulator_rss_mib_max"] = round(rss, 1)
+    out["simulator_cpu_s_total"] = round(cpu, 1)
+    out["idle_bytes_per_leaf_day"] = {m: v["idle_bytes_per_leaf_day"]["median"] for m, v in out["modes"].items()}
+    out["cpu_count"] = os.cpu_count()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--leaves", type=int, default=100)
+    parser.add_argument("--idle-seconds", type=float, default=600.0, help="idle time measured per mode")
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--modes", default="default,low_bandwidth")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_fleet: needs root (iptables counters)", file=sys.stderr)
+        return 2
+    urllib3.disable_warnings()
+    # As in a leaf proxy (process.run): without it asyncssh sends an SSH_MSG_IGNORE before every packet.
+    sshtuning.install()
+    # SIGTERM and SIGHUP end the run through the clean-up below (root stopped, iptables rules removed).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    tmp = Path(tempfile.mkdtemp(prefix="gatehouse-bench-fleet-"))
+    root = Root(tmp)
+    counters = Counters(root.tunnel_port)
+    try:
+        counters.add()
+        root.start()
+        result = asyncio.run(main_async(args, root, counters))
+    finally:
+        root.stop()
+        counters.remove()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
