@@ -18,6 +18,11 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     members/<kind>/<name>         joined nodes and proxies: the name's holder and its keys (until its
                                   certificates expire or it is revoked)
     locks/<kind>/<name>           revoked member identities (their keys), until their certificates expire
+    audit_forwarded/<root>        leaf side: the last event of this cluster's stream its root confirmed
+    audit_forwarders/<leaf>       root side: the root proxy that forwards a leaf's audit now (expires)
+    audit_retention               the auth server running audit retention now (expires)
+
+Audit events themselves are not items: they live in the backend's audit table (backend/audit.py).
 """
 
 from __future__ import annotations
@@ -138,3 +143,14 @@ def members_of(kind: str) -> str:
 
 def lock(kind: str, name: str) -> str:
     return f"{LOCKS_PREFIX}{kind}/{name}"
+
+
+def audit_forwarded(root: str) -> str:
+    return f"audit_forwarded/{root}"
+
+
+def audit_forwarder(leaf: str) -> str:
+    return f"audit_forwarders/{leaf}"
+
+
+AUDIT_RETENTION = "audit_retention"

@@ -26,6 +26,7 @@ from ..sshserver import ListenerLimits
 from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL,
                     MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT, TUNNEL_PRINCIPAL,
                     heartbeat_interval)
+from .forwarding import AuditReceiver
 from .framing import MAX_ANSWER, MAX_HEARTBEAT_LINE, TooLarge, parse_heartbeat, read_bounded, too_long
 
 log = logging.getLogger("gatehouse.tunnel.server")
@@ -244,6 +245,8 @@ class TunnelServer:
         #: Per leaf, the SSH key fingerprints of leaf proxies its tunnels reported revoked (only ever added to).
         self._revoked: dict[str, set[str]] = {}
         self.port = 0
+        #: Leaves' audit events and recordings, asked for over their tunnels (tunnel/forwarding.py).
+        self.audit_receiver = AuditReceiver(self)
 
     # -- lifecycle -------------------------------------------------------------
     async def _tunnel_certificate(self) -> tuple[tuple, float]:
@@ -285,6 +288,7 @@ class TunnelServer:
         if self._acceptor:
             self._acceptor.close()
             await self._acceptor.wait_closed()
+        await self.audit_receiver.stop()
         for tunnels in list(self.tunnels.values()):
             for t in list(tunnels):
                 t.close()
@@ -320,6 +324,7 @@ class TunnelServer:
         self.tunnels.setdefault(tunnel.leaf, []).append(tunnel)
         log.info("tunnel: leaf %s is connected (from %s, leaf proxy %s)", tunnel.leaf, tunnel.peer,
                  tunnel.leaf_proxy or "?")
+        self.audit_receiver.ensure(tunnel.leaf)
 
     async def unregister(self, tunnel: LeafTunnel) -> None:
         tunnels = self.tunnels.get(tunnel.leaf, [])
