@@ -148,6 +148,7 @@ class AuditShipper:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self.delivered = 0
         self.failing_since = 0.0
+        self._waiting: dict[str, asyncio.Future] = {}
         audit.on_emit(self._emitted)
 
     def _emitted(self) -> None:
@@ -211,9 +212,26 @@ class AuditShipper:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    async def delivered_event(self, uid: str, timeout: float) -> bool:
+        """Wait until the event with UID was delivered (in order, after everything written before it)."""
+        fut = self._waiting.setdefault(uid, asyncio.get_running_loop().create_future())
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._waiting.pop(uid, None)
+
     async def _send(self, batch: list, cursor) -> None:
         await self.deliver(batch)
         self.delivered += len(batch)
+        if self._waiting:
+            for entry in batch:
+                fut = self._waiting.get(entry.get("uid")) if isinstance(entry, dict) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(True)
         if self.failing_since:
             log.warning("delivered the audit events that waited for %s again", self.what)
             self.failing_since = 0.0

@@ -91,8 +91,9 @@ def parse_time(value, flag: str, now: Optional[float] = None) -> Optional[float]
                        f"time (like 2026-12-01T10:00:00Z)")
 
 
-def parse_query(params, now: Optional[float] = None) -> Query:
-    """A Query from search parameters (a mapping of strings: CLI flags or API query parameters)."""
+def parse_query(params, now: Optional[float] = None, flags: str = "") -> Query:
+    """A Query from search parameters (a mapping of strings: CLI flags or API query parameters). FLAGS is put in
+    front of parameter names in messages ("--" for the CLI)."""
     get = (lambda k: params.get(k)) if hasattr(params, "get") else (lambda k: None)
     unknown = sorted(set(params) - {"cluster", "user", "event", "session", "since", "until", "limit", "cursor"})
     if unknown:
@@ -100,21 +101,21 @@ def parse_query(params, now: Optional[float] = None) -> Query:
                            f"until, limit or cursor")
     cluster, user, event, session = (str(get(k) or "").strip() for k in ("cluster", "user", "event", "session"))
     if cluster and not _NAME.match(cluster):
-        raise BadParameter(f'--cluster "{cluster[:80]}" is not a cluster name; use the name \'gatectl status\' shows')
+        raise BadParameter(f'{flags}cluster "{cluster[:80]}" is not a cluster name; use the name \'gatectl status\' shows')
     if user and not _NAME.match(user):
-        raise BadParameter(f'--user "{user[:80]}" is not a user name (letters, digits, ".", "-", "_" or "@")')
+        raise BadParameter(f'{flags}user "{user[:80]}" is not a user name (letters, digits, ".", "-", "_" or "@")')
     if event and not _EVENT.match(event):
-        raise BadParameter(f'--event "{event[:80]}" is not an event name; use one like session.start, or a prefix '
+        raise BadParameter(f'{flags}event "{event[:80]}" is not an event name; use one like session.start, or a prefix '
                            f"ending in * like session.*")
     if event == "*":
         event = ""
     if session and not is_session_id(session):
-        raise BadParameter(f'--session "{session[:80]}" is not a session id; copy the sid of an event '
+        raise BadParameter(f'{flags}session "{session[:80]}" is not a session id; copy the sid of an event '
                            f"(a UUID like 3f2c…)")
-    since = parse_time(get("since"), "--since", now)
-    until = parse_time(get("until"), "--until", now)
+    since = parse_time(get("since"), f"{flags}since", now)
+    until = parse_time(get("until"), f"{flags}until", now)
     if since is not None and until is not None and since > until:
-        raise BadParameter("--since is later than --until; swap them or widen the range")
+        raise BadParameter(f"{flags}since is later than {flags}until; swap them or widen the range")
     raw_limit = get("limit")
     if raw_limit in (None, ""):
         limit = DEFAULT_LIMIT
@@ -124,10 +125,10 @@ def parse_query(params, now: Optional[float] = None) -> Query:
         except ValueError:
             limit = 0
         if not 1 <= limit <= MAX_LIMIT:
-            raise BadParameter(f"--limit must be a whole number from 1 to {MAX_LIMIT}, not {str(raw_limit)[:20]!r}")
+            raise BadParameter(f"{flags}limit must be a whole number from 1 to {MAX_LIMIT}, not {str(raw_limit)[:20]!r}")
     cursor = get("cursor")
     return Query(cluster, user, event, session, since, until, limit,
-                 decode_cursor(cursor) if cursor not in (None, "") else None)
+                 decode_cursor(cursor, flags) if cursor not in (None, "") else None)
 
 
 def encode_cursor(after: tuple) -> str:
@@ -135,8 +136,8 @@ def encode_cursor(after: tuple) -> str:
     return base64.urlsafe_b64encode(json.dumps([ts, stream, seq]).encode()).decode().rstrip("=")
 
 
-def decode_cursor(text) -> tuple:
-    bad = BadParameter("--cursor is not a cursor this search returned; copy the 'next' value of the previous "
+def decode_cursor(text, flags: str = "") -> tuple:
+    bad = BadParameter(f"{flags}cursor is not a cursor this search returned; copy the 'next' value of the previous "
                        "page, or leave it out to start from the newest event")
     if not isinstance(text, str) or len(text) > 600:
         raise bad

@@ -146,10 +146,11 @@ class AuditStore:
         return stored
 
     async def record(self, event: str, **fields) -> None:
-        """Emit an event this store relies on (prunes, gaps, recordings) and chain it now, not at the next
-        delivery (which then finds it stored and drops it)."""
+        """Emit an event this store relies on (prunes, gaps, recordings) and return once it is in the chain, after
+        the events written before it; if delivery is stuck, chain it at once (the later delivery drops it)."""
         entry = self.svc.audit.emit(event, **fields)
-        await self.store_entries([auditchain.fit(entry, self.cluster)])
+        if self.shipper is None or not await self.shipper.delivered_event(entry["uid"], 10.0):
+            await self.store_entries([auditchain.fit(entry, self.cluster)])
 
     async def deliver_own(self, batch: list) -> None:
         """This process's events (from its local log) into the chain."""

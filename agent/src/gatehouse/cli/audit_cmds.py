@@ -19,7 +19,7 @@ def search_params(args) -> dict:
     params = {k: v for k, v in (("cluster", args.cluster), ("user", args.user), ("event", args.event),
                                 ("session", args.session), ("since", args.since), ("until", args.until),
                                 ("limit", args.limit), ("cursor", args.cursor)) if v not in (None, "")}
-    parse_query(params)   # refuses what does not parse, before anything is sent
+    parse_query(params, flags="--")   # refuses what does not parse, before anything is sent
     return {k: str(v) for k, v in params.items()}
 
 
