@@ -124,9 +124,9 @@ def record_from_text(stream: str, text: str) -> Record:
     if not isinstance(text, str) or len(text) > MAX_EVENT_BYTES + 200:
         raise BadParameter("a forwarded event is not text of at most 16 KiB")
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_constant=_no_constant)
     except ValueError:
-        raise BadParameter("a forwarded event is not valid JSON") from None
+        raise BadParameter("a forwarded event is not valid JSON (or holds NaN or Infinity)") from None
     if not isinstance(body, dict) or canonical(body) != text:
         raise BadParameter("a forwarded event is not in canonical form (sorted keys, no spaces, ASCII)")
     seq, prev = body.get("seq"), body.get("prev")
@@ -138,6 +138,10 @@ def record_from_text(stream: str, text: str) -> Record:
     user, sid = index_fields(body)
     return Record(stream, seq, body["uid"], event_time(body), body["event"], user, sid,
                   bool(body.get("success", True)), digest(text), text)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def check_entry(entry, where: str = "an audit event", now: Optional[float] = None) -> dict:
@@ -179,7 +183,7 @@ def fit(entry: dict, cluster: str) -> dict:
     import time
     import uuid
     from .clock import now_iso
-    out = json.loads(json.dumps(entry, default=str)) if isinstance(entry, dict) else {}
+    out = _plain(entry) if isinstance(entry, dict) else {}
     out = {k: v for k, v in out.items() if k not in CHAIN_FIELDS and k not in ("hash", "stream")}
     if not isinstance(out.get("event"), str) or not _EVENT_NAME.match(out["event"]):
         out["event"] = "audit.unknown"
@@ -200,6 +204,21 @@ def fit(entry: dict, cluster: str) -> dict:
                 break
         out["truncated"] = True
     return out
+
+
+def _plain(value, depth: int = 0):
+    """VALUE as plain JSON: keys as text, non-finite numbers and other objects as their text, nesting bounded."""
+    if isinstance(value, float) and not (value == value and abs(value) != float("inf")):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if depth >= 16:
+        return str(value)[:1024]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    return str(value)
 
 
 def is_hash(value) -> bool:
