@@ -62,14 +62,14 @@ up() {
   say "gate clusters"
   local i
   for i in $(seq 20); do
-    "$gate" clusters | grep -Eq '^leaf +online' && break
+    "$gate" clusters | grep -Eq '^leaf\.demo +online' && break
     sleep 0.5
   done
   "$gate" clusters
-  say "gate ls --cluster=leaf"
-  "$gate" ls --cluster=leaf
-  say "gate ssh --cluster=leaf visitor@node1 uname -a"
-  "$gate" ssh --cluster=leaf visitor@node1 uname -a
+  say "gate ls --cluster=leaf.demo"
+  "$gate" ls --cluster=leaf.demo
+  say "gate ssh --cluster=leaf.demo visitor@node1 uname -a"
+  "$gate" ssh --cluster=leaf.demo visitor@node1 uname -a
   cat <<MSG
 
 Three agents run in the background (root: auth + proxy on 3025/3080/3023/3024; leaf: auth +
@@ -77,7 +77,7 @@ proxy on 3125/3180/3123, tunnel to the root; node1 of the leaf on 3222). Their l
 in $SITE/*/data/log/. Try:
 
   export GATE_HOME=$GATE_HOME ANSIBLE_COLLECTIONS_PATH=$ANSIBLE_COLLECTIONS_PATH PATH=$PWD/.venv/bin:\$PATH
-  gate ssh --cluster=leaf visitor@node1                    # a shell on the leaf's node
+  gate ssh --cluster=leaf.demo visitor@node1                    # a shell on the leaf's node
   gate status                                              # your roles, and what they map to on the leaf
   ansible-playbook -i $INVENTORY playbooks/site.yml        # again: changes nothing
   ansible-playbook -i $INVENTORY playbooks/trust_disable.yml   # then trust_enable.yml, trust_remove.yml
