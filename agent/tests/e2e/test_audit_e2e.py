@@ -154,3 +154,59 @@ def test_record_session_false_records_nothing(audited):
     r = audited.run_gate("play", "--no-timing", sid, gate_home=home)
     assert r.returncode != 0 and "unrecorded-marker" not in r.stdout
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------- the recording policy
+def _role(c: Cluster, name: str, policy: str) -> None:
+    ok(c.run_gatectl("create", write_yaml(os.path.join(c.tmp, f"{name}.yaml"), json.dumps(
+        {"kind": "role", "version": "v5", "metadata": {"name": name},
+         "spec": {"options": {"recording_failure": policy}, "allow": {"logins": ["visitor"],
+                                                                      "node_labels": {"*": "*"}}}}))))
+
+
+@pytest.fixture(scope="module")
+def full_spool():
+    """A cluster whose node's recording spool holds 1 byte: every recording fails."""
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end tests need root (sessions switch to the visitor login)")
+    tmp = tempfile.mkdtemp(prefix="gatehouse-audit-full-")
+    c = Cluster(tmp, extra_auth=", login_rate: 600")
+    with open(c.config_path, encoding="utf-8") as fh:
+        write_yaml(c.config_path, fh.read() + "audit: {spool_max_size: 1B}\n")
+    with unix_user("visitor"):
+        try:
+            c.start()
+            _role(c, "open", "fail_open")
+            _role(c, "closed", "fail_closed")
+            for user in ("opal", "clio"):
+                c.add_user(user, "open" if user == "opal" else "closed", "visitor", PASSWORD)
+                ok(c.login(user, PASSWORD, os.path.join(tmp, f"gate-{user}")))
+            yield c
+        finally:
+            c.stop()
+            if not os.environ.get("GATEHOUSE_E2E_KEEP"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_fail_open_continues_and_audits_the_failed_recording(full_spool):
+    home = os.path.join(full_spool.tmp, "gate-opal")
+    for attempt in range(2):   # the first fails mid-session (the header fits no more), the next at its start
+        r = full_spool.run_gate("ssh", "visitor@node1", f"echo open-marker-{attempt}", gate_home=home)
+        assert f"open-marker-{attempt}" in ok(r)
+    failed = wait_until(lambda: (lambda ev: ev if len(ev) >= 2 else None)(
+        [e for e in full_spool.audit("session.recording_failed") if e.get("user") == "opal"]), 30,
+        "opal's session.recording_failed events")
+    assert all(e["policy"] == "fail_open" and "spool" in e["error"] and e["sid"] for e in failed)
+    starts = {e["sid"] for e in full_spool.audit("session.start") if e.get("user") == "opal"}
+    assert {e["sid"] for e in failed} <= starts
+
+
+def test_fail_closed_refuses_a_session_it_cannot_record(full_spool):
+    home = os.path.join(full_spool.tmp, "gate-clio")
+    r = full_spool.run_gate("ssh", "visitor@node1", "echo closed-marker", gate_home=home)
+    assert r.returncode != 0 and "closed-marker" not in r.stdout
+    assert ('this session must be recorded (recording_failure: fail_closed in your roles) but node "node1" '
+            'cannot write its recording') in r.stderr, r.stderr
+    failed = wait_until(lambda: [e for e in full_spool.audit("session.recording_failed") if e.get("user") == "clio"],
+                        30, "clio's session.recording_failed event")
+    assert failed[0]["policy"] == "fail_closed"

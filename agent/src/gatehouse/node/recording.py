@@ -60,9 +60,10 @@ class SessionRecorder:
     def bind(self, stop: Callable[[str, str], None]) -> None:
         self._stop = stop
 
-    def output(self, data: bytes) -> None:
+    def output(self, data: bytes) -> bool:
+        """Record DATA; False when it could not be and the policy is fail_closed (the session must not show it)."""
         if self.writer is None:
-            return
+            return not (self.failed and self.policy == "fail_closed")
         try:
             self.spool.check_room(len(data))
             before = self.writer.size
@@ -70,6 +71,8 @@ class SessionRecorder:
             self.spool.add(self.writer.size - before)
         except (OSError, RecordingSpoolFull) as exc:
             self._failed(exc)
+            return self.policy != "fail_closed"
+        return True
 
     def resize(self, width: int, height: int) -> None:
         if self.writer is None:
@@ -155,9 +158,14 @@ class RecordingSpool:
             raise RecordingFailed(f"invalid session id {sid!r}")
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        except OSError as exc:   # a file where the spool should be, no space, read-only: the policy decides
+            raise RecordingFailed(describe_failure(exc, self)) from None
+        if os.path.exists(os.path.join(self.dir, f"{sid}.cast")):
+            raise RecordingFailed(f"a recording of session {sid} already exists on this node")
+        try:
             return SessionRecorder(self, sid, header, meta, policy)
-        except FileExistsError:
-            raise RecordingFailed(f"a recording of session {sid} already exists on this node") from None
+        except (OSError, RecordingSpoolFull) as exc:
+            raise RecordingFailed(describe_failure(exc, self)) from None
         except (OSError, RecordingSpoolFull) as exc:
             raise RecordingFailed(describe_failure(exc, self)) from None
 

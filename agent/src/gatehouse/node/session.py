@@ -170,7 +170,8 @@ async def run_session(process: asyncssh.SSHServerProcess, login: str, *, node_na
     never raises for session failures.
 
     ``tap`` (optional; node/recording.py's SessionRecorder) sees what the client sees:
-    ``tap.output(bytes)`` for every chunk of output and ``tap.resize(cols, rows)`` for
+    ``tap.output(bytes)`` for every chunk of output before the client does (False: the chunk
+    must not be shown, the tap is ending the session) and ``tap.resize(cols, rows)`` for
     every window change; ``tap.bind(stop)`` gives it ``stop(ended_by, message)``, which
     ends the session like a limit does. A tap never raises into the session.
     """
@@ -622,6 +623,7 @@ class _Session:
             if self.exit_task.done() and not closed_task.done():
                 await self._drain(pumps, closed_task)
             if not closed_task.done() and not process.is_closing():
+                self._stopped_after_exit()
                 await self._send_exit()
             else:
                 if not self.reaped:
@@ -656,6 +658,16 @@ class _Session:
         self.io_stopped = True
         await self._terminate()
         self.process.channel.close()  # what was written (the reason) is sent before the close
+
+    def _stopped_after_exit(self) -> None:
+        """The child exited, but the session was stopped first (its output could not be recorded under
+        fail_closed): the client is told why and gets a failing exit status, not the child's."""
+        if self._stopped is None or self.result.ended_by:
+            return
+        self.result.ended_by, self.result.error = self._stopped
+        self._say(self.result.error)
+        self.result.exit_signal = None
+        self.result.exit_status = 255
 
     def _stop(self, ended_by: str, message: str) -> None:
         """End the session from outside (a recording that cannot be written): as a limit does."""
@@ -801,9 +813,9 @@ class _Session:
                     raise
                 if not data:
                     break
+                if self.tap is not None and self.tap.output(data) is False:
+                    break   # recording_failure: fail_closed, and this output could not be recorded: not shown
                 writer.write(convert(data))
-                if self.tap is not None:
-                    self.tap.output(data)
                 await writer.drain()
             if self.encoding:
                 tail = convert(b"", True)  # type: ignore[call-arg]
