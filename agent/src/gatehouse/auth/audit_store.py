@@ -277,12 +277,13 @@ class AuditStore:
 
     async def _restart_points(self, stream: str) -> dict:
         """seq -> prev hash where STREAM's chain legitimately starts again: after a prune (retention) or a gap
-        a leaf's signed export declared; recorded in this cluster's own chain."""
+        a leaf's signed export declared; recorded in this cluster's own chain (the event's ``chain`` field names
+        the stream: ``stream`` is what a search adds to every event, so an event cannot carry it)."""
         points = {}
         for event in (PRUNE_EVENT, GAP_EVENT):
             for rec in await self.backend.audit_search(Query(cluster=self.cluster, event=event, limit=MAX_LIMIT)):
                 body = json.loads(rec.body)
-                if body.get("stream") == stream and isinstance(body.get("through_seq"), int):
+                if body.get("chain") == stream and isinstance(body.get("through_seq"), int):
                     points[body["through_seq"] + 1] = str(body.get("through_hash", ""))
         return points
 
@@ -511,7 +512,7 @@ class AuditStore:
                 if not batch.get("gap") or first.seq != first_seq:
                     raise self._forward_refused(leaf, f"events {head.seq + 1} to {first.seq - 1} are missing",
                                                 first.seq)
-                await self.record(GAP_EVENT, success=False, cluster=leaf, stream=leaf, from_seq=head.seq + 1,
+                await self.record(GAP_EVENT, success=False, cluster=leaf, chain=leaf, from_seq=head.seq + 1,
                                   through_seq=first.seq - 1, through_hash=first_body["prev"],
                                   reason="the leaf no longer had these events when it forwarded (its retention "
                                          "removed them first)")
@@ -698,7 +699,7 @@ class AuditStore:
         removed = 0
         for through in range(bounds.first + 9999, cut + 10000, 10000):
             removed += await self.backend.audit_prune(stream, min(through, cut))
-        await self.record(PRUNE_EVENT, stream=stream, through_seq=cut, through_hash=edge[0].hash, count=removed)
+        await self.record(PRUNE_EVENT, chain=stream, through_seq=cut, through_hash=edge[0].hash, count=removed)
         log.info("audit retention: removed %d events of %s (up to event %d)", removed, stream, cut)
         return removed
 
