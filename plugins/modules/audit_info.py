@@ -19,7 +19,7 @@ description:
   - Bounded - at most O(max_events) events are returned (fetched in pages of up to 1000); when more match,
     RV(next) holds the cursor to continue with.
   - Read-only; always reports C(changed=false). Needs the admin identity (the default on an auth server) or a
-    user whose roles say C(audit: read).
+    user whose roles say C(audit=read) (role option audit set to read).
 author:
   - Gatehouse maintainers (@gatehouse)
 extends_documentation_fragment:

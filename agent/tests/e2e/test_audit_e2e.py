@@ -156,6 +156,39 @@ def test_record_session_false_records_nothing(audited):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+
+def test_a_node_killed_mid_session_uploads_the_recording_after_its_restart(audited):
+    import signal
+    import subprocess
+    import sys
+    session = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.gate", "ssh", "visitor@node1",
+                                "echo before-the-kill-$((6*7)); sleep 120; echo never-shown-$((6*7))"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               env=audited.gate_env())
+    try:
+        spool = os.path.join(audited.data_dir, "recording-spool")
+
+        def spooled():
+            for name in os.listdir(spool) if os.path.isdir(spool) else []:
+                if not name.endswith(".cast"):
+                    continue
+                with open(os.path.join(spool, name), "rb") as fh:
+                    if b"before-the-kill-42" in fh.read():   # the output, not the command in the header
+                        return name[:-5]
+            return None
+        sid = wait_until(spooled, 30, "the running session's recording in the node's spool")
+        audited.daemon.proc.send_signal(signal.SIGKILL)   # no chance to finish the recording
+        audited.daemon.proc.wait(timeout=30)
+    finally:
+        session.kill()
+        session.wait(timeout=30)
+    audited.daemon.start()
+    played = uploaded(audited, sid)
+    assert "before-the-kill-42" in played and "never-shown-42" not in played
+    with open(os.path.join(audited.data_dir, "recordings", audited.cluster_name, f"{sid}.cast"),
+              encoding="utf-8") as fh:
+        assert "recording interrupted: the node stopped during the session" in fh.read()
+
 # ---------------------------------------------------------------- the recording policy
 def _role(c: Cluster, name: str, policy: str) -> None:
     ok(c.run_gatectl("create", write_yaml(os.path.join(c.tmp, f"{name}.yaml"), json.dumps(

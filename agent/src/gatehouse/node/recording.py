@@ -68,6 +68,7 @@ class SessionRecorder:
             self.spool.check_room(len(data))
             before = self.writer.size
             self.writer.output(data)
+            self.writer.flush()   # to the file (page cache) at once: a killed node loses no output it showed
             self.spool.add(self.writer.size - before)
         except (OSError, RecordingSpoolFull) as exc:
             self._failed(exc)
