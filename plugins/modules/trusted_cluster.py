@@ -191,9 +191,13 @@ def desired_spec(params, current):
         else:
             tunnel = web
     rmap = role_map(params["role_map"]) if params.get("role_map") is not None else cur.get("role_map") or []
-    forward = params["forward_audit"] if params.get("forward_audit") is not None else bool(cur.get("forward_audit"))
-    return {"enabled": params["enabled"], "web_proxy_addr": web, "tunnel_addr": tunnel, "role_map": rmap,
-            "forward_audit": forward}
+    spec = {"enabled": params["enabled"], "web_proxy_addr": web, "tunnel_addr": tunnel, "role_map": rmap}
+    # forward_audit: sent when given, kept when the trust has it, left out otherwise (the agent's default: off).
+    if params.get("forward_audit") is not None:
+        spec["forward_audit"] = params["forward_audit"]
+    elif "forward_audit" in cur:
+        spec["forward_audit"] = bool(cur["forward_audit"])
+    return spec
 
 
 def resource(name, spec, token=None):

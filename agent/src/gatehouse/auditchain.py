@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -208,7 +209,7 @@ def fit(entry: dict, cluster: str) -> dict:
 
 def _plain(value, depth: int = 0):
     """VALUE as plain JSON: keys as text, non-finite numbers and other objects as their text, nesting bounded."""
-    if isinstance(value, float) and not (value == value and abs(value) != float("inf")):
+    if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value

@@ -94,7 +94,7 @@ def parse_time(value, flag: str, now: Optional[float] = None) -> Optional[float]
 def parse_query(params, now: Optional[float] = None, flags: str = "") -> Query:
     """A Query from search parameters (a mapping of strings: CLI flags or API query parameters). FLAGS is put in
     front of parameter names in messages ("--" for the CLI)."""
-    get = (lambda k: params.get(k)) if hasattr(params, "get") else (lambda k: None)
+    get = params.get if hasattr(params, "get") else (lambda k: None)
     unknown = sorted(set(params) - {"cluster", "user", "event", "session", "since", "until", "limit", "cursor"})
     if unknown:
         raise BadParameter(f"unknown search parameter {unknown[0]!r}; use cluster, user, event, session, since, "

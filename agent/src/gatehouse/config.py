@@ -86,11 +86,11 @@ class AuditConfig:
     events_max_age: str = "8760h"     # auth: events older than this leave storage ("0s": never)
     events_max_count: int = 10000000  # auth: the most events kept per cluster stream
     recordings_dir: str = ""          # auth: where recordings are stored (default data_dir/recordings)
-    recordings_max_age: str = "8760h" # auth: recordings older than this are removed ("0s": never)
-    recordings_max_size: str = "50GB" # auth: the most bytes of recordings kept (the oldest go first)
+    recordings_max_age: str = "8760h"  # auth: recordings older than this are removed ("0s": never)
+    recordings_max_size: str = "50GB"  # auth: the most bytes of recordings kept (the oldest go first)
     spool_max_size: str = "2GB"       # node: recordings not yet uploaded to auth
     anchor_interval: str = "5m"       # auth: a signed anchor at least this often while events arrive
-    forward_buffer_max: int = 1000000 # leaf: events kept from retention until the root has them
+    forward_buffer_max: int = 1000000  # leaf: events kept from retention until the root has them
     retention_interval: str = "10m"   # auth: how often retention runs
 
     def seconds(self, name: str) -> int:

@@ -104,9 +104,8 @@ def add_routes(router, api) -> None:
             _int(q.get("offset"), "offset"), _int(q.get("limit"), "limit", 512 * 1024)))
 
     async def upload_size(request):
-        return web.json_response(await store().upload_size(api.ident(request), _text(request.query.get("cluster"),
-                                                                                      "cluster"),
-                                                           request.match_info["sid"]))
+        cluster = _text(request.query.get("cluster"), "cluster")
+        return web.json_response(await store().upload_size(api.ident(request), cluster, request.match_info["sid"]))
 
     async def upload(request):
         body = await read_json(request)

@@ -34,6 +34,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -497,8 +498,8 @@ class AuditStore:
             head = await self.backend.audit_head(leaf)
             if last_seq <= head.seq or first_seq <= head.seq:
                 # Resent (at least once): what overlaps must be exactly what is stored.
-                stored = {r.seq: r.hash for r in await self.backend.audit_range(leaf, first_seq - 1,
-                                                                                 min(len(records), head.seq - first_seq + 1))}
+                overlap = await self.backend.audit_range(leaf, first_seq - 1, min(len(records), head.seq - first_seq + 1))
+                stored = {r.seq: r.hash for r in overlap}
                 for rec in records:
                     if rec.seq in stored and stored[rec.seq] != rec.hash:
                         raise self._forward_refused(leaf, f"event {rec.seq} differs from the copy this root holds (the "
@@ -744,7 +745,7 @@ def _recording_meta(meta) -> dict:
         value = meta.get(key)
         if value is None:
             continue
-        if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and value != value):
+        if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and math.isnan(value)):
             out[key] = value
         elif isinstance(value, str):
             out[key] = value[:1024]

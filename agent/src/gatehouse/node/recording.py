@@ -167,8 +167,6 @@ class RecordingSpool:
             return SessionRecorder(self, sid, header, meta, policy)
         except (OSError, RecordingSpoolFull) as exc:
             raise RecordingFailed(describe_failure(exc, self)) from None
-        except (OSError, RecordingSpoolFull) as exc:
-            raise RecordingFailed(describe_failure(exc, self)) from None
 
     def finish(self, sid: str, meta: dict) -> None:
         try:
