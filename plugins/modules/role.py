@@ -112,6 +112,24 @@ options:
       permit_x11_forwarding:
         description: Allow X11 forwarding (default V(false)).
         type: bool
+      record_session:
+        description:
+          - Record the sessions of users holding the role on every node (default V(true)); a session is
+            recorded when any role the node decides with records it.
+        type: bool
+      recording_failure:
+        description:
+          - What a node does when a session it must record cannot be written (a full disk) - V(fail_closed)
+            refuses the session or ends it with a message, V(fail_open) (the default) lets it go on and
+            audits the failure. V(fail_closed) wins when any deciding role says so.
+        type: str
+        choices: [fail_open, fail_closed]
+      audit:
+        description:
+          - V(read) lets users holding the role search and verify the audit log and replay every recording;
+            V(none) (the default) lets them replay their own sessions only.
+        type: str
+        choices: [none, read]
 seealso:
   - module: gatehouse.clusters.user
   - module: gatehouse.clusters.trusted_cluster
@@ -186,7 +204,8 @@ role:
       deny: {logins: [], node_labels: {}, cluster_labels: {}, kubernetes_groups: [], kubernetes_users: [],
              db_users: [], db_names: []}
       options: {max_session_ttl: 28800, client_idle_timeout: 0, permit_pty: true,
-                permit_port_forwarding: true, permit_agent_forwarding: true, permit_x11_forwarding: false}
+                permit_port_forwarding: true, permit_agent_forwarding: true, permit_x11_forwarding: false,
+                record_session: true, recording_failure: fail_open, audit: none}
 '''
 
 from ansible_collections.gatehouse.clusters.plugins.module_utils.api import ensure_resource, run_module
@@ -216,6 +235,9 @@ ARGUMENT_SPEC = dict(
         permit_port_forwarding=dict(type="bool"),
         permit_agent_forwarding=dict(type="bool"),
         permit_x11_forwarding=dict(type="bool"),
+        record_session=dict(type="bool"),
+        recording_failure=dict(type="str", choices=["fail_open", "fail_closed"]),
+        audit=dict(type="str", choices=["none", "read"]),
     )),
 )
 

@@ -20,7 +20,7 @@ description:
     V(trusted_cluster) join token made on the root (see M(gatehouse.clusters.join_token)).
     The token is only used for that first handshake; afterwards the clusters trust each
     other's certificate authorities.
-  - An existing trust is compared on O(enabled), O(role_map) and the addresses, never on the
+  - An existing trust is compared on O(enabled), O(role_map), O(forward_audit) and the addresses, never on the
     token. Changing the role map updates it in place; O(enabled=false) closes the tunnel and
     deactivates the root's certificate authorities on the leaf at once, and O(enabled=true)
     restores them without a new token.
@@ -80,6 +80,12 @@ options:
     description: Whether the trust is active; V(false) closes the tunnel and stops root certificates working on the leaf.
     type: bool
     default: true
+  forward_audit:
+    description:
+      - Whether this leaf forwards its audit events, and the recordings of the root's users' sessions, to the
+        root over the tunnel (the leaf always keeps its own copy). The leaf decides; off unless turned on.
+      - When not given for an existing trust, the current setting is kept; when creating, it defaults to V(false).
+    type: bool
   wait:
     description:
       - Wait until the tunnel to the root is up (or, with O(enabled=false), down) before returning.
@@ -145,6 +151,7 @@ trusted_cluster:
       web_proxy_addr: root.example.com:3080
       tunnel_addr: root.example.com:3080
       role_map: [{remote: access, local: [visitor]}]
+      forward_audit: false
     status: {connection: online, tunnels: 1, tunnel_addr: root.example.com:3024}
 '''
 
@@ -165,6 +172,7 @@ ARGUMENT_SPEC = dict(
         local=dict(type="list", elements="str", required=True),
     )),
     enabled=dict(type="bool", default=True),
+    forward_audit=dict(type="bool"),
     wait=dict(type="bool", default=False),
     wait_timeout=dict(type="int", default=60),
 )
@@ -183,7 +191,13 @@ def desired_spec(params, current):
         else:
             tunnel = web
     rmap = role_map(params["role_map"]) if params.get("role_map") is not None else cur.get("role_map") or []
-    return {"enabled": params["enabled"], "web_proxy_addr": web, "tunnel_addr": tunnel, "role_map": rmap}
+    spec = {"enabled": params["enabled"], "web_proxy_addr": web, "tunnel_addr": tunnel, "role_map": rmap}
+    # forward_audit: sent when given, kept when the trust has it, left out otherwise (the agent's default: off).
+    if params.get("forward_audit") is not None:
+        spec["forward_audit"] = params["forward_audit"]
+    elif "forward_audit" in cur:
+        spec["forward_audit"] = bool(cur["forward_audit"])
+    return spec
 
 
 def resource(name, spec, token=None):

@@ -38,6 +38,9 @@ DEFAULT_OPTIONS = {
     "permit_agent_forwarding": True,
     "permit_x11_forwarding": False,
     "client_idle_timeout": 0,
+    "record_session": True,
+    "recording_failure": "fail_open",
+    "audit": "none",
 }
 _PERMITS = ("permit_pty", "permit_port_forwarding", "permit_agent_forwarding", "permit_x11_forwarding")
 
@@ -64,9 +67,13 @@ def _options(name: str, options) -> dict:
                                                            f'role "{name}" client_idle_timeout'))
     if "permit_agent_forwarding" not in options and "forward_agent" in options:
         out["permit_agent_forwarding"] = bool(options["forward_agent"])  # older name of the option
-    for key in _PERMITS:
+    for key in _PERMITS + ("record_session",):
         if key in options:
             out[key] = bool(options[key])
+    if options.get("recording_failure") in ("fail_open", "fail_closed"):
+        out["recording_failure"] = options["recording_failure"]
+    if options.get("audit") in ("none", "read"):
+        out["audit"] = options["audit"]
     return out
 
 
@@ -194,7 +201,17 @@ class AccessChecker:
         decides with (for a root user, the mapped ones) plus their shortest client_idle_timeout
         (0 when no role sets one)."""
         idle = [r.options["client_idle_timeout"] for r in self._roles if r.options["client_idle_timeout"] > 0]
-        return {**self.cert_options(), "client_idle_timeout": min(idle, default=0)}
+        opts = [r.options for r in self._roles]
+        # Recording: the strictest role wins. A session is recorded when any deciding role records
+        # it (all do unless they say record_session: false), and fails closed when any says so.
+        return {**self.cert_options(), "client_idle_timeout": min(idle, default=0),
+                "record_session": any(o["record_session"] for o in opts) or not opts,
+                "recording_failure": ("fail_closed" if any(o["recording_failure"] == "fail_closed" for o in opts)
+                                      else "fail_open")}
+
+    def can_read_audit(self) -> bool:
+        """Whether a role gives audit: read (the whole audit log and every recording of this cluster)."""
+        return any(r.options["audit"] == "read" for r in self._roles)
 
     def traits_view(self) -> dict[str, list[str]]:
         """The traits this checker expanded templates with (sorted copy, for status output)."""

@@ -80,6 +80,31 @@ class SSHConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The `audit:` section (docs/audit.md): retention of the audit log and of session recordings."""
+
+    log_max_size: str = "100MB"       # each process's local audit.jsonl is rotated at this size
+    log_max_files: int = 10           # rotated local files kept; an unsent one pushed out is reported
+    log_max_age: str = "720h"         # rotated local files older than this are removed once sent
+    events_max_age: str = "8760h"     # auth: events older than this leave storage ("0s": never)
+    events_max_count: int = 10000000  # auth: the most events kept per cluster stream
+    recordings_dir: str = ""          # auth: where recordings are stored (default data_dir/recordings)
+    recordings_max_age: str = "8760h"  # auth: recordings older than this are removed ("0s": never)
+    recordings_max_size: str = "50GB"  # auth: the most bytes of recordings kept (the oldest go first)
+    spool_max_size: str = "2GB"       # node: recordings not yet uploaded to auth
+    anchor_interval: str = "5m"       # auth: a signed anchor at least this often while events arrive
+    forward_buffer_max: int = 1000000  # leaf: events kept from retention until the root has them
+    retention_interval: str = "10m"   # auth: how often retention runs
+
+    def seconds(self, name: str) -> int:
+        from .durations import parse_duration
+        return parse_duration(getattr(self, name), f"audit.{name}")
+
+    def bytes(self, name: str) -> int:
+        return size_bytes(getattr(self, name), f"audit.{name}")
+
+
+@dataclass
 class Config:
     path: str = ""
     nodename: str = ""
@@ -98,6 +123,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     ssh: SSHConfig = field(default_factory=SSHConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @property
     def auth_addr(self) -> str:
@@ -122,6 +148,7 @@ _SECTIONS = {
     "auth_service": {f.name for f in dataclasses.fields(AuthConfig)},
     "proxy_service": {f.name for f in dataclasses.fields(ProxyConfig)},
     "ssh_service": {f.name for f in dataclasses.fields(SSHConfig)},
+    "audit": {f.name for f in dataclasses.fields(AuditConfig)},
     "version": None,
 }
 
@@ -173,6 +200,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
     cfg.auth = _dataclass(AuthConfig, _section(raw, "auth_service", path), path, "auth_service")
     cfg.proxy = _dataclass(ProxyConfig, _section(raw, "proxy_service", path), path, "proxy_service")
     cfg.ssh = _dataclass(SSHConfig, _section(raw, "ssh_service", path), path, "ssh_service")
+    cfg.audit = _dataclass(AuditConfig, _section(raw, "audit", path), path, "audit")
     _validate(cfg, path)
     return cfg
 
@@ -203,11 +231,42 @@ def _validate(cfg: Config, path: str) -> None:
         if heartbeat_interval(value) is None:
             raise BadParameter(f"{path}: proxy_service.{interval_field} must be from {MIN_HEARTBEAT_INTERVAL:g} "
                                f"to {MAX_HEARTBEAT_INTERVAL:g} seconds, not {value:g}")
+    _validate_audit(cfg.audit, path)
     for addr_field in ("auth.listen_addr", "proxy.web_listen_addr", "proxy.listen_addr",
                        "proxy.tunnel_listen_addr", "ssh.listen_addr"):
         section, name = addr_field.split(".")
         value = getattr(getattr(cfg, section), name)
         split_hostport(value, 0, what=f"{path}: {name}")
+
+
+def _validate_audit(audit: AuditConfig, path: str) -> None:
+    for name in ("log_max_age", "events_max_age", "recordings_max_age", "anchor_interval", "retention_interval"):
+        try:
+            seconds = audit.seconds(name)
+        except BadParameter as exc:
+            raise BadParameter(f"{path}: {exc}") from None
+        if seconds < 0 or (seconds == 0 and name in ("anchor_interval", "retention_interval")):
+            raise BadParameter(f"{path}: audit.{name} must be a positive duration like 5m or 720h, not {getattr(audit, name)!r}")
+    for name in ("log_max_size", "recordings_max_size", "spool_max_size"):
+        try:
+            audit.bytes(name)
+        except BadParameter as exc:
+            raise BadParameter(f"{path}: {exc}") from None
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
+               "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
+
+
+def size_bytes(value, what: str = "size") -> int:
+    """``100MB``, ``2GiB``, ``512KiB`` or a whole number of bytes → bytes (at least 1)."""
+    import re
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS or float(match.group(1)) * _SIZE_UNITS[unit] < 1:
+        raise BadParameter(f"{what} must be a size like 100MB, 2GiB or 512KiB, not {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
 MIN_CERT_TTL = 10

@@ -263,6 +263,29 @@ def sign_ssh_cert(ca_private_openssh: str, public_line: str, *, cert_type: str, 
     return f"{CERT_KEY_TYPE} {base64.b64encode(blob).decode()} {key_id}".rstrip()
 
 
+def sign_blob(private_openssh: str, domain: bytes, data: bytes) -> str:
+    """Base64 of the Ed25519 signature over DOMAIN + NUL + DATA with an OpenSSH private key.
+
+    DOMAIN names what is signed (``gatehouse-audit-anchor-v1``): a signature made for one
+    purpose never verifies for another, and none of them is an SSH certificate or session
+    signature, which sign different structures with the same key."""
+    key = _load_ssh_private(private_openssh)
+    return base64.b64encode(key.sign(domain + b"\0" + data)).decode()
+
+
+def verify_blob(public_line: str, domain: bytes, data: bytes, signature) -> bool:
+    """Whether SIGNATURE (base64, from sign_blob) is PUBLIC_LINE's Ed25519 key's over DOMAIN and DATA."""
+    if not isinstance(signature, str) or len(signature) > 200:
+        return False
+    try:
+        raw = _load_ssh_public_raw(public_line)
+        sig = base64.b64decode(signature, validate=True)
+        ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(sig, domain + b"\0" + data)
+        return True
+    except (ValueError, _exceptions.InvalidSignature):
+        return False
+
+
 @dataclass
 class SSHCertInfo:
     cert_type: str

@@ -54,6 +54,9 @@ TUNNEL_LOGIN = "-gatehouse-tunnel-"
 HEARTBEAT_SUBSYSTEM = "gatehouse-heartbeat@gatehouse"
 NODES_SUBSYSTEM = "gatehouse-nodes@gatehouse"
 ACCESS_SUBSYSTEM = "gatehouse-access@gatehouse"
+#: Opened by the root on a leaf's tunnel: the leaf streams its audit events (and recordings of root
+#: users' sessions) when its trusted_cluster says forward_audit: true (tunnel/forwarding.py).
+AUDIT_SUBSYSTEM = "gatehouse-audit@gatehouse"
 #: A peer that misses this many heartbeat intervals in a row is offline.
 MISSED_HEARTBEATS = 3
 #: Heartbeat intervals (seconds) a member may report: shorter ones flood, longer ones would
@@ -196,3 +199,44 @@ def parse_proxy_subsystem(text: str) -> tuple[str, int, str | None] | None:
     if not match:
         return None
     return match["host"].strip("[]"), int(match["port"]), match["cluster"]
+
+
+# -- one session id across the trust (docs/security.md, "Session ids") --------------
+#: A session id: a random UUID (version 4) chosen by the proxy that routes the connection, or by
+#: the node for a connection that came without one; a channel after the first on one connection
+#: gets "-N" appended (N from 2 to 999).
+_SESSION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}(-[1-9][0-9]{0,2})?$")
+#: How a root proxy names the session id in the originator-address field of the `direct-tcpip`
+#: channel it opens through a leaf's tunnel (only the tunnel's root proxy can set it there).
+SESSION_ORIGIN_PREFIX = "gatehouse-session:"
+#: A node's first line on every connection, before its SSH version line (RFC 4253 lets a server send
+#: lines there; SSH clients skip them): "GATEHOUSE-SESSION-ASK NONCE\r\n". A cluster's own proxy
+#: answers it, before the client's bytes, with "GATEHOUSE-SESSION-1 PAYLOAD SIGNATURE CERTIFICATE\r\n",
+#: signed with its host key over the nonce and the session id (member/session_header.py).
+SESSION_ASK_PREFIX = b"GATEHOUSE-SESSION-ASK "
+SESSION_HEADER_PREFIX = b"GATEHOUSE-SESSION-1 "
+#: Longest such line either end reads.
+MAX_SESSION_HEADER = 8 * 1024
+
+
+def is_session_id(value) -> bool:
+    """Whether VALUE is a session id (see _SESSION_ID); nothing else names a session or a recording."""
+    return isinstance(value, str) and len(value) <= 40 and _SESSION_ID.match(value) is not None
+
+
+def new_session_id() -> str:
+    import uuid
+    return str(uuid.uuid4())
+
+
+def session_origin(session_id: str) -> str:
+    """The originator field a root proxy sends to a leaf with a session id."""
+    return SESSION_ORIGIN_PREFIX + session_id
+
+
+def parse_session_origin(orig_host) -> str:
+    """The session id in a `direct-tcpip` originator field, or "" when it holds none (or a malformed one)."""
+    if not isinstance(orig_host, str) or not orig_host.startswith(SESSION_ORIGIN_PREFIX):
+        return ""
+    sid = orig_host[len(SESSION_ORIGIN_PREFIX):]
+    return sid if is_session_id(sid) and "-" not in sid[36:] else ""

@@ -35,10 +35,12 @@ FIELDS = ["resource", "force", "roles", "type", "ttl", "labels", "name", "token"
           "ssh_public_key", "tls_public_key", "role", "principals", "addr", "hostname", "interval", "cluster",
           "connected", "proxies", "tunnel_addr", "web_listen_addr", "login", "node", "from_cluster", "traits",
           "cluster_name", "host_cas", "version", "expected_root", "client_addr", "connector", "redirect_url",
-          "request_id", "secret", "params"]
+          "request_id", "secret", "params", "events", "batch", "offset", "data", "size", "sha256", "meta", "seq",
+          "root"]
 bodies = st.one_of(json_values, st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6))
 params = st.dictionaries(st.sampled_from(["since", "timeout", "cluster", "dry_run", "with_secrets", "state", "code",
-                                          "iss", "error"]),
+                                          "iss", "error", "user", "event", "session", "until", "limit", "cursor",
+                                          "after", "prev", "root", "sid", "offset"]),
                          st.one_of(st.text(max_size=12), st.sampled_from(["-1", "1e309", "nan", "0", "99"])),
                          max_size=3)
 names = st.one_of(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/%", min_size=1, max_size=20),
@@ -56,12 +58,19 @@ AUTH_ROUTES = [
     ("GET", "/v1/clusters"), ("GET", "/v1/hostcas"), ("GET", "/v1/whoami"), ("POST", "/v1/access/check"),
     ("POST", "/v1/sso/oidc/login"), ("POST", "/v1/sso/oidc/callback"), ("POST", "/v1/sso/oidc/certs"),
     ("POST", "/v1/sso/oidc/device"), ("POST", "/v1/sso/oidc/device/poll"),
+    ("POST", "/v1/audit/events"), ("GET", "/v1/audit/events"), ("GET", "/v1/audit/streams"),
+    ("GET", "/v1/audit/verify"), ("GET", "/v1/audit/export"), ("POST", "/v1/audit/export/ack"),
+    ("GET", "/v1/audit/export/recording"), ("POST", "/v1/audit/forwarded/{name}/lease"),
+    ("GET", "/v1/audit/forwarded/{name}"), ("POST", "/v1/audit/forwarded/{name}"), ("GET", "/v1/recordings"),
+    ("GET", "/v1/recordings/{name}"), ("GET", "/v1/recordings/{name}/upload"), ("POST", "/v1/recordings/{name}/upload"),
+    ("POST", "/v1/recordings/{name}/complete"),
 ]
 WEB_ROUTES = [("GET", "/webapi/ping"), ("POST", "/webapi/login"), ("GET", "/webapi/nodes"),
               ("GET", "/webapi/clusters"), ("GET", "/webapi/hostcas"), ("POST", "/webapi/trustedclusters/validate"),
               ("GET", "/webapi/mappings"), ("POST", "/webapi/leaves/access_check"), ("POST", "/webapi/oidc/login"),
               ("GET", "/webapi/oidc/callback"), ("POST", "/webapi/oidc/certs"), ("POST", "/webapi/oidc/device"),
-              ("POST", "/webapi/oidc/device/poll")]
+              ("POST", "/webapi/oidc/device/poll"), ("GET", "/webapi/recordings"),
+              ("GET", "/webapi/recordings/{name}")]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +137,7 @@ def test_auth_api_as_admin(cluster, admin, route, name, body, query):
 @given(route=st.sampled_from(WEB_ROUTES), body=bodies, query=params)
 def test_proxy_web_api_without_a_certificate(cluster, anonymous, route, body, query):
     method, path = route
-    resp = anonymous.request(method, f"https://{cluster.web_addr}{path}", params=query, data=json.dumps(body),
+    resp = anonymous.request(method, f"https://{cluster.web_addr}{path.format(name='x')}", params=query, data=json.dumps(body),
                              timeout=30, headers={"Content-Type": "application/json"})
     check_answer(resp, f"{method} {path} {body!r}")
 

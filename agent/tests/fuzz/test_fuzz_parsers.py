@@ -182,3 +182,72 @@ def test_client_redirects(url):
     """A client redirect gate sends (auth refuses any that is not loopback)."""
     if wire.is_loopback_redirect(url):
         assert url.startswith(("http://127.0.0.1:", "http://[::1]:"))
+
+
+# --------------------------------------------------------------------------- the audit trail (issue 18)
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["cluster", "user", "event", "session", "since", "until", "limit", "cursor",
+                                        "x"]),
+                       st.one_of(st.text(max_size=40), st.sampled_from(["1h", "-1h", "now", "2026-13-01T00:00:00Z",
+                                                                        "1e309", "0", "session.*", "*", "99999"])),
+                       max_size=5))
+def test_audit_search_parameters(params):
+    """`gatectl audit search` flags and the search API's query parameters."""
+    from gatehouse import auditquery
+    refused_or_parsed(auditquery.parse_query, params)
+    refused_or_parsed(auditquery.parse_query, params, flags="--")
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), st.lists(st.one_of(st.text(max_size=40), json_values), max_size=6).map(
+    lambda lines: "\n".join(json.dumps(x) if not isinstance(x, str) else x for x in lines).encode())),
+       st.integers(1, 50))
+def test_recordings_read_back(data, piece):
+    """What `gate play` reads (a recording can be truncated or corrupt): it parses or names where it breaks."""
+    from gatehouse.asciicast import CastDamaged, CastReader
+    reader = CastReader()
+    try:
+        for i in range(0, len(data), piece):
+            reader.feed(data[i:i + piece])
+        reader.finish()
+    except CastDamaged as exc:
+        assert exc.line >= 1 and 0 <= exc.offset <= len(data) and "\n" not in str(exc)
+
+
+@FUZZ
+@given(st.one_of(json_values, st.text(max_size=200)))
+def test_forwarded_events(value):
+    """An event a leaf forwards (its text) or a member reports (its object)."""
+    from gatehouse import auditchain
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except ValueError:   # not finite: no canonical text exists, so it can never be forwarded
+        text = repr(value)
+    refused_or_parsed(auditchain.record_from_text, "leaf.test", text)
+    refused_or_parsed(auditchain.check_entry, value)
+    assert isinstance(auditchain.fit(value if isinstance(value, dict) else {"x": value}, "c"), dict)
+
+
+@FUZZ
+@given(st.binary(max_size=200), st.text(alphabet="0123456789abcdef", min_size=32, max_size=32))
+def test_session_answers(line, nonce):
+    """The first line a node reads from a connection (a proxy's signed session answer, or anything)."""
+    from gatehouse.member.session_header import HeaderRefused, HeaderVerifier, parse_ask
+    parse_ask(line)
+
+    class NoCluster:   # a verifier with nothing trusted: every answer must be refused, never crash
+        cluster_name = "c"
+
+        @staticmethod
+        def host_ca(_line):
+            return None
+
+        @staticmethod
+        def revoked_keys(_kind):
+            return []
+    for candidate in (line, b"GATEHOUSE-SESSION-1 " + line):
+        try:
+            HeaderVerifier(NoCluster(), "node1").verify(candidate, nonce)
+            raise AssertionError("an answer was accepted without a trusted CA")
+        except HeaderRefused as exc:
+            assert str(exc) and "\n" not in str(exc)

@@ -1177,3 +1177,121 @@ async def test_stored_layout(pg_server, pg_database):
     # events are pruned to the history, and written with their items
     assert pg_server.query(pg_database, "SELECT revision, type, key FROM gatehouse_events ORDER BY 1") == [
         (3, "delete", "a/1"), (4, "put", "a/3")]
+
+
+# --------------------------------------------------------------------------- audit events (backend/audit.py)
+# The audit table on both backends: conditional appends that keep a chain linear, uids that
+# make resent events duplicates, indexed newest-first searches with cursors, pruning.
+
+def _audit_entries(n, start=0, user="alice", event="session.start", sid="", t0=1_800_000_000.0):
+    from gatehouse.clock import now_iso
+    return [{"event": event, "uid": f"uid-{start + i:06d}", "time": now_iso(t0 + start + i),
+             "cluster_name": "c1", "success": True, "user": user, **({"sid": sid} if sid else {})}
+            for i in range(n)]
+
+
+async def test_audit_append_links_and_reads_back(db):
+    from gatehouse import auditchain
+    assert await db.audit_head("c1") == auditchain.Head()
+    records = auditchain.link("c1", auditchain.Head(), _audit_entries(3))
+    await db.audit_append("c1", 0, records)
+    head = await db.audit_head("c1")
+    assert head == auditchain.Head(3, records[-1].hash)
+    assert await db.audit_range("c1", 0, 10) == records
+    assert await db.audit_range("c1", 1, 1) == records[1:2]
+    assert (await db.audit_bounds("c1")).first == 1 and (await db.audit_bounds("c1")).last == 3
+    assert await db.audit_streams() == ["c1"]
+    state = auditchain.walk(auditchain.Walk("c1", 1, ""), await db.audit_range("c1", 0, 10))
+    assert not state.problem and state.checked == 3
+
+
+async def test_audit_append_is_conditional(db, backend):
+    from gatehouse import auditchain
+    first = auditchain.link("c1", auditchain.Head(), _audit_entries(2))
+    await db.audit_append("c1", 0, first)
+    # a second writer that read the head before the first wrote: refused, nothing stored
+    late = auditchain.link("c1", auditchain.Head(), _audit_entries(2, start=10))
+    with pytest.raises(CompareFailed, match="moved on"):
+        await db.audit_append("c1", 0, late)
+    # another instance (another auth server) sees the same head and continues the same chain
+    other = await backend.open()
+    head = await other.audit_head("c1")
+    more = auditchain.link("c1", head, _audit_entries(2, start=10))
+    await other.audit_append("c1", head.seq, more)
+    # a resent event (same uid) is refused as a whole batch
+    again = auditchain.link("c1", await db.audit_head("c1"), _audit_entries(1, start=0))
+    with pytest.raises(AlreadyExists, match="already holds"):
+        await db.audit_append("c1", 4, again)
+    assert await db.audit_known_uids("c1", ["uid-000000", "uid-000011", "nope"]) == {"uid-000000", "uid-000011"}
+    assert [r.seq for r in await db.audit_range("c1", 0, 100)] == [1, 2, 3, 4]
+    with pytest.raises(BadParameter, match="does not continue"):
+        await db.audit_append("c1", 4, first)
+
+
+async def test_audit_concurrent_appenders_keep_one_chain(backend):
+    """Two instances append to one stream at once: every event lands once, the chain stays linear."""
+    from gatehouse import auditchain
+    dbs = [await backend.open(), await backend.open()]
+
+    async def writer(db, base):
+        for i in range(10):
+            batch = _audit_entries(3, start=base + 3 * i)
+            while True:
+                head = await db.audit_head("c1")
+                try:
+                    await db.audit_append("c1", head.seq, auditchain.link("c1", head, batch))
+                    break
+                except CompareFailed:
+                    await asyncio.sleep(0)
+    await asyncio.gather(writer(dbs[0], 0), writer(dbs[1], 1000))
+    records = await dbs[0].audit_range("c1", 0, 1000)
+    assert [r.seq for r in records] == list(range(1, 61))
+    assert len({r.uid for r in records}) == 60
+    assert not auditchain.walk(auditchain.Walk("c1", 1, ""), records).problem
+
+
+async def test_audit_search_filters_order_and_cursor(db):
+    from gatehouse import auditchain
+    from gatehouse.auditquery import parse_query
+    t0 = 1_800_000_000.0
+    entries = (_audit_entries(5, 0, user="alice", event="session.start", sid="3f2c9a7e-1b2d-4c3e-8f4a-5b6c7d8e9f00")
+               + _audit_entries(5, 5, user="bob", event="session.end")
+               + _audit_entries(5, 10, user="alice", event="user.login"))
+    await db.audit_append("c1", 0, auditchain.link("c1", auditchain.Head(), entries))
+    await db.audit_append("leaf", 0, auditchain.link("leaf", auditchain.Head(),
+                                                               _audit_entries(3, 100, user="alice", event="tunnel.connect")))
+
+    async def search(**params):
+        return [(r.stream, r.seq) for r in await db.audit_search(parse_query(params, now=t0 + 1000))]
+    everything = await search(limit="100")
+    assert everything[:3] == [("leaf", 3), ("leaf", 2), ("leaf", 1)] and len(everything) == 18  # newest first
+    assert await search(user="bob") == [("c1", 10), ("c1", 9), ("c1", 8), ("c1", 7), ("c1", 6)]
+    assert await search(event="session.*", user="alice") == [("c1", 5), ("c1", 4), ("c1", 3), ("c1", 2), ("c1", 1)]
+    assert await search(cluster="leaf", user="alice") == [("leaf", 3), ("leaf", 2), ("leaf", 1)]
+    assert await search(session="3f2c9a7e-1b2d-4c3e-8f4a-5b6c7d8e9f00", limit="2") == [("c1", 5), ("c1", 4)]
+    assert await search(since=str(t0 + 12), until=str(t0 + 13.5)) == [("c1", 14), ("c1", 13)]
+    # paging: each page continues after the last event of the one before, nothing twice, nothing missed
+    pages, cursor = [], None
+    while True:
+        params = {"limit": "4", **({"cursor": cursor} if cursor else {})}
+        page = await db.audit_search(parse_query(params))
+        pages += [(r.stream, r.seq) for r in page]
+        if len(page) < 4:
+            break
+        from gatehouse.auditquery import encode_cursor
+        cursor = encode_cursor((page[-1].ts, page[-1].stream, page[-1].seq))
+    assert pages == everything
+
+
+async def test_audit_prune_and_time_bounds(db):
+    from gatehouse import auditchain
+    await db.audit_append("c1", 0, auditchain.link("c1", auditchain.Head(), _audit_entries(10)))
+    assert await db.audit_last_before("c1", 1_800_000_004.5) == 5
+    assert await db.audit_prune("c1", 5) == 5
+    assert await db.audit_bounds("c1") == (await db.audit_bounds("c1")).__class__(6, 10)
+    assert [r.seq for r in await db.audit_range("c1", 0, 100)] == [6, 7, 8, 9, 10]
+    # the chain continues after a prune; the head is unchanged
+    head = await db.audit_head("c1")
+    assert head.seq == 10
+    await db.audit_append("c1", 10, auditchain.link("c1", head, _audit_entries(1, 50)))
+    assert (await db.audit_head("c1")).seq == 11

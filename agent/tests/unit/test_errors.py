@@ -15,7 +15,7 @@ def test_control_characters_in_quoted_input_are_escaped():
 
 def test_config_and_resource_errors_quote_input_on_one_line():
     assert raised_message(config.parse, {"\nforged": None}, "f.yaml") == (
-        'f.yaml: unknown key "\\nforged"; allowed keys are auth_service, gatehouse, proxy_service, ssh_service, '
+        'f.yaml: unknown key "\\nforged"; allowed keys are audit, auth_service, gatehouse, proxy_service, ssh_service, '
         'version')
     assert "\\n" in raised_message(resources.validate, {"kind": "role", "metadata": "\n"})
 

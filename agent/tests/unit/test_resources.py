@@ -14,7 +14,8 @@ from gatehouse import resources as r
 EMPTY_CONDITIONS = {"logins": [], "node_labels": {}, "cluster_labels": {}, "kubernetes_groups": [],
                     "kubernetes_users": [], "db_users": [], "db_names": []}
 DEFAULT_OPTIONS = {"max_session_ttl": 43200, "permit_pty": True, "permit_port_forwarding": True,
-                   "permit_agent_forwarding": True, "permit_x11_forwarding": False, "client_idle_timeout": 0}
+                   "permit_agent_forwarding": True, "permit_x11_forwarding": False, "client_idle_timeout": 0,
+                   "record_session": True, "recording_failure": "fail_open", "audit": "none"}
 
 
 def role(name="dev", **spec):
@@ -55,7 +56,8 @@ VALID = [
          "metadata": {"name": "local-admin", "description": "admins", "labels": {"team": "ops", "n": "1"}},
          "spec": {"options": {"max_session_ttl": 108000, "permit_pty": False, "permit_port_forwarding": True,
                               "permit_agent_forwarding": True, "permit_x11_forwarding": True,
-                              "client_idle_timeout": 900},
+                              "client_idle_timeout": 900, "record_session": True, "recording_failure": "fail_open",
+                              "audit": "none"},
                   "allow": {**EMPTY_CONDITIONS, "logins": ["root"],
                             "node_labels": {"*": ["*"], "env": ["dev", "^stag.*$"]},
                             "cluster_labels": {"env": ["demo"]}, "kubernetes_groups": ["system:masters"],
@@ -107,7 +109,8 @@ VALID = [
         tc(web_proxy_addr="root.example.com:3080", token="secret"),
         {"kind": "trusted_cluster", "version": "v2", "metadata": {"name": "root"},
          "spec": {"enabled": True, "token": "secret", "tunnel_addr": "root.example.com:3080",
-                  "web_proxy_addr": "root.example.com:3080", "role_map": [], "heartbeat_mode": "default"}},
+                  "web_proxy_addr": "root.example.com:3080", "role_map": [], "heartbeat_mode": "default",
+                  "forward_audit": False}},
         id="trusted_cluster-minimal"),
     pytest.param(
         {"kind": "trusted_cluster", "version": "v1", "metadata": {"name": "main"},
@@ -120,7 +123,7 @@ VALID = [
                   "web_proxy_addr": "[::1]:3080",
                   "role_map": [{"remote": "admin", "local": ["local-admin"]},
                                {"remote": "^remote-(.*)$", "local": ["local-$1"]}],
-                  "heartbeat_mode": "low_bandwidth"}},
+                  "heartbeat_mode": "low_bandwidth", "forward_audit": False}},
         id="trusted_cluster-full"),
     pytest.param(
         {"kind": "remote_cluster", "metadata": {"name": "leaf", "labels": {"env": "demo"}}},

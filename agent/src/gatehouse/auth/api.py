@@ -21,7 +21,7 @@ from ..durations import parse_ttl
 from ..errors import AccessDenied, BadParameter
 from ..httputil import error_middleware, make_server_context, peer_certificate, peer_subject, read_json
 from ..wire import AUTH_KIND, AUTH_PORT, CA_PATH, FORWARDED_IDENTITY, MEMBER_KINDS, WEB_PORT
-from . import sso_api
+from . import audit_api, sso_api
 from .authz import Identity
 from .service import AuthService
 
@@ -152,6 +152,7 @@ class AuthAPI:
         r.add_get("/v1/whoami", self.whoami)
         r.add_post("/v1/access/check", self.access_check)
         sso_api.add_routes(r, self)
+        audit_api.add_routes(r, self)
 
     def ident(self, request: web.Request, required: bool = True) -> Identity:
         ident = identity_from_request(request, self.svc.cluster_name)

@@ -26,6 +26,11 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     ca_keys/<sha256>              index: which cluster holds an SSH CA key (written with the CA record)
     cluster_names/<tld>/.../<l1>  index: every cluster name this cluster knows, labels reversed, so the
                                   names under a name are one range (written with remote/trusted clusters)
+    audit_forwarded/<root>        leaf side: the last event of this cluster's stream its root confirmed
+    audit_forwarders/<leaf>       root side: the root proxy that forwards a leaf's audit now (expires)
+    audit_retention               the auth server running audit retention now (expires)
+
+Audit events themselves are not items: they live in the backend's audit table (backend/audit.py).
 """
 
 from __future__ import annotations
@@ -174,6 +179,8 @@ def rate_limits_of(limiter: str, digest: str) -> str:
 
 def rate_limit(limiter: str, digest: str, window: int) -> str:
     return f"{rate_limits_of(limiter, digest)}{window}"
+
+
 def ca_key_index(public_key: str) -> str:
     """The index record of an SSH CA key (its canonical ``type base64`` form, see pki.ca_public_key)."""
     import hashlib
@@ -185,3 +192,14 @@ def cluster_name_index(name: str) -> str:
     → ``cluster_names/com/example/leaf``), so every name under NAME is the range below this key."""
     labels = [label or "~" for label in name.lower().rstrip(".").split(".")]  # "~" never occurs in a name
     return CLUSTER_NAMES_PREFIX + "/".join(reversed(labels))
+
+
+def audit_forwarded(root: str) -> str:
+    return f"audit_forwarded/{root}"
+
+
+def audit_forwarder(leaf: str) -> str:
+    return f"audit_forwarders/{leaf}"
+
+
+AUDIT_RETENTION = "audit_retention"

@@ -58,18 +58,22 @@ class AuthService:
         self.trust = TrustManager(self)
         self.resources = ResourceStore(self)
         self.sso = SSOLogins(self)
+        from .audit_store import AuditStore
+        self.audit_store = AuditStore(self)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
     async def open(cls, cfg: Config) -> "AuthService":
         os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
         backend = await open_backend(cfg.auth.storage, cfg.data_dir)
-        svc = cls(cfg, backend, AuditLog(cfg.data_dir, cfg.auth.cluster_name))
+        svc = cls(cfg, backend, AuditLog.for_config(cfg, cfg.auth.cluster_name))
         await svc._init_cluster()
         await svc.snapshot_feed.start()
+        await svc.audit_store.start()
         return svc
 
     async def close(self) -> None:
+        await self.audit_store.stop()
         await self.snapshot_feed.stop()
         await self.backend.close()
         self.audit.close()

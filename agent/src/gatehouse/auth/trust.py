@@ -264,7 +264,7 @@ class TrustManager:
         answer = await self._handshake(name, spec)
         await self._store_root(res, answer)
         self.audit.emit("trusted_cluster.create", user=ident.name, name=name, web_proxy_addr=spec["web_proxy_addr"],
-                        enabled=spec["enabled"])
+                        enabled=spec["enabled"], forward_audit=spec.get("forward_audit", False))
         log.info("trust: this cluster now trusts root cluster %s (enabled=%s)", name, spec["enabled"])
         return True
 
@@ -371,7 +371,11 @@ class TrustManager:
             self.audit.emit(event, user=ident.name, name=name)
             log.info("trust: %s trust with root cluster %s", "enabled" if spec["enabled"] else "disabled", name)
         else:
-            self.audit.emit("trusted_cluster.update", user=ident.name, name=name, role_map=spec["role_map"])
+            self.audit.emit("trusted_cluster.update", user=ident.name, name=name, role_map=spec["role_map"],
+                            forward_audit=spec.get("forward_audit", False))
+        if bool(old.get("forward_audit")) != bool(spec.get("forward_audit")):
+            log.info("trust: audit forwarding to root cluster %s is now %s", name,
+                     "on" if spec.get("forward_audit") else "off")
 
     async def trusted_clusters(self, name: str | None = None) -> list[dict]:
         items = [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)]

@@ -47,6 +47,7 @@ from typing import Awaitable, Callable, Optional
 
 from ..errors import (AlreadyExists, BadParameter, CompareFailed, ConnectionProblem, GatehouseError,
                       NotFound)
+from .audit_postgres import PostgresAudit
 from .base import (KEY_MAX, Backend, ChangeFeed, Event, Item, Op, Watcher, check_expires, check_key,
                    check_op, check_prefix, encode_value, normalise_prefixes)
 
@@ -519,7 +520,7 @@ async def migrate(conn, target: str) -> int:
 
 # --------------------------------------------------------------------------- backend
 
-class PostgresBackend(Backend):
+class PostgresBackend(PostgresAudit, Backend):
     """Storage in PostgreSQL; open with ``await PostgresBackend.open(conn_string)``.
 
     ``listen=False`` (tests) turns NOTIFY wake-ups off: the instance then catches up

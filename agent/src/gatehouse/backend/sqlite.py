@@ -29,6 +29,7 @@ import time
 from typing import Callable, Optional
 
 from ..errors import AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
+from .audit_sqlite import SQLiteAudit
 from .base import (KEY_MAX, Backend, ChangeFeed, Event, Item, Op, Watcher, check_expires, check_key,
                    check_op, check_prefix, encode_value, normalise_prefixes)
 
@@ -176,7 +177,7 @@ def read_snapshot(path: str, now: Optional[float] = None) -> tuple:
     return revision, [Item(key, json.loads(text), rev, expires) for key, text, rev, expires in rows]
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(SQLiteAudit, Backend):
     """Storage in one SQLite file; open with ``await SQLiteBackend.open(path)``."""
 
     def __init__(self, path: str, *, poll_interval: float = 0.25, reap_interval: float = 2.0,

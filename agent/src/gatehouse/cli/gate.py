@@ -1,4 +1,4 @@
-"""`gate`: the user's client — login, status, ls, clusters, ssh, config.
+"""`gate`: the user's client — login, status, ls, clusters, ssh, config, play.
 
 Imports are lazy so `gate` starts fast: asyncssh is loaded only by `gate ssh`,
 requests only by commands that talk to the web API.
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("target", help="login@node")
     ssh.add_argument("command", nargs=argparse.REMAINDER, help="command to run (default: a login shell)")
     ssh.set_defaults(func=cmd_ssh)
+    from . import play
+    play.add_parser(sub)
     return p
 
 

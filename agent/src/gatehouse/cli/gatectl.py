@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--set-labels", help="replace the labels with k=v,k2=v2 (empty string clears them)")
     rm = add(sub, "rm", cmd_rm, "delete a resource")
     rm.add_argument("ref", help="KIND/NAME")
+    from . import audit_cmds
+    audit_cmds.add_parser(sub, add, _client)
     return p
 
 

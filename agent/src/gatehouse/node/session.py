@@ -54,7 +54,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import asyncssh
 
-__all__ = ["SessionResult", "SessionProcess", "run_session", "find_sftp_server", "SAFE_PATH",
+__all__ = ["SessionResult", "SessionProcess", "run_session", "refuse_session", "find_sftp_server", "SAFE_PATH",
            "KILL_GRACE", "DRAIN_IDLE"]
 
 log = logging.getLogger(__name__)
@@ -148,14 +148,14 @@ class SessionResult:
     disconnected: bool = False
     #: The one-line refusal shown to the user, when the session was refused (or ended by a limit).
     error: Optional[str] = None
-    #: Set when the node ended the session itself: "idle_timeout" or "deadline".
+    #: Set when the node ended the session itself: "idle_timeout", "deadline" or "recording_failed".
     ended_by: Optional[str] = None
 
 
 async def run_session(process: asyncssh.SSHServerProcess, login: str, *, node_name: str,
                       env: Optional[Mapping[str, str]] = None,
                       permit_pty: bool = True, deadline: Optional[float] = None, deadline_message: str = "",
-                      idle_timeout: float = 0) -> SessionResult:
+                      idle_timeout: float = 0, tap=None) -> SessionResult:
     """Run the session's command (or shell) as Unix user ``login``; see the module doc.
 
     ``env`` holds extra environment variables; only locale/time-zone names
@@ -168,9 +168,20 @@ async def run_session(process: asyncssh.SSHServerProcess, login: str, *, node_na
     without input from the client (data, signals, window changes) likewise. The
     result's ``ended_by`` and ``error`` say so. Returns when the session is over;
     never raises for session failures.
+
+    ``tap`` (optional; node/recording.py's SessionRecorder) sees what the client sees:
+    ``tap.output(bytes)`` for every chunk of output before the client does (False: the chunk
+    must not be shown, the tap is ending the session) and ``tap.resize(cols, rows)`` for
+    every window change; ``tap.bind(stop)`` gives it ``stop(ended_by, message)``, which
+    ends the session like a limit does. A tap never raises into the session.
     """
     return await _Session(process, login, node_name, env, permit_pty, deadline, deadline_message,
-                          idle_timeout).run()
+                          idle_timeout, tap).run()
+
+
+def refuse_session(process: asyncssh.SSHServerProcess, login: str, node_name: str, message: str) -> SessionResult:
+    """End a session before it starts: MESSAGE on the client's stderr, exit status 1."""
+    return _Session(process, login, node_name, None, False)._refuse(message)
 
 
 class SessionProcess(asyncssh.SSHServerProcess):
@@ -367,7 +378,12 @@ class _Spawned:
 class _Session:
     def __init__(self, process: asyncssh.SSHServerProcess, login: str, node_name: str,
                  env: Optional[Mapping[str, str]], permit_pty: bool, deadline: Optional[float] = None,
-                 deadline_message: str = "", idle_timeout: float = 0):
+                 deadline_message: str = "", idle_timeout: float = 0, tap=None):
+        self.tap = tap
+        self._stopped: Optional[Tuple[str, str]] = None
+        self._stop_event = asyncio.Event()
+        if tap is not None:
+            tap.bind(self._stop)
         self.deadline = deadline
         self.deadline_message = deadline_message
         self.idle_timeout = idle_timeout
@@ -607,6 +623,7 @@ class _Session:
             if self.exit_task.done() and not closed_task.done():
                 await self._drain(pumps, closed_task)
             if not closed_task.done() and not process.is_closing():
+                self._stopped_after_exit()
                 await self._send_exit()
             else:
                 if not self.reaped:
@@ -642,11 +659,31 @@ class _Session:
         await self._terminate()
         self.process.channel.close()  # what was written (the reason) is sent before the close
 
+    def _stopped_after_exit(self) -> None:
+        """The child exited, but the session was stopped first (its output could not be recorded under
+        fail_closed): the client is told why and gets a failing exit status, not the child's."""
+        if self._stopped is None or self.result.ended_by:
+            return
+        self.result.ended_by, self.result.error = self._stopped
+        self._say(self.result.error)
+        self.result.exit_signal = None
+        self.result.exit_status = 255
+
+    def _stop(self, ended_by: str, message: str) -> None:
+        """End the session from outside (a recording that cannot be written): as a limit does."""
+        if self._stopped is None:
+            self._stopped = (ended_by, message)
+            self._stop_event.set()
+
     async def _watch_limits(self) -> Tuple[str, str]:
-        """Wait until the deadline passes or the client stays idle too long: (ended_by, message)."""
+        """Wait until the deadline passes, the client stays idle too long, or the session is stopped:
+        (ended_by, message)."""
         if not self.deadline and not self.idle_timeout:
-            await asyncio.Event().wait()  # no limit: never returns (cancelled with the session)
+            await self._stop_event.wait()  # no limit: only a stop ends it (cancelled with the session)
+            return self._stopped
         while True:
+            if self._stopped is not None:
+                return self._stopped
             waits = []
             if self.deadline:
                 left = self.deadline - time.time()
@@ -660,7 +697,10 @@ class _Session:
                                             f"without input from the client (client_idle_timeout of your roles "
                                             f'on node "{self.node}")')
                 waits.append(self.idle_timeout - idle)
-            await asyncio.sleep(max(min(waits), 0.05))
+            try:
+                await asyncio.wait_for(self._stop_event.wait(), max(min(waits), 0.05))
+            except asyncio.TimeoutError:
+                pass
 
     def _input_seen(self) -> None:
         self.last_input = time.monotonic()
@@ -691,6 +731,8 @@ class _Session:
 
     def _on_resize(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         self._input_seen()
+        if self.tap is not None and self.io.master is not None:
+            self.tap.resize(width, height)
         if self.io.master is not None:
             try:
                 _set_winsize(self.io.master, (width, height, pixwidth, pixheight))
@@ -771,6 +813,8 @@ class _Session:
                     raise
                 if not data:
                     break
+                if self.tap is not None and self.tap.output(data) is False:
+                    break   # recording_failure: fail_closed, and this output could not be recorded: not shown
                 writer.write(convert(data))
                 await writer.drain()
             if self.encoding:

@@ -21,9 +21,10 @@ from ..config import split_hostport
 from ..errors import GatehouseError
 from ..member.context import MemberContext
 from ..member.routing import can_see_node, cluster_not_found, node_not_found, resolve_node, split_cluster, visible_leaf
+from ..member.session_header import connect_to_node, forward_to_node, make_header
 from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
 from ..sshserver import CertAuthServer, CertUser, ListenerLimits
-from ..wire import PROXY_SSH_PORT, parse_proxy_subsystem
+from ..wire import PROXY_SSH_PORT, new_session_id, parse_proxy_subsystem, session_origin
 
 log = logging.getLogger("gatehouse.proxy.ssh")
 
@@ -143,20 +144,26 @@ class _ProxyConnection(CertAuthServer):
         return self._forward(dest_host, dest_port)
 
     async def _forward(self, dest_host: str, dest_port: int):
+        from asyncssh.forward import SSHForwarder
+        sid = new_session_id()
         try:
-            host, port, tunnel = self.proxy.route(self.user, dest_host, dest_port, None)
+            host, port, tunnel = self.proxy.route(self.user, dest_host, dest_port, None, sid)
             if tunnel is not None:
-                return await self.conn.forward_tunneled_connection(tunnel.conn, host, port)
-            return await self.conn.forward_connection(host, port)
+                # The session id travels in the originator field; the leaf proxy sends it on to its node.
+                _unused, peer = await tunnel.conn.create_connection(SSHForwarder, host, port, session_origin(sid), 0)
+                return SSHForwarder(peer)
+            return await forward_to_node(host, port, self.proxy.answer(sid, dest_host))
         except GatehouseError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
 
     async def open_target(self, host: str, port: int, cluster: str | None, protocol: TargetProtocol):
-        host, port, tunnel = self.proxy.route(self.user, host, port, cluster)
+        sid = new_session_id()
+        node = host
+        host, port, tunnel = self.proxy.route(self.user, host, port, cluster, sid)
         if tunnel is not None:
-            chan, _unused = await tunnel.conn.create_connection(lambda: protocol, host, port)
+            chan, _unused = await tunnel.conn.create_connection(lambda: protocol, host, port, session_origin(sid), 0)
             return chan
-        transport, _unused = await asyncio.get_running_loop().create_connection(lambda: protocol, host, port)
+        transport, _unused = await connect_to_node(lambda: protocol, host, port, self.proxy.answer(sid, node))
         return transport
 
 
@@ -172,25 +179,36 @@ class ProxySSH:
         self.limits = ListenerLimits("this proxy", "proxy_service", max_startups=cfg.max_startups,
                                      max_channels=cfg.max_channels_per_connection, max_sessions=cfg.max_sessions)
 
-    def route(self, user: CertUser, host: str, port: int, cluster: str | None):
-        """(host, port, tunnel): a local node's address (tunnel None), or a leaf node's name and its tunnel."""
+    def route(self, user: CertUser, host: str, port: int, cluster: str | None, sid: str | None = None):
+        """(host, port, tunnel): a local node's address (tunnel None), or a leaf node's name and its tunnel.
+        SID is the session id this proxy gives the connection: its route (or denial) is audited with it."""
         host, cluster = split_cluster(self.cache, host, cluster)
         if cluster != self.cache.cluster_name:
-            return host, port, self._leaf_tunnel(user, cluster)
+            tunnel = self._leaf_tunnel(user, cluster, sid, host)
+            self.audit.emit("session.route", user=user.name, cluster=cluster, node=host, addr=user.peer, sid=sid)
+            return host, port, tunnel
         node_host, node_port, node = resolve_node(self.cache, host, port)
         if not can_see_node(self.ctx.checkers, user, node):
-            self.audit.emit("session.denied", success=False, user=user.name, node=host,
+            self.audit.emit("session.denied", success=False, user=user.name, node=host, sid=sid,
                             reason=f'the user\'s roles do not let them see node "{host}"')
             raise node_not_found(self.cache, host)
         log.debug("proxy: routing %s to node %s (%s:%d)", user.name, node["metadata"]["name"], node_host, node_port)
+        self.audit.emit("session.route", user=user.name, cluster=cluster, node=node["metadata"]["name"],
+                        addr=user.peer, sid=sid)
         return node_host, node_port, None
 
-    def _leaf_tunnel(self, user: CertUser, cluster: str):
+    def answer(self, sid: str, node: str):
+        """nonce -> the signed session answer this proxy gives a node of its cluster (member/session_header.py)."""
+        name, _unused = split_cluster(self.cache, node, None)
+        return lambda nonce: make_header(self.ctx.ident, name, sid, nonce, self.cache.cluster_name, self.ctx.name)
+
+    def _leaf_tunnel(self, user: CertUser, cluster: str, sid: str | None = None, node: str = ""):
         if self.tunnels is None:
             raise cluster_not_found(cluster)
         _unused, decision = visible_leaf(self.cache, self.ctx.checkers, user, cluster)
         if not decision.allowed:
-            self.audit.emit("session.denied", success=False, user=user.name, cluster=cluster, reason=decision.reason)
+            self.audit.emit("session.denied", success=False, user=user.name, cluster=cluster, node=node or None,
+                            sid=sid, reason=decision.reason)
             raise cluster_not_found(cluster)
         log.debug("proxy: routing %s to leaf cluster %s", user.name, cluster)
         return self.tunnels.tunnel_for(cluster)

@@ -22,7 +22,7 @@ from ..member.context import MemberContext
 from ..member.routing import cluster_not_found
 from ..wire import (FORWARDED_IDENTITY, LEAF_ACCESS_CHECK_PATH, PING_PATH, PROXY_SSH_PORT, TUNNEL_PORT,
                     VALIDATE_PATH, WEB_PORT)
-from . import sso
+from . import audit_web, sso
 
 log = logging.getLogger("gatehouse.proxy.web")
 
@@ -47,6 +47,7 @@ class ProxyWeb:
         r.add_get("/webapi/mappings", self.mappings)
         r.add_post(LEAF_ACCESS_CHECK_PATH, self.leaf_access_check)
         sso.add_routes(r, self)
+        audit_web.add_routes(r, self)
 
     def _ssh_addr(self) -> str:
         return self.cfg.proxy.ssh_public_addr or public_addr(
@@ -76,6 +77,10 @@ class ProxyWeb:
         result = await self.client.call("POST", "/v1/login", body)
         result["proxy"] = self.ping_payload()["proxy"]
         return web.json_response(result)
+
+    def user_name(self, request) -> str:
+        """The user of the request's login certificate (AccessDenied without one)."""
+        return self._user(request)
 
     def _user(self, request) -> str:
         subject = peer_subject(request)

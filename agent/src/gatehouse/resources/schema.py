@@ -21,7 +21,7 @@ Kinds and their normalised shapes:
 * ``user`` (v2) — ``spec {roles, traits}``; never a password.
 * ``token`` (v2) — ``metadata {name, expires?}``, ``spec {roles, labels, token?}``.
 * ``trusted_cluster`` (v1, v2; default v2) — ``spec {enabled, token, tunnel_addr,
-  web_proxy_addr, role_map, heartbeat_mode}``; ``tunnel_addr`` defaults to ``web_proxy_addr``,
+  web_proxy_addr, role_map, heartbeat_mode, forward_audit}``; ``tunnel_addr`` defaults to ``web_proxy_addr``,
   which means "dial where the root says its tunnel listener is" (:func:`tunnel_dial_addr`);
   ``heartbeat_mode`` is ``default`` or ``low_bandwidth`` (``wire.HEARTBEAT_TIMING``).
 * ``remote_cluster`` (v3) — ``metadata {name, labels}``, ``status {connection,
@@ -87,9 +87,17 @@ SECRET_FIELDS = {"trusted_cluster": ("token",), "token": ("token",), "oidc": ("c
                  "cert_authority": ("private", "private_key", "private_keys")}
 
 _ROLE_OPTION_KEYS = ("max_session_ttl", "permit_pty", "permit_port_forwarding",
-                     "permit_agent_forwarding", "permit_x11_forwarding", "client_idle_timeout")
+                     "permit_agent_forwarding", "permit_x11_forwarding", "client_idle_timeout",
+                     "record_session", "recording_failure", "audit")
 _ROLE_BOOL_DEFAULTS = {"permit_pty": True, "permit_port_forwarding": True,
-                       "permit_agent_forwarding": True, "permit_x11_forwarding": False}
+                       "permit_agent_forwarding": True, "permit_x11_forwarding": False,
+                       "record_session": True}
+#: Role options that take one of a few words, and their defaults (docs/audit.md): what a node does
+#: when a session it must record cannot be written, and whether the role may read the audit log and
+#: every recording (without it a user reads only recordings of their own sessions).
+RECORDING_FAILURE_POLICIES = ("fail_open", "fail_closed")
+AUDIT_ACCESS = ("none", "read")
+_ROLE_WORD_OPTIONS = {"recording_failure": RECORDING_FAILURE_POLICIES, "audit": AUDIT_ACCESS}
 _CONDITION_LISTS = ("logins", "kubernetes_groups", "kubernetes_users", "db_users", "db_names")
 _CONDITION_SELECTORS = ("node_labels", "cluster_labels")
 _CONDITION_KEYS = ("logins", "node_labels", "cluster_labels", "kubernetes_groups",
@@ -105,7 +113,7 @@ _UNSUPPORTED_ROLE_FIELDS = frozenset({
     "rules", "app_labels", "db_labels", "kubernetes_labels", "kubernetes_resources",
     "windows_desktop_labels", "windows_desktop_logins", "impersonate", "request", "review_requests",
     "join_sessions", "host_groups", "host_sudoers", "aws_role_arns", "node_labels_expression",
-    "cert_format", "record_session", "enhanced_recording", "disconnect_expired_cert",
+    "cert_format", "enhanced_recording", "disconnect_expired_cert",
     "ssh_file_copy", "create_host_user", "require_session_mfa", "max_sessions", "pin_source_ip",
     "desktop_clipboard", "desktop_directory_sharing", "lock", "max_connections",
 })
@@ -411,6 +419,17 @@ def _bool(ctx: _Ctx, value: Any, path: str, default: bool) -> bool:
     ctx.fail(f"{path} must be true or false, not {describe(value)}")
 
 
+def _word(ctx: _Ctx, value: Any, path: str, words: tuple) -> str:
+    """One of WORDS (the first is the default); YAML's off/none spelled as false/null are accepted."""
+    if value is None:
+        return words[0]
+    if value is False and "none" in words:
+        return "none"
+    if not isinstance(value, str) or value.strip().lower() not in words:
+        ctx.fail(f"{path} must be {' or '.join(words)}, not {describe(value)}")
+    return value.strip().lower()
+
+
 def _timestamp(ctx: _Ctx, value: Any, path: str) -> str:
     """An RFC 3339 time (``2024-05-01T12:00:00Z``) kept as text; YAML datetimes converted."""
     if value is None or value == "":
@@ -642,6 +661,8 @@ def _validate_role(ctx: _Ctx, res: dict, metadata: dict) -> dict:
             if seconds < 0:
                 ctx.fail(f"{path} must not be negative; use 0 to turn the idle timeout off, or e.g. 15m")
             out_opts[key] = seconds
+        elif key in _ROLE_WORD_OPTIONS:
+            out_opts[key] = _word(ctx, value, path, _ROLE_WORD_OPTIONS[key])
         else:
             out_opts[key] = _bool(ctx, value, path, _ROLE_BOOL_DEFAULTS[key])
     out_spec = {"options": out_opts}
@@ -731,7 +752,7 @@ def _validate_token(ctx: _Ctx, res: dict, metadata: dict) -> dict:
 def _validate_trusted_cluster(ctx: _Ctx, res: dict, metadata: dict) -> dict:
     meta = _metadata(ctx, metadata, ())
     spec = _mapping(ctx, res.get("spec"), "spec")
-    fields = ("enabled", "token", "tunnel_addr", "web_proxy_addr", "role_map", "heartbeat_mode")
+    fields = ("enabled", "token", "tunnel_addr", "web_proxy_addr", "role_map", "heartbeat_mode", "forward_audit")
     _check_fields(ctx, spec, fields, "spec")
     mode = _string(ctx, spec.get("heartbeat_mode"), "spec.heartbeat_mode", default="default") or "default"
     if mode not in HEARTBEAT_MODES:
@@ -749,6 +770,9 @@ def _validate_trusted_cluster(ctx: _Ctx, res: dict, metadata: dict) -> dict:
         "web_proxy_addr": web,
         "role_map": _role_map(ctx, spec.get("role_map"), "spec.role_map"),
         "heartbeat_mode": mode,
+        # The leaf decides whether its audit events (and recordings of the root's users' sessions)
+        # go to the root; off unless the leaf's administrator turns it on (docs/audit.md).
+        "forward_audit": _bool(ctx, spec.get("forward_audit"), "spec.forward_audit", False),
     }
     return {"metadata": meta, "spec": out_spec}
 

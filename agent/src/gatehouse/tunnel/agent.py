@@ -30,13 +30,16 @@ from ..config import split_hostport
 from ..errors import AccessDenied, BadParameter, GatehouseError, NotFound
 from ..member.context import MemberContext
 from ..member.routing import resolve_node
+from ..member.session_header import forward_to_node, make_header
 from ..resources import tunnel_addr_is_discovered, tunnel_dial_addr, validate_name
 from ..rootclient import RootWebClient
 from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
 from ..sshserver import CertificateOnlyServer, ListenerLimits
-from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_PROTOCOL, HEARTBEAT_SUBSYSTEM, MAX_ANNOUNCED_PROXIES,
-                    MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN,
-                    TUNNEL_PORT, heartbeat_interval, heartbeat_timing)
+from ..wire import (ACCESS_SUBSYSTEM, AUDIT_SUBSYSTEM, HEARTBEAT_PROTOCOL, HEARTBEAT_SUBSYSTEM,
+                    MAX_ANNOUNCED_PROXIES, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS,
+                    NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT, heartbeat_interval, heartbeat_timing, new_session_id,
+                    parse_session_origin)
+from . import forwarding
 from .framing import MAX_HEARTBEAT_LINE, MAX_REQUEST, TINY_BEAT, is_tiny_beat, parse_heartbeat, read_bounded, too_long
 
 log = logging.getLogger("gatehouse.tunnel.agent")
@@ -91,9 +94,14 @@ class _LeafSide(CertificateOnlyServer):
             host, port, node = resolve_node(self.link.pool.cache, dest_host, dest_port)
         except GatehouseError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
-        log.debug("tunnel: root %s opens a channel to node %s (%s:%d)", self.link.root, node["metadata"]["name"],
-                  host, port)
-        return self.conn.forward_connection(host, port)
+        # The root proxy names the session id in the originator field (a root that sends none is older:
+        # the id is chosen here); this proxy signs it for its own node (member/session_header.py).
+        sid = parse_session_origin(orig_host) or new_session_id()
+        name = node["metadata"]["name"]
+        log.debug("tunnel: root %s opens a channel to node %s (%s:%d), session %s", self.link.root, name, host, port, sid)
+        pool = self.link.pool
+        return forward_to_node(host, port, lambda nonce: make_header(pool.ident, name, sid, nonce, self.link.root,
+                                                                     pool.name))
 
     def server_requested(self, listen_host, listen_port):
         return False
@@ -246,9 +254,11 @@ class RootLink:
                 await self._list_nodes(process)
             elif process.subsystem == ACCESS_SUBSYSTEM:
                 await self._check_access(process)
+            elif process.subsystem == AUDIT_SUBSYSTEM:
+                await forwarding.serve(self, process)
             else:
                 process.stderr.write(b"this is a gatehouse tunnel; sessions are not available\n")
-        except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError) as exc:
+        except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError, GatehouseError) as exc:
             log.debug("tunnel: session on the tunnel to %s ended: %s", self.root, exc)
         finally:
             process.exit(0)

@@ -28,6 +28,7 @@ from ..sshserver import ListenerLimits
 from ..wire import (ACCESS_SUBSYSTEM, HEARTBEAT_PROTOCOL, HEARTBEAT_SUBSYSTEM, MAX_HEARTBEAT_INTERVAL,
                     MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS, NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT,
                     TUNNEL_PRINCIPAL, heartbeat_interval, heartbeat_mode, heartbeat_timing)
+from .forwarding import AuditReceiver
 from .framing import (MAX_ANSWER, MAX_HEARTBEAT_LINE, TINY_BEAT, LineReader, TooLarge, is_tiny_beat, parse_heartbeat,
                       read_bounded)
 from .presence import PresenceReporter
@@ -348,6 +349,8 @@ class TunnelServer:
         #: Per leaf, the SSH key fingerprints of leaf proxies its tunnels reported revoked (only ever added to).
         self._revoked: dict[str, set[str]] = {}
         self.port = 0
+        #: Leaves' audit events and recordings, asked for over their tunnels (tunnel/forwarding.py).
+        self.audit_receiver = AuditReceiver(self)
 
     # -- lifecycle -------------------------------------------------------------
     async def _tunnel_certificate(self) -> tuple[tuple, float]:
@@ -396,6 +399,7 @@ class TunnelServer:
         if self._acceptor:
             self._acceptor.close()
             await self._acceptor.wait_closed()
+        await self.audit_receiver.stop()
         for t in list(self._open):
             t.close()
         for task in list(self._tasks):
@@ -460,6 +464,7 @@ class TunnelServer:
         self.presence.connected(tunnel.leaf, tunnel.interval, tunnel.mode)
         log.info("tunnel: leaf %s is connected (from %s, leaf proxy %s, heartbeat %s every %gs)", tunnel.leaf,
                  tunnel.peer, tunnel.leaf_proxy or "?", tunnel.mode, tunnel.interval)
+        self.audit_receiver.ensure(tunnel.leaf)
 
     def unregister(self, tunnel: LeafTunnel) -> None:
         self._open.discard(tunnel)

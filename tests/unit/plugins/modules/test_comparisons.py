@@ -79,6 +79,13 @@ def test_trusted_cluster_keeps_what_is_not_given():
     assert spec == CURRENT["spec"]
 
 
+def test_trusted_cluster_forward_audit_is_sent_when_given_and_kept_otherwise():
+    assert tc.desired_spec(params(forward_audit=True), CURRENT)["forward_audit"] is True
+    forwarding = dict(CURRENT, spec=dict(CURRENT["spec"], forward_audit=True))
+    assert tc.desired_spec(params(), forwarding)["forward_audit"] is True
+    assert tc.desired_spec(params(forward_audit=False), forwarding)["forward_audit"] is False
+
+
 def test_trusted_cluster_sends_what_is_given():
     spec = tc.desired_spec(params(enabled=False, role_map=[{"remote": "a", "local": "x"}]), CURRENT)
     assert spec["enabled"] is False and spec["role_map"] == [{"remote": "a", "local": ["x"]}]
