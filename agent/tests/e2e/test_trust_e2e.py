@@ -301,7 +301,8 @@ def test_leaf_follows_root_tunnel_listener_to_a_new_port(trust):
     write_yaml(trust.root.config_path, text.replace(old, new))
     trust.root.tunnel_port = int(new.rsplit(":", 1)[1])
     trust.root.daemon.start()
-    trust.wait_status("online", 40)
+    # Generous: the leaf's redials back off up to MAX_BACKOFF (30 s, +50% jitter) while the root is away.
+    trust.wait_status("online", 120)
     tc = json.loads(ok(trust.leaf.run_gatectl("get", f"tc/{ROOT}", "--format", "json")))
     tc = tc[0] if isinstance(tc, list) else tc
     assert tc["status"]["tunnel_addr"] == new, tc["status"]
