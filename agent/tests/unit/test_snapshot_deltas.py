@@ -5,8 +5,9 @@ call the API makes (`AuthService.snapshot`, the body through JSON as on the wire
 
 * after any sequence of writes, a cache that followed by deltas holds exactly what a cache
   built from one full snapshot holds, for a node and for a proxy (hypothesis);
-* a node receives no host CA of any cluster, no remote cluster and no node record, in a
-  full snapshot or a delta; a proxy receives them all;
+* a node receives no leaf's host CA (only its own cluster's, which signs the proxies'
+  session answers), no remote cluster and no node record, in a full snapshot or a delta;
+  a proxy receives them all;
 * a member whose revision this auth server no longer has history for (a gap), or which is
   ahead of it (a restored database), gets a full snapshot and ends in the same state.
 """
@@ -193,23 +194,24 @@ async def _register(svc, leaf: str) -> None:
                                      "host_cas": [pki.new_ssh_key().public_line]}, "127.0.0.1")
 
 
-async def test_a_node_receives_no_host_cas_remote_clusters_or_nodes(auth):
+async def test_a_node_receives_no_leaf_host_cas_remote_clusters_or_nodes(auth):
     node = await _fresh(auth, "node")
     proxy = await _fresh(auth, "proxy")
     await _register(auth, "leaf1.test")  # a host CA and a remote cluster
     await _caught_up(auth)
     answer = await auth.snapshot(Identity("node1", "node", ROOT), node.revision, 0, True)
     assert answer["delta"] is True and all(c["section"] not in ("nodes", "remote_clusters") and
-                                           not c["id"].endswith("/host") for c in answer["changes"])
+                                           c["id"] != "leaf1.test/host" for c in answer["changes"])
     await _sync(node)
     await _sync(proxy)
-    assert node.host_ca(pki.new_ssh_key().public_line) is None and not node._host_cas
+    assert node.host_ca(pki.new_ssh_key().public_line) is None
+    assert {ca["cluster_name"] for ca in node._host_cas.values()} == {ROOT}  # its own, for session answers
     assert node.remote_cluster("leaf1.test") is None and node.nodes() == []
     assert proxy.remote_cluster("leaf1.test") is not None and proxy.leaf_is_trusted("leaf1.test")
     assert any(ca["cluster_name"] == "leaf1.test" for ca in proxy._host_cas.values())
     # The full snapshot says the same.
     full = await auth.snapshot(Identity("node1", "node", ROOT), 0, 0, True)
-    assert [c["type"] for c in full["cas"]] == ["user"]
+    assert sorted((c["cluster_name"], c["type"]) for c in full["cas"]) == [(ROOT, "host"), (ROOT, "user")]
     assert full["remote_clusters"] == [] and full["nodes"] == []
     assert any(c["type"] == "host" for c in (await auth.snapshot(Identity("p", "proxy", ROOT), 0, 0, True))["cas"])
     # A change only proxies need does not end a node's long poll with an empty answer: it keeps waiting.

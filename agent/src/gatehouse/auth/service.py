@@ -427,13 +427,13 @@ class AuthService:
             revision = await self.backend.wait_for_change(since, min(timeout, 55.0), keys.SNAPSHOT_PREFIXES)
         kind = ident.kind
         cas = [c for c in await self.cert_authorities()
-               if snapshots.member_needs(kind, "cas", f'{c["cluster_name"]}/{c["type"]}')]
+               if snapshots.member_needs(kind, "cas", f'{c["cluster_name"]}/{c["type"]}', self.cluster_name)]
         return {"revision": revision, "cluster_name": self.cluster_name,
                 "cas": cas, "roles": list((await self.roles_by_name()).values()),
                 "nodes": [i.value for i in await self.backend.get_range(keys.NODES_PREFIX)]
-                if snapshots.member_needs(kind, "nodes", "") else [],
+                if snapshots.member_needs(kind, "nodes", "", self.cluster_name) else [],
                 "remote_clusters": [i.value for i in await self.backend.get_range(keys.REMOTE_CLUSTERS_PREFIX)]
-                if snapshots.member_needs(kind, "remote_clusters", "") else [],
+                if snapshots.member_needs(kind, "remote_clusters", "", self.cluster_name) else [],
                 "trusted_clusters": [i.value for i in await self.backend.get_range(keys.TRUSTED_CLUSTERS_PREFIX)],
                 "locks": await self.members.locks()}
 

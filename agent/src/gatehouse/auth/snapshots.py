@@ -44,14 +44,17 @@ def section_of(key: str) -> tuple[str, str] | None:
     return None
 
 
-def member_needs(kind: str, section: str, ident: str, value: dict | None = None) -> bool:
-    """Whether a member of KIND needs the record ID of SECTION (VALUE is None for a deletion)."""
+def member_needs(kind: str, section: str, ident: str, local_cluster: str) -> bool:
+    """Whether a member of KIND in LOCAL_CLUSTER needs the record ID of SECTION."""
     if kind not in ("node",):
         return True  # proxies route to everything and hold the tunnels; admins see it all
     if section in ("nodes", "remote_clusters"):
         return False
     if section == "cas":
-        return ident.rsplit("/", 1)[-1] == "user"  # users' certificates; host CAs are for clients and tunnels
+        cluster, _sep, ca_type = ident.rpartition("/")
+        # Users' certificates; and its own cluster's host CA, which signs the proxies' session
+        # answers (member/session_header.py). Leaves' host CAs are for clients and tunnels.
+        return ca_type == "user" or (ca_type == "host" and cluster == local_cluster)
     return True
 
 
@@ -141,7 +144,7 @@ class SnapshotFeed:
             pass
 
 
-def delta_changes(changes: list, kind: str, public_ca) -> list[dict]:
+def delta_changes(changes: list, kind: str, local_cluster: str, public_ca) -> list[dict]:
     """CHANGES (revision, key, item) as a member of KIND receives them: the last change of each record,
     in the section's public form (PUBLIC_CA turns a stored CA record into its public view, raising
     when it does not parse: then the record counts as gone, as in a full snapshot)."""
@@ -153,7 +156,7 @@ def delta_changes(changes: list, kind: str, public_ca) -> list[dict]:
     for key, item in latest.items():
         section, ident = section_of(key)
         value = item.value if item is not None and not item.expired(time.time()) else None
-        if not member_needs(kind, section, ident, value):
+        if not member_needs(kind, section, ident, local_cluster):
             continue
         if value is not None and section == "cas":
             try:
@@ -189,7 +192,7 @@ async def delta(svc, kind: str, since: int, timeout: float) -> dict | None:
     while True:
         if not feed.covers(since):
             return None
-        changes = delta_changes(feed.since(since), kind, svc.public_ca)
+        changes = delta_changes(feed.since(since), kind, svc.cluster_name, svc.public_ca)
         revision = feed.revision
         left = deadline - time.monotonic()
         if changes or left <= 0 or feed.stopped:
