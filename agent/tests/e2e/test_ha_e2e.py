@@ -200,8 +200,8 @@ def test_killing_an_auth_server_keeps_the_root_working(site):
         home2 = site.home("after-kill")
         r = wait_until(lambda: (lambda r: r if r.returncode == 0 else None)(root.login(home2, "alice")), 30,
                        "a login after the auth kill")
-        assert "Logged in" in r.stdout or r.returncode == 0
-        clusters = ok(root.gate(home2, "clusters"))
+        assert r.returncode == 0
+        clusters = ok(root.gate(home2, "clusters"))  # with the certificates that login wrote
         assert LEAF in clusters and "online" in clusters.split(LEAF)[1].splitlines()[0]
         assert ok(site.ssh_leaf(home2)).split() == ["leafnode", "visitor"]
         # rootnode and the proxies resumed their long-poll on auth1: they know role "late".
