@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable, Optional
 
-from ..errors import BadParameter, GatehouseError, LimitExceeded, NotFound
+from ..errors import AlreadyExists, BadParameter, CompareFailed, GatehouseError, LimitExceeded, NotFound
 
 # Highest code point: `key >= prefix AND key < prefix + KEY_MAX` selects exactly the
 # keys that start with `prefix` (keys may not contain this character).
@@ -401,3 +401,44 @@ class ChangeFeed:
             self._waiters.pop(fut, None)
             if not fut.done():
                 fut.cancel()
+
+
+# --------------------------------------------------------------------------- one op inside a transaction
+# Shared by the SQLite and PostgreSQL backends: TXN offers current(key) -> Item | None,
+# write(key, text, expires) -> Item and remove(key), all inside the caller's transaction.
+
+def not_found(key: str) -> NotFound:
+    return NotFound(f'storage item "{key}" not found')
+
+
+def already_exists(key: str) -> AlreadyExists:
+    return AlreadyExists(f'storage item "{key}" already exists')
+
+
+def compare_failed(key: str, current: int, expected: int) -> CompareFailed:
+    shown = current if current > 0 else "written earlier in this atomic()"
+    return CompareFailed(f'storage item "{key}" was changed by another writer (revision {shown}, '
+                         f'expected {expected}); read it again and retry')
+
+
+def apply_op(txn, op: "Op", text: Optional[str], expires: Optional[float]):
+    """Apply OP in TXN: the written Item, the current Item (require_revision) or None; raises
+    AlreadyExists / NotFound / CompareFailed when its condition does not hold."""
+    key, kind = op.key, op.kind
+    if kind == "put":
+        return txn.write(key, text, expires)
+    cur = txn.current(key)
+    if kind in ("create", "require_absent"):
+        if cur is not None:
+            raise already_exists(key)
+        return txn.write(key, text, expires) if kind == "create" else None
+    if cur is None:
+        raise not_found(key)
+    if op.revision is not None and cur.revision != op.revision:
+        raise compare_failed(key, cur.revision, op.revision)
+    if kind in ("update", "cas"):
+        return txn.write(key, text, expires)
+    if kind == "delete":
+        txn.remove(key)
+        return None
+    return cur  # require_revision

@@ -45,11 +45,10 @@ import select
 import time
 from typing import Awaitable, Callable, Optional
 
-from ..errors import (AlreadyExists, BadParameter, CompareFailed, ConnectionProblem, GatehouseError,
-                      NotFound)
+from ..errors import BadParameter, ConnectionProblem, GatehouseError
 from .audit_postgres import PostgresAudit
-from .base import (KEY_MAX, Backend, ChangeFeed, Event, Item, Op, Watcher, check_expires, check_key,
-                   check_op, check_prefix, encode_value, normalise_prefixes)
+from .base import (KEY_MAX, Backend, ChangeFeed, Event, Item, Op, Watcher, apply_op, check_expires, check_key,
+                   check_op, check_prefix, encode_value, normalise_prefixes, not_found)
 
 try:
     import psycopg
@@ -225,18 +224,6 @@ def check_conn_string(conn_string) -> str:
 
 # --------------------------------------------------------------------------- errors
 
-def _not_found(key: str) -> NotFound:
-    return NotFound(f'storage item "{key}" not found')
-
-
-def _already_exists(key: str) -> AlreadyExists:
-    return AlreadyExists(f'storage item "{key}" already exists')
-
-
-def _compare_failed(key: str, current: int, expected: int) -> CompareFailed:
-    shown = current if current > 0 else "written earlier in this atomic()"
-    return CompareFailed(f'storage item "{key}" was changed by another writer (revision {shown}, '
-                         f'expected {expected}); read it again and retry')
 
 
 class _OutcomeUnknown(Exception):
@@ -420,25 +407,6 @@ class _Txn:
         return events, real
 
 
-def _apply(txn: _Txn, op: Op, text: Optional[str], expires: Optional[float]):
-    key, kind = op.key, op.kind
-    if kind == "put":
-        return txn.write(key, text, expires)
-    cur = txn.current(key)
-    if kind in ("create", "require_absent"):
-        if cur is not None:
-            raise _already_exists(key)
-        return txn.write(key, text, expires) if kind == "create" else None
-    if cur is None:
-        raise _not_found(key)
-    if op.revision is not None and cur.revision != op.revision:
-        raise _compare_failed(key, cur.revision, op.revision)
-    if kind in ("update", "cas"):
-        return txn.write(key, text, expires)
-    if kind == "delete":
-        txn.remove(key)
-        return None
-    return cur  # require_revision
 
 
 def _settled(result, real):
@@ -865,7 +833,7 @@ class PostgresBackend(PostgresAudit, Backend):
             for prepared in group:
                 savepoint = txn.savepoint()
                 try:
-                    outcomes.append([_apply(txn, op, text, expires) for op, text, expires in prepared])
+                    outcomes.append([apply_op(txn, op, text, expires) for op, text, expires in prepared])
                 except GatehouseError as err:
                     txn.rollback(savepoint)
                     outcomes.append(err)
@@ -912,7 +880,7 @@ class PostgresBackend(PostgresAudit, Backend):
             return await (await conn.execute(f"{_ROW} WHERE key = %s", (key,))).fetchone()
         row = await self._run(read)
         if row is None or (row[3] is not None and row[3] <= time.time()):
-            raise _not_found(key)
+            raise not_found(key)
         return Item(key, json.loads(row[1]), row[2], row[3])
 
     async def get_range(self, prefix: str) -> list:

@@ -28,10 +28,10 @@ import stat
 import time
 from typing import Callable, Optional
 
-from ..errors import AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
+from ..errors import BadParameter, GatehouseError
 from .audit_sqlite import SQLiteAudit
-from .base import (KEY_MAX, Backend, ChangeFeed, Event, Item, Op, Watcher, check_expires, check_key,
-                   check_op, check_prefix, encode_value, normalise_prefixes)
+from .base import (KEY_MAX, Backend, ChangeFeed, Event, Item, Op, Watcher, apply_op, check_expires, check_key,
+                   check_op, check_prefix, encode_value, normalise_prefixes, not_found)
 
 log = logging.getLogger("gatehouse.backend")
 
@@ -52,17 +52,6 @@ _SCHEMA = (
 )
 
 
-def _not_found(key: str) -> NotFound:
-    return NotFound(f'storage item "{key}" not found')
-
-
-def _already_exists(key: str) -> AlreadyExists:
-    return AlreadyExists(f'storage item "{key}" already exists')
-
-
-def _compare_failed(key: str, current: int, expected: int) -> CompareFailed:
-    return CompareFailed(f'storage item "{key}" was changed by another writer (revision {current}, '
-                         f'expected {expected}); read it again and retry')
 
 
 class _Txn:
@@ -101,25 +90,6 @@ class _Txn:
         self.events.append(Event("delete", key, None, self.revision))
 
 
-def _apply(txn: _Txn, op: Op, text: Optional[str], expires: Optional[float]):
-    key, kind = op.key, op.kind
-    if kind == "put":
-        return txn.write(key, text, expires)
-    cur = txn.current(key)
-    if kind in ("create", "require_absent"):
-        if cur is not None:
-            raise _already_exists(key)
-        return txn.write(key, text, expires) if kind == "create" else None
-    if cur is None:
-        raise _not_found(key)
-    if op.revision is not None and cur.revision != op.revision:
-        raise _compare_failed(key, cur.revision, op.revision)
-    if kind in ("update", "cas"):
-        return txn.write(key, text, expires)
-    if kind == "delete":
-        txn.remove(key)
-        return None
-    return cur  # require_revision
 
 
 def _prepare_files(path: str) -> None:
@@ -396,7 +366,7 @@ class SQLiteBackend(SQLiteAudit, Backend):
         row = self._conn.execute("SELECT value, revision, expires FROM items WHERE key = ?",
                                  (key,)).fetchone()
         if row is None or (row[2] is not None and row[2] <= time.time()):
-            raise _not_found(key)
+            raise not_found(key)
         return Item(key, json.loads(row[0]), row[1], row[2])
 
     async def get_range(self, prefix: str) -> list:
@@ -455,7 +425,7 @@ class SQLiteBackend(SQLiteAudit, Backend):
             return []
 
         def apply(txn: _Txn) -> list:
-            return [_apply(txn, op, text, expires) for op, text, expires in prepared]
+            return [apply_op(txn, op, text, expires) for op, text, expires in prepared]
         return await self._call(self._write_sync, apply)
 
     # ------------------------------------------------------------------ changes
