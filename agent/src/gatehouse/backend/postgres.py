@@ -224,8 +224,6 @@ def check_conn_string(conn_string) -> str:
 
 # --------------------------------------------------------------------------- errors
 
-
-
 class _OutcomeUnknown(Exception):
     """The connection broke while COMMIT may have been on its way."""
 
@@ -405,8 +403,6 @@ class _Txn:
         events = [Event(kind, key, real(item), base + rel)
                   for rel, (kind, key, item, _unused) in enumerate(self.writes, 1)]
         return events, real
-
-
 
 
 def _settled(result, real):

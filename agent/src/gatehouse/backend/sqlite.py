@@ -52,8 +52,6 @@ _SCHEMA = (
 )
 
 
-
-
 class _Txn:
     """One write transaction (worker thread): allocates revisions, records events."""
 
@@ -88,8 +86,6 @@ class _Txn:
         self.conn.execute("INSERT INTO changes (revision, type, key) VALUES (?, 'delete', ?)",
                           (self.revision, key))
         self.events.append(Event("delete", key, None, self.revision))
-
-
 
 
 def _prepare_files(path: str) -> None:
