@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from typing import Callable, Optional
 
@@ -119,11 +121,58 @@ def _open_channels(conn) -> int:
     return len(getattr(conn, "_channels", ()))
 
 
+# A refused connection's socket is kept open up to this long after the refusal, reading and
+# discarding what the client still sends, and at most this many at once (beyond that the
+# refusal is a plain close): closing a socket with unread input makes the kernel send a
+# reset, which can destroy the refusal message before the client reads it.
+REFUSAL_LINGER = 2.0
+MAX_LINGERING = 64
+_lingering: set = set()
+
+
 def _disconnect(conn, reason: str) -> None:
+    keep = _keep_socket_open(conn)
     try:
         conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, reason)
     except Exception:  # noqa: BLE001 - already gone
         conn.abort()
+    if keep is not None:
+        task = asyncio.get_running_loop().create_task(_linger(keep))
+        _lingering.add(task)
+        task.add_done_callback(_lingering.discard)
+
+
+def _keep_socket_open(conn):
+    """A duplicate of CONN's socket, so asyncssh's close does not reset it; None when too many linger."""
+    sock = conn.get_extra_info("socket")
+    if sock is None or len(_lingering) >= MAX_LINGERING:
+        return None
+    try:
+        dup = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+    except OSError:
+        return None
+    dup.setblocking(False)
+    return dup
+
+
+async def _linger(sock) -> None:
+    """Drain SOCK until the peer closes it or REFUSAL_LINGER passes, then close it.
+
+    No half-close first: a client that reads the end of the stream before it has parsed
+    the refusal (asyncssh does, in the middle of a key exchange) reports "connection lost"
+    instead of the reason; a client that has parsed it closes at once.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = loop.time() + REFUSAL_LINGER
+        while loop.time() < deadline:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 4096), deadline - loop.time())
+            if not data:
+                break
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        sock.close()
 
 
 class CertificateOnlyServer(asyncssh.SSHServer):
