@@ -100,6 +100,11 @@ class AccessSite(Site):
         assert as_json.stdout, as_json.stderr
         return text.returncode, text.stdout, json.loads(as_json.stdout)
 
+    def tunnel_lines(self) -> list[str]:
+        """The root proxy's and the leaf's log lines about tunnels: why a tunnel went away."""
+        return [f"{host}: {line}" for host in (PROXY, LEAF_HOST) for line in self.log(host).splitlines()
+                if "tunnel" in line][-40:]
+
     def node_audit(self, event: str) -> list[dict]:
         """The leaf node's own audit log (the node decides and records sessions and denials)."""
         path = self.net[NODE].lib_dir / "log" / "audit.jsonl"
@@ -198,7 +203,7 @@ def test_env_demo_cluster_labels(site):
     row = next(line for line in site.gate("gina", "clusters").stdout.splitlines() if line.startswith(LEAF))
     assert "online" in row and "env=demo" in row
     r = site.ssh("gina", "visitor@web1")
-    assert r.returncode == 0 and r.stdout == "visitor\n", r.stderr
+    assert r.returncode == 0 and r.stdout == "visitor\n", (r.stderr, site.tunnel_lines())
     code, text, res = site.check(AUTH, "--user=gina", f"--cluster={LEAF}", "--login=visitor", "--node=web1")
     assert code == 0 and res["allowed"] and res["mapped_roles"] == ["visitor"]
     assert (f'(visible at the root: role "demo-cluster-access" allows cluster "{LEAF}" with env=demo '
