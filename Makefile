@@ -16,12 +16,14 @@ demo-down:
 	@scripts/demo.sh down
 
 ## Every test: agent unit and end-to-end tests (real processes on loopback), multi-host tests
-## on network-namespace hosts, the collection's modules, ansible-lint, the molecule scenario.
+## on network-namespace hosts, the collection's modules, ansible-lint, the molecule scenario,
+## and upgrade.yml from this build to a bumped one with a session running across it.
 test: deps
 	$(PY) -m pytest -q agent/tests tests/netns
 	scripts/test-collection.sh
 	scripts/lint.sh
 	scripts/test-molecule.sh
+	scripts/test-upgrade.sh
 
 ## The agent's tests alone: unit (pure, about 2 s), integration (real servers in process), e2e (daemons).
 test-agent: deps

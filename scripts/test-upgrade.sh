@@ -11,8 +11,9 @@
 #      then a new session reaches the leaf's node through the root;
 #   5. agent V+3 is refused (the leaf would fall more than one major version behind), and
 #      so is going back to V (no downgrade), both before anything changes.
-# Not part of `make test` (about four minutes, and the bumped wheel's cold build may fetch
-# its build backend and the dependency wheels from the package registry). Needs root.
+# Part of `make test`, after the molecule scenario (about five minutes; the bumped wheel's
+# cold build may fetch its build backend and the dependency wheels from the package
+# registry). Needs root. Alone:
 #   flock /tmp/gatehouse-netns.lock scripts/test-upgrade.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
