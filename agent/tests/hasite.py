@@ -3,7 +3,8 @@
 :class:`HARoot` runs the root the way docs/operations.md ("A highly available root")
 describes, every part a real process on 127.0.0.1:
 
-* PostgreSQL (a :class:`integration.pgserver.PgServer` the caller starts),
+* PostgreSQL (a :class:`integration.pgserver.PgServer` the caller starts; with an empty
+  ``conn_string`` the auth servers use their embedded SQLite file instead, for comparisons),
 * ``auth_count`` auth servers (``gatehouse start`` with only ``auth_service``), all with
   the same ``storage`` section, each listing the others in ``gatehouse.auth_servers``,
 * ``proxy_count`` proxies (only ``proxy_service``), joined with one proxy token, listing
@@ -14,7 +15,9 @@ describes, every part a real process on 127.0.0.1:
 
 ``gatectl(i, ...)`` runs gatectl with auth server *i*'s admin identity (whose address
 list names the other auth servers too); ``gate(home, ...)`` and ``login(home, user)``
-run ``gate`` against the load balancer.
+run ``gate`` against the load balancer. ``trust_leaf`` makes a leaf cluster trust the root;
+:class:`RoleWriters` writes roles through each auth server at once (failover tests and
+bench/bench_ha.py count what was acknowledged).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 from conftest import Daemon, base_env, free_port, run_module, wait_until, write_yaml
 
@@ -108,10 +113,11 @@ class HARoot:
     def _auth_daemon(self, i: int) -> Daemon:
         name = f"auth{i}"
         others = [a for j, a in enumerate(self.auth_addrs) if j != i]
-        storage = json.dumps({"type": "postgresql", "conn_string": self.conn_string})
+        storage = ", storage: " + json.dumps({"type": "postgresql", "conn_string": self.conn_string}) \
+            if self.conn_string else ""
         cfg = (self._general(name, others) +
                f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: '{self.auth_addrs[i]}', "
-               f"login_rate: 600, storage: {storage}{self.extra_auth}}}\n")
+               f"login_rate: 600{storage}{self.extra_auth}}}\n")
         return self._daemon(name, cfg)
 
     def _daemon(self, name: str, cfg: str) -> Daemon:
@@ -176,6 +182,20 @@ class HARoot:
         if self.lb is not None:
             self.lb.stop()
 
+    def start_again(self) -> "HARoot":
+        """After stop(): the same daemons, identities, certificates and load balancer, as when the
+        root's machines come back (start() would make a new web certificate and new tokens)."""
+        for auth in self.auths:
+            auth.start(wait=False)
+        for auth in self.auths:
+            auth.wait_ready()
+        for daemon in [*self.proxies, self.node]:
+            if daemon is not None:
+                daemon.start()
+        self.lb.start()
+        wait_port(self.lb_web)
+        return self
+
     @staticmethod
     def kill(daemon: Daemon) -> None:
         """kill -9, as a crash or a lost host."""
@@ -209,10 +229,11 @@ class HARoot:
         return self.gate(home, "login", f"--proxy={self.web_addr}", f"--user={user}", "--insecure",
                          "--password-stdin", input=password + "\n")
 
-    def gate_popen(self, home: str, *args) -> subprocess.Popen:
-        """A long-running `gate` (a session), its output read by the caller."""
+    def gate_popen(self, home: str, *args, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+        """A long-running `gate` (a session), its output read by the caller (its input written, with
+        stdin=subprocess.PIPE)."""
         return subprocess.Popen([sys.executable, "-m", "gatehouse.cli.gate", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                stderr=subprocess.PIPE, stdin=stdin, text=True,
                                 env=base_env(GATE_HOME=home))
 
     def admin_api(self, i: int, single: bool = True):
@@ -229,6 +250,76 @@ class HARoot:
         name = {"proxy": "proxy0", "node": "rootnode"}[kind]
         ident = IdentityFiles(os.path.join(self.data_dir(name), "identity", kind))
         return APIClient.for_identity(ident, f"https://{self.auth_addrs[i]}")
+
+
+def trust_leaf(root: HARoot, leaf, path: str, token_server: int = 0) -> None:
+    """LEAF (a conftest.Cluster) trusts ROOT through the load balancer, the root's role "access"
+    mapped to the leaf's; the one-time token is removed afterwards (nothing left to join again with).
+    PATH: where the trusted_cluster resource file is written."""
+    token = json.loads(root.ok(token_server, "tokens", "add", "--type=trusted_cluster", "--ttl=15m",
+                               "--format", "json"))["token"]
+    tc = {"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT},
+          "spec": {"enabled": True, "token": token, "web_proxy_addr": root.web_addr,
+                   "role_map": [{"remote": "access", "local": ["access"]}]}}
+    r = leaf.run_gatectl("create", write_yaml(path, json.dumps(tc)))
+    assert r.returncode == 0, f"the leaf could not trust the root: {r.stderr}{r.stdout}"
+    root.ok(token_server, "tokens", "rm", token)
+
+
+class RoleWriters:
+    """One thread per auth server in SERVERS, each putting roles ("PREFIX-SERVER-N") through its own
+    server only (no client failover), so an acknowledged write names the server that took it. Errors
+    (server or database away) are counted and writing goes on, or that thread ends if STOP_ON_ERROR.
+    Use as a context manager: the threads stop and are joined on exit."""
+
+    def __init__(self, root: HARoot, servers=(0, 1), prefix: str = "w", stop_on_error: bool = False):
+        self.root, self.prefix, self.stop_on_error = root, prefix, stop_on_error
+        self.acked: dict[str, float] = {}       # role name -> time.monotonic() of its acknowledgement
+        self.failed = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._write, args=(i,), daemon=True) for i in servers]
+
+    @staticmethod
+    def role(name: str, n: int = 0) -> dict:
+        return {"kind": "role", "version": "v5", "metadata": {"name": name, "description": "x" * (n % 50)},
+                "spec": {"allow": {"logins": ["visitor"], "node_labels": {"site": "root"}}}}
+
+    def _write(self, server: int) -> None:
+        api = self.root.admin_api(server)
+        n = 0
+        while not self.stop.is_set():
+            name = f"{self.prefix}-{server}-{n}"
+            try:
+                api.put("/v1/resources", {"resource": self.role(name, n)})
+                with self.lock:
+                    self.acked[name] = time.monotonic()
+            except Exception:   # noqa: BLE001 - the server or its database went away: outcome unknown
+                with self.lock:
+                    self.failed += 1
+                if self.stop_on_error:
+                    return
+                time.sleep(0.1)
+            n += 1
+
+    def acked_by(self, server: int, after: float = 0.0) -> int:
+        with self.lock:
+            return sum(1 for name, at in self.acked.items() if name.startswith(f"{self.prefix}-{server}-")
+                       and at > after)
+
+    def snapshot(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.acked)
+
+    def __enter__(self) -> "RoleWriters":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
 
 
 def haproxy_binary() -> str:

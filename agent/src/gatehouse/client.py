@@ -227,7 +227,8 @@ class AsyncAPIClient:
     async def _get_session(self):
         import aiohttp
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=32))
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=32),
+                                                  trace_configs=[_connection_tracer()])
         return self._session
 
     @property
@@ -245,9 +246,10 @@ class AsyncAPIClient:
         error = None
         for index in self.servers.order():
             base = self.servers.urls[index]
+            attempt: dict = {}     # "connected" once a connection to BASE exists (_connection_tracer)
             try:
                 async with session.request(method, base + path, json=body, params=params, headers=headers,
-                                           server_hostname=self.server_hostname,
+                                           server_hostname=self.server_hostname, trace_request_ctx=attempt,
                                            timeout=aiohttp.ClientTimeout(total=total, sock_connect=min(
                                                total, self.connect_timeout))) as resp:
                     content = await resp.read()
@@ -255,7 +257,7 @@ class AsyncAPIClient:
                 raise _tls_problem(base, exc) from None
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 error = _unreachable(base, exc)
-                if method not in _REPEATABLE and not isinstance(exc, aiohttp.ClientConnectorError):
+                if method not in _REPEATABLE and attempt.get("connected"):
                     self.servers.failed(index)
                     raise error from None
                 continue
@@ -266,6 +268,21 @@ class AsyncAPIClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _connection_tracer():
+    """aiohttp trace hooks that mark a request's trace_request_ctx dict "connected" once it has a
+    connection. Only before that is a write certainly not sent: aiohttp itself sends PUT and DELETE
+    a second time after a dropped connection, so a connect error can follow a request that arrived."""
+    import aiohttp
+
+    async def connected(session, ctx, params) -> None:
+        if isinstance(ctx.trace_request_ctx, dict):
+            ctx.trace_request_ctx["connected"] = True
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(connected)
+    trace.on_connection_reuseconn.append(connected)
+    return trace
 
 
 def _never_connected(exc: BaseException) -> bool:

@@ -11,8 +11,8 @@ load balancer and holds a tunnel to each proxy. The tests kill one auth server (
 members resume their long-poll on the other server), count rate limits and token use
 across servers, kill -9 an auth server during a write storm, take proxies away and back,
 and lose the database while running (the leaf's tunnels stay up while the proxies cannot
-record them). Database failover to a promoted standby has no end-to-end test yet; moving a
-site from SQLite is in test_ha_migrate_e2e.py.
+record them). Database failover to a promoted standby under all of this is in
+test_ha_db_failover_e2e.py; moving a site from SQLite is in test_ha_migrate_e2e.py.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ LEAF = "leaf.test"
 
 
 class Site:
-    def __init__(self, tmp: str, pg: PgServer, dbname: str):
+    def __init__(self, tmp: str, pg: PgServer, dbname: str, conn_string: str = ""):
         self.tmp = tmp
         self.pg = pg
-        self.root = HARoot(os.path.join(tmp, "root"), pg.conn_string(dbname), extra_auth=", validate_rate: 30")
+        self.root = HARoot(os.path.join(tmp, "root"), conn_string or pg.conn_string(dbname),
+                           extra_auth=", validate_rate: 30")
         self.leaf = Cluster(os.path.join(tmp, "leaf"), extra_auth=", login_rate: 600", cluster_name=LEAF,
                             node_name="leafnode", extra_general=", insecure: true")
 

@@ -36,16 +36,9 @@ def replicated():
                 server.destroy(mode="immediate")
 
 
-def _multi_host(primary: PgServer, standby: PgServer) -> str:
-    one = primary.conn_string("postgres")
-    return (one.replace(f"host=127.0.0.1 port={primary.port}",
-                        f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port}")
-            + " target_session_attrs=read-write connect_timeout=3")
-
-
 async def test_promoted_standby_has_every_acknowledged_write(replicated):
     primary, standby = replicated
-    db = await postgres_mod.PostgresBackend.open(_multi_host(primary, standby))
+    db = await postgres_mod.PostgresBackend.open(primary.failover_conn_string(standby))
     acked: dict[str, int] = {}
     errors: list[str] = []
     stop = asyncio.Event()
