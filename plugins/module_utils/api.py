@@ -287,8 +287,10 @@ class GatehouseClient:
         return True
 
     # ------------------------------------------------------------------ tokens and labels
-    def add_token(self, types, ttl, labels, name=None, value=None):
+    def add_token(self, types, ttl, labels, name=None, value=None, principals=None):
         body = {"type": ",".join(types), "ttl": ttl, "labels": labels}
+        if principals:
+            body["principals"] = list(principals)
         if name:
             body["name"] = name
         if value:
