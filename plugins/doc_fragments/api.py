@@ -26,7 +26,7 @@ options:
   api_url:
     description:
       - Address of the auth API, as C(https://HOST:PORT) or C(HOST:PORT) (port 3025 by default on the agent).
-      - Defaults to the address in C(<data_dir>/admin/auth_addr).
+      - Defaults to the first address in C(<data_dir>/admin/auth_addr) (the local auth server).
       - Set it, together with O(client_cert), O(client_key) and O(ca_cert), to manage a
         cluster from a controller that is not its auth server.
     type: str

@@ -82,7 +82,10 @@ class Connection:
         """``https://host:port`` from ``api_url``, else from ``<data_dir>/admin/auth_addr``."""
         if self._api_url:
             return normalize_api_url(self._api_url)
-        addr = self._read(os.path.join(self.identity_dir, "auth_addr")).strip()
+        # One address per line, this host's auth server first (the others are its peers in an HA
+        # root, for gatectl's failover): the modules manage the auth server they run next to.
+        lines = self._read(os.path.join(self.identity_dir, "auth_addr")).split()
+        addr = lines[0] if lines else ""
         if not addr:
             raise GatehouseAPIError("%s is empty; restart the gatehouse auth service so it writes its address "
                                     "again, or set api_url" % os.path.join(self.identity_dir, "auth_addr"))
@@ -284,8 +287,10 @@ class GatehouseClient:
         return True
 
     # ------------------------------------------------------------------ tokens and labels
-    def add_token(self, types, ttl, labels, name=None, value=None):
+    def add_token(self, types, ttl, labels, name=None, value=None, principals=None):
         body = {"type": ",".join(types), "ttl": ttl, "labels": labels}
+        if principals:
+            body["principals"] = list(principals)
         if name:
             body["name"] = name
         if value:

@@ -66,6 +66,15 @@ options:
         initial labels in its C(remote_cluster) on the root.
     type: dict
     default: {}
+  principals:
+    description:
+      - For V(node) and V(proxy) tokens, host names or IP addresses approved for the certificates of
+        what joins with it, besides its name and the address it joins from; a proxy behind a load
+        balancer needs the balancer's name, which users and leaves dial.
+      - A token whose approved principals differ is replaced.
+    type: list
+    elements: str
+    default: []
   state:
     description: V(present) ensures the token exists; V(absent) revokes it.
     type: str
@@ -157,6 +166,7 @@ ARGUMENT_SPEC = dict(
     ttl=dict(type="str", default="30m"),
     renew_before=dict(type="str"),
     labels=dict(type="dict", default={}),
+    principals=dict(type="list", elements="str", default=[]),
     state=dict(type="str", default="present", choices=["present", "absent"]),
 )
 
@@ -172,7 +182,7 @@ def rfc3339(epoch):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + ".%06dZ" % int((epoch % 1) * 1e6)
 
 
-def needs_replacing(current, types, labels, renew_before=0, now=None):
+def needs_replacing(current, types, labels, renew_before=0, now=None, principals=()):
     """Why an existing token must be created again, or None when it can stay."""
     if current is None:
         return "missing"
@@ -181,6 +191,8 @@ def needs_replacing(current, types, labels, renew_before=0, now=None):
         return "type"
     if (spec.get("labels") or {}) != labels:
         return "labels"
+    if set(spec.get("principals") or []) != set(principals):
+        return "principals"
     left = seconds_until((current.get("metadata") or {}).get("expires", ""), now)
     if left is not None and left <= max(renew_before, 0):
         return "expiring"
@@ -222,17 +234,18 @@ def run(module, client):
 
     types, ttl, renew, labels = checked_input(module, name)
     current = client.get_resource("token", name)
-    if needs_replacing(current, types, labels, renew) is None:
+    principals = params["principals"]
+    if needs_replacing(current, types, labels, renew, principals=principals) is None:
         result.update(join_token=current, expires=current["metadata"].get("expires", ""))
         module.exit_json(**result)
 
     desired = {"kind": "token", "version": "v2",
                "metadata": {"name": name, "expires": rfc3339(time.time() + ttl)},
-               "spec": {"roles": types, "labels": labels}}
+               "spec": dict({"roles": types, "labels": labels}, **({"principals": principals} if principals else {}))}
     record_change(module, result, current, desired, header, join_token=desired)
     if module.check_mode:
         module.exit_json(**result)
-    resp = client.add_token(types, ttl, labels, name=name, value=params.get("token"))
+    resp = client.add_token(types, ttl, labels, name=name, value=params.get("token"), principals=principals)
     stored = resp.get("resource") or {}
     result.update(join_token=stored, expires=(stored.get("metadata") or {}).get("expires", ""))
     if "diff" in result:

@@ -80,6 +80,9 @@ def test_base_url_from_auth_addr_or_api_url(tmp_path):
     assert api.Connection(data_dir=str(tmp_path)).base_url == "https://127.0.0.1:3025"
     assert api.Connection(data_dir=str(tmp_path), api_url="https://auth.example.com:3025/").base_url == \
         "https://auth.example.com:3025"
+    # An auth server of an HA root lists its peers after its own address: the modules use its own.
+    write(tmp_path / "admin" / "auth_addr", "127.0.0.1:3025\n198.18.0.12:3025\n")
+    assert api.Connection(data_dir=str(tmp_path)).base_url == "https://127.0.0.1:3025"
     write(tmp_path / "admin" / "auth_addr", "\n")
     with pytest.raises(api.GatehouseAPIError, match="auth_addr is empty"):
         api.Connection(data_dir=str(tmp_path)).base_url  # pylint: disable=expression-not-assigned

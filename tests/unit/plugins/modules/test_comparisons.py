@@ -43,6 +43,14 @@ def test_join_token_needs_replacing(current, types, labels, renew, why):
     assert join_token.needs_replacing(current, types, labels, renew, now=NOW) == why
 
 
+def test_join_token_replaced_when_its_approved_principals_differ():
+    current = {"spec": {"roles": ["proxy"], "labels": {}, "principals": ["gate.example.com"]},
+               "metadata": {"expires": join_token.rfc3339(NOW + 600)}}
+    assert join_token.needs_replacing(current, ["proxy"], {}, now=NOW, principals=["gate.example.com"]) is None
+    assert join_token.needs_replacing(current, ["proxy"], {}, now=NOW, principals=["lb.example.com"]) == "principals"
+    assert join_token.needs_replacing(current, ["proxy"], {}, now=NOW) == "principals"
+
+
 def test_join_token_name():
     assert join_token.token_name({"name": "invite", "token": "x" * 20}) == "invite"
     value = "a-caller-supplied-token-value"
