@@ -16,7 +16,7 @@ demo-down:
 	@scripts/demo.sh down
 
 ## Every test: agent unit and end-to-end tests (real processes on loopback), multi-host tests
-## on network-namespace hosts, the collection's modules, ansible-lint, the molecule scenario,
+## on network-namespace hosts, the collection's modules, ansible-lint, the molecule scenarios,
 ## and upgrade.yml from this build to a bumped one with a session running across it.
 test: deps
 	$(PY) -m pytest -q agent/tests tests/netns
