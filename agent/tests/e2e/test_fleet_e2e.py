@@ -1,11 +1,12 @@
-"""Listings at fleet size, end to end: a root and two leaves as real processes.
+"""A root for a fleet (issue 16), end to end: a root and two leaves as real processes.
 
 Both leaves have a node named "twin"; leaf-a is labelled env=prod, leaf-b env=staging.
 bob (role access) sees both leaves; alice (role prodonly, cluster_labels env=prod) sees
 only leaf-a, so leaf-b is hidden from her: never searched, never named. Covers the
 API's label filter, search and paging for remote clusters (`gatectl get rc`, `gate
 clusters`), `gate ls --all` through the tunnels with an offline leaf reported, and
-`gate ssh NODE` without --cluster (one match resolves, several are named).
+`gate ssh NODE` without --cluster (one match resolves, several are named), and the
+leaf side of presence: heartbeats flow without the leaf writing to its backend per beat.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import tempfile
 
 import pytest
@@ -31,8 +33,11 @@ class Fleet:
         self.tmp = tmp
         self.root = Cluster(os.path.join(tmp, "root"), extra_auth=", login_rate: 600", cluster_name=ROOT,
                             node_name="rootnode", extra_proxy=", presence_interval: 2")
+        # The leaves' presence summary every 300 s (the longest allowed, default 30): within a test, a
+        # leaf writes its tunnel presence only on a change, so a write per heartbeat would stand out.
         self.leaves = {name: Cluster(os.path.join(tmp, name), cluster_name=name, node_name="twin",
-                                     extra_general=", insecure: true") for name in (LEAF_A, LEAF_B)}
+                                     extra_general=", insecure: true", extra_proxy=", presence_interval: 300")
+                       for name in (LEAF_A, LEAF_B)}
 
     def join(self, leaf: str, labels: str) -> None:
         out = ok(self.root.run_gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=15m", f"--labels={labels}",
@@ -158,6 +163,44 @@ def test_ssh_without_cluster_names_the_candidates(fleet):
     assert r.stderr.strip() == (f'ERROR: node "twin" exists in 2 clusters you can reach ({LEAF_A}, {LEAF_B}); '
                                 f"pick one with --cluster, e.g. gate ssh --cluster={LEAF_A} twin")
     assert ok(fleet.gate("bob", "ssh", f"--cluster={LEAF_B}", "visitor@twin", "echo chosen")) == "chosen\n"
+
+
+def _backend_revision(cluster: Cluster) -> int:
+    with sqlite3.connect(f"file:{os.path.join(cluster.data_dir, 'backend.sqlite')}?mode=ro", uri=True,
+                         timeout=10) as db:
+        return db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+
+
+def _keys_written_since(cluster: Cluster, revision: int) -> list[str]:
+    """The keys of the writes after REVISION in the leaf's SQLite backend, from its change log."""
+    with sqlite3.connect(f"file:{os.path.join(cluster.data_dir, 'backend.sqlite')}?mode=ro", uri=True,
+                         timeout=10) as db:
+        return [r[0] for r in db.execute("SELECT key FROM changes WHERE revision > ? ORDER BY revision",
+                                         (revision,))]
+
+
+def test_leaf_does_not_write_its_backend_per_heartbeat(fleet):
+    """Count the leaf's heartbeats the root saw (each new last_heartbeat is at least one beat) and
+    the leaf's backend writes meanwhile: tunnel presence is written on change and every summary
+    interval (300 s here), never per beat, so the idle window has beats and no tunnel presence write.
+    (The leaf's own members still heartbeat to its auth: nodes/ and proxies/ records, every 5 s.)"""
+    leaf = fleet.leaves[LEAF_A]
+    start = _backend_revision(leaf)
+    beats: set[str] = set()
+
+    def heard() -> bool:
+        rc = fleet.rcs("--search", LEAF_A)[0]
+        assert rc["status"]["connection"] == "online"
+        beats.add(rc["status"]["last_heartbeat"])
+        return len(beats) >= 5
+    wait_until(heard, 120, "five heartbeats of leaf-a seen at the root")
+    written = _keys_written_since(leaf, start)
+    seen = len(beats) - 1  # the first value may predate the window
+    assert seen >= 4
+    tunnel = [k for k in written if k.startswith(("tunnel", "presence"))]
+    assert tunnel == [], f"{len(tunnel)} tunnel presence writes for {seen} heartbeats: {tunnel}"
+    members = [k for k in written if not k.startswith(("nodes/", "proxies/"))]
+    assert members == [], f"unexpected leaf writes while idle: {written}"
 
 
 def test_leaf_that_does_not_answer_is_reported_not_waited_for(fleet):
