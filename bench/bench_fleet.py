@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark (first part of issue 16): a fleet of simulated leaves on one real root, idle.
+"""Benchmark (issue 16): a fleet of simulated leaves on one real root: idle cost, detection, storms, listings.
 
 Stands up a root cluster (auth + proxy, one real ``gatehouse start`` process on free
 127.0.0.1 ports, SQLite) and, in this process, ``--leaves`` simulated leaves. Each leaf
@@ -28,12 +28,24 @@ redialling in the other mode):
   simulator's own CPU and RSS, so the root's figures can be read apart from it;
   the load average at the start and end of each mode.
 
-Not yet measured (issue 16 items left): offline detection, reconnect storms, listings,
-snapshot bytes, a ``gate ssh`` through a simulated leaf, several loopback addresses
-(N up to a few hundred fits the ports of one), 1,000 and 10,000 leaves.
+Then, once per run:
+
+* ``offline_detection_s`` per mode: one leaf's tunnel goes silent (its packets dropped
+  both ways by iptables, so neither end says goodbye) until the root's API shows it
+  offline (polled every 0.5 s);
+* ``list_clusters_s``: the whole remote cluster listing through the API in pages of
+  1,000, one filtered search, and ``gatectl get rc`` as a process (min / median / max of 3);
+* ``reconnect_all_s``: the fleet online, the root process restarted (SIGTERM, start):
+  seconds from the new root being ready until every leaf is online again.
+
+Leaves dial ``--addresses`` loopback addresses in turn (127.0.0.1 … 127.0.0.N; the root's
+tunnel listener then takes every address), so no address runs out of ports.
+
+Not yet measured (issue 16 items left): snapshot bytes and CPU per change, a ``gate ssh``
+through a simulated leaf (and during the storm), 10,000 leaves.
 
 Usage: python3 bench/bench_fleet.py [--leaves N] [--idle-seconds S] [--windows W]
-                                    [--modes default,low_bandwidth] [--keep]
+                                    [--modes default,low_bandwidth] [--addresses K] [--keep]
 Prints one JSON document on stdout, progress on stderr. Needs root (iptables).
 Targets (issue 16): <= 5 MB/day per leaf by default, <= 1 MB/day in low-bandwidth mode.
 """
@@ -94,27 +106,53 @@ def env() -> dict:
 
 # ---------------------------------------------------------------- the root
 class Root:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, addresses: int = 1):
         self.tmp = tmp
         self.data = tmp / "data"
         self.web = f"127.0.0.1:{free_port()}"
+        self.auth = f"127.0.0.1:{free_port()}"
         self.tunnel_port = free_port()
+        # Several loopback addresses to dial (127.0.0.1, .2, …): the tunnel listener takes them all.
+        tunnel_host = "0.0.0.0" if addresses > 1 else "127.0.0.1"
+        self.tunnel_addrs = [f"127.0.0.{1 + i}:{self.tunnel_port}" for i in range(addresses)]
         self.config = tmp / "gatehouse.yaml"
         self.config.write_text(
             f"gatehouse: {{nodename: rootproxy, data_dir: {self.data}, log: {{severity: INFO}}}}\n"
-            f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: '127.0.0.1:{free_port()}', "
+            f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: '{self.auth}', "
             f"validate_rate: 100000}}\n"
             f"proxy_service: {{enabled: true, web_listen_addr: '{self.web}', listen_addr: '127.0.0.1:{free_port()}', "
-            f"tunnel_listen_addr: '127.0.0.1:{self.tunnel_port}'}}\n")
+            f"tunnel_listen_addr: '{tunnel_host}:{self.tunnel_port}'}}\n")
         self.proc: subprocess.Popen | None = None
+        self._api = None
+
+    def api(self):
+        """The root's auth API as its local admin (for listings and status polls without a process per call)."""
+        if self._api is None:
+            from gatehouse.client import APIClient
+            from gatehouse.identity import IdentityFiles
+            self._api = APIClient.for_identity(IdentityFiles(str(self.data / "admin")), [f"https://{self.auth}"])
+        return self._api
+
+    def statuses(self) -> dict[str, dict]:
+        """{leaf: its status} from the API, page by page (auth/listing.py)."""
+        out, after = {}, ""
+        while True:
+            page = self.api().get("/v1/resources/remote_cluster",
+                                  params={"limit": "1000", **({"start_after": after} if after else {})})
+            out.update({rc["metadata"]["name"]: rc["status"] for rc in page["items"]})
+            after = page.get("next") or ""
+            if not after:
+                return out
 
     def start(self) -> None:
         logf = open(self.tmp / "gatehouse.log", "ab")  # noqa: SIM115 - the daemon keeps it
+        ready = (self.tmp / "gatehouse.log").read_text(errors="replace").count("gatehouse is running") \
+            if (self.tmp / "gatehouse.log").exists() else 0
         self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", str(self.config)],
                                      stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env())
         deadline = time.time() + 120
         while time.time() < deadline:
-            if "gatehouse is running" in (self.tmp / "gatehouse.log").read_text(errors="replace"):
+            if (self.tmp / "gatehouse.log").read_text(errors="replace").count("gatehouse is running") > ready:
                 return
             if self.proc.poll() is not None:
                 raise SystemExit(f"the root exited at start; see {self.tmp / 'gatehouse.log'}")
@@ -137,9 +175,8 @@ class Root:
         return r.stdout
 
     def online(self) -> dict[str, str]:
-        return {rc["metadata"]["name"]: rc["status"].get("heartbeat_mode", "") for rc in
-                json.loads(self.gatectl("get", "rc", "--format", "json"))
-                if rc["status"]["connection"] == "online"}
+        return {name: st.get("heartbeat_mode", "") for name, st in self.statuses().items()
+                if st["connection"] == "online"}
 
     def revision(self) -> int:
         conn = sqlite3.connect(f"file:{self.data / 'backend.sqlite'}?mode=ro", uri=True, timeout=30)
@@ -259,20 +296,53 @@ def spread(values: list) -> dict:
             "max": round(max(values), 3)}
 
 
-async def measure_mode(root: Root, leaves: list, mode: str, counters: Counters, idle: float, windows: int) -> dict:
-    addr = f"127.0.0.1:{root.tunnel_port}"
-    for leaf in leaves:
-        leaf.start(addr, mode)
+def start_leaves(root: Root, leaves: list, mode: str) -> None:
+    """Every leaf dials one of the root's loopback addresses in turn (ports per address stay plenty)."""
+    for i, leaf in enumerate(leaves):
+        leaf.start(root.tunnel_addrs[i % len(root.tunnel_addrs)], mode)
+
+
+async def wait_online(root: Root, leaves: list, mode: str, limit: float = 600) -> float:
+    """Seconds until the root shows every leaf online in MODE (polled every second through the API)."""
     t0 = time.monotonic()
     while True:
         online = await asyncio.to_thread(root.online)
         ready = sum(1 for leaf in leaves if online.get(leaf.name) == mode)
         if ready == len(leaves):
-            break
-        if time.monotonic() - t0 > 300:
-            raise SystemExit(f"only {ready} of {len(leaves)} leaves came online in mode {mode} within 300 s")
-        await asyncio.sleep(2)
-    online_s = time.monotonic() - t0
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > limit:
+            raise SystemExit(f"only {ready} of {len(leaves)} leaves came online in mode {mode} within {limit:.0f} s")
+        await asyncio.sleep(1)
+
+
+async def offline_detection(root: Root, leaf: SimLeaf) -> float:
+    """Seconds from the moment LEAF's tunnel goes silent (its packets dropped both ways by iptables, so
+    neither end says goodbye) until the root shows it offline."""
+    conn = next(iter(leaf.link.links.values()))
+    port = conn.get_extra_info("sockname")[1]
+    # No redial meanwhile: a leaf that gave up on the silent connection would come back on a new port
+    # before the root noticed; its dialling loop stops, the silent connection stays as it is.
+    leaf.link._task.cancel()
+    rules = [["OUTPUT", "-o", "lo", "-p", "tcp", flag, str(port), "-j", "DROP"] for flag in ("--sport", "--dport")]
+    for rule in rules:
+        subprocess.run(["iptables", "-w", "-I", *rule[:-2], "-m", "comment", "--comment", TAG, *rule[-2:]],
+                       check=True)
+    t0 = time.monotonic()
+    try:
+        while (await asyncio.to_thread(root.statuses))[leaf.name]["connection"] == "online":
+            if time.monotonic() - t0 > 600:
+                raise SystemExit(f"{leaf.name} still online 600 s after its tunnel went silent")
+            await asyncio.sleep(0.5)
+        return time.monotonic() - t0
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-w", "-D", *rule[:-2], "-m", "comment", "--comment", TAG, *rule[-2:]],
+                           check=False, stderr=subprocess.DEVNULL)
+
+
+async def measure_mode(root: Root, leaves: list, mode: str, counters: Counters, idle: float, windows: int) -> dict:
+    start_leaves(root, leaves, mode)
+    online_s = await wait_online(root, leaves, mode)
     log(f"{mode}: {len(leaves)} leaves online after {online_s:.1f} s; settling 35 s (first summary), "
         f"then {idle:.0f} s idle in {windows} windows")
     await asyncio.sleep(35)
@@ -291,10 +361,12 @@ async def measure_mode(root: Root, leaves: list, mode: str, counters: Counters, 
         log(f"{mode}: window {w + 1}/{windows}: {bytes_day[-1] / 1e6:.3f} MB/day per leaf, "
             f"{writes[-1]:.2f} writes/s, root {root_cpu[-1]:.1f}% CPU")
     load_end = os.getloadavg()
+    detection = await offline_detection(root, leaves[0])
+    log(f"{mode}: a silent leaf shown offline after {detection:.1f} s")
     for leaf in leaves:
         await leaf.stop()
     await asyncio.sleep(3)
-    return {"online_after_s": round(online_s, 1),
+    return {"online_after_s": round(online_s, 1), "offline_detection_s": round(detection, 1),
             "idle_bytes_per_leaf_day": spread(bytes_day),
             "idle_mb_per_leaf_day_median": round(statistics.median(bytes_day) / 1e6, 3),
             "target_mb_per_leaf_day": TARGETS_MB_DAY.get(mode),
@@ -307,6 +379,7 @@ async def measure_mode(root: Root, leaves: list, mode: str, counters: Counters, 
 
 
 async def main_async(args, root: Root, counters: Counters) -> dict:
+    rss_before = root.rss_mib()  # the root with no tunnel yet: what each idle tunnel adds is measured from here
     token = json.loads(root.gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=2h", "--format", "json"))["token"]
     leaves = [SimLeaf(f"sim{i:04d}.fleet.test") for i in range(args.leaves)]
     t0 = time.monotonic()
@@ -318,11 +391,62 @@ async def main_async(args, root: Root, counters: Counters) -> dict:
            "windows": args.windows, "modes": {}}
     for mode in args.modes.split(","):
         out["modes"][mode] = await measure_mode(root, leaves, mode, counters, args.idle_seconds, args.windows)
+    out["root_proxy_rss_mib_no_tunnels"] = round(rss_before, 1)
+    out["root_rss_kib_per_idle_tunnel"] = {
+        m: round((v["root_proxy_rss_mib"] - rss_before) * 1024 / len(leaves), 1) for m, v in out["modes"].items()}
+    out["list_clusters_s"] = await asyncio.to_thread(measure_listings, root, leaves)
+    out["reconnect"] = await reconnect_storm(root, leaves)
+    out["reconnect_all_s"] = out["reconnect"]["all_online_after_ready_s"]
+    out["offline_detection_s"] = {m: v["offline_detection_s"] for m, v in out["modes"].items()}
+    out["backend_writes_per_s_idle"] = {m: v["backend_writes_per_s"]["median"] for m, v in out["modes"].items()}
+    out["root_proxy_rss_mib"] = round(root.rss_mib(), 1)
+    out["root_proxy_idle_cpu_pct"] = {m: v["root_proxy_idle_cpu_pct"]["median"] for m, v in out["modes"].items()}
+    out["loopback_addresses"] = len(root.tunnel_addrs)
     cpu, rss = own_usage()
     out["simulator_rss_mib_max"] = round(rss, 1)
     out["simulator_cpu_s_total"] = round(cpu, 1)
     out["idle_bytes_per_leaf_day"] = {m: v["idle_bytes_per_leaf_day"]["median"] for m, v in out["modes"].items()}
     out["cpu_count"] = os.cpu_count()
+    return out
+
+
+def measure_listings(root: Root, leaves: list, runs: int = 3) -> dict:
+    """Seconds for the whole remote cluster listing through the API (pages of 1,000), for one filtered
+    search, and for `gatectl get rc` as a user runs it (a process, TLS and all): min / median / max of RUNS."""
+    def timed(func) -> list:
+        out = []
+        for _ in range(runs):
+            t0 = time.monotonic()
+            func()
+            out.append(time.monotonic() - t0)
+        return out
+    target = leaves[len(leaves) // 2].name
+    api_all = timed(root.statuses)
+    search = timed(lambda: root.api().get("/v1/resources/remote_cluster", params={"search": target, "limit": "10"}))
+    cli = timed(lambda: root.gatectl("get", "rc", "--format", "json"))
+    result = {"api_all_pages": spread(api_all), "api_search": spread(search), "gatectl_get_rc": spread(cli)}
+    log(f"listings: {result}")
+    return result
+
+
+async def reconnect_storm(root: Root, leaves: list) -> dict:
+    """The fleet online (default mode), then the root process restarted: seconds until every leaf is back,
+    from the moment the new root is ready (and from the stop), with the load average around it."""
+    start_leaves(root, leaves, "default")
+    await wait_online(root, leaves, "default")
+    load_start = os.getloadavg()
+    t_stop = time.monotonic()
+    await asyncio.to_thread(root.stop)
+    await asyncio.to_thread(root.start)
+    t_ready = time.monotonic()
+    back = await wait_online(root, leaves, "default")
+    out = {"all_online_after_ready_s": round(back, 1), "all_online_after_stop_s": round(time.monotonic() - t_stop, 1),
+           "root_restart_s": round(t_ready - t_stop, 1), "root_proxy_rss_mib_after": round(root.rss_mib(), 1),
+           "loadavg_start": [round(x, 2) for x in load_start],
+           "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+    log(f"reconnect storm: {out}")
+    for leaf in leaves:
+        await leaf.stop()
     return out
 
 
@@ -332,6 +456,8 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=600.0, help="idle time measured per mode")
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--modes", default="default,low_bandwidth")
+    parser.add_argument("--addresses", type=int, default=4,
+                        help="loopback addresses the leaves dial in turn (127.0.0.1 … 127.0.0.N)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -344,7 +470,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     tmp = Path(tempfile.mkdtemp(prefix="gatehouse-bench-fleet-"))
-    root = Root(tmp)
+    root = Root(tmp, args.addresses)
     counters = Counters(root.tunnel_port)
     try:
         counters.add()

@@ -111,8 +111,9 @@ async def migrate_storage(cfg: Config, conn_string: str) -> dict:
 
 
 async def run(cfg: Config) -> None:
-    from .fdlimit import raise_open_files
+    from .fdlimit import log_accept_refusals_once, raise_open_files
     raise_open_files()  # a socket per tunnel and connection (docs/operations.md, "File descriptors")
+    log_accept_refusals_once(asyncio.get_running_loop())
     sshtuning.install()
     # Buffers of the bulk-data path (reads up to 256 KiB, packets of 132 KiB) come from a
     # heap that keeps up to 32 MiB freed rather than returning it to the kernel per packet.

@@ -15,13 +15,13 @@ import ssl
 
 from aiohttp import web
 
-from .. import __version__, listeners, pki
+from .. import __version__, listeners, pki, resources
 from ..config import is_ip, join_hostport, split_hostport
 from ..durations import parse_ttl
 from ..errors import AccessDenied, BadParameter
 from ..httputil import error_middleware, make_server_context, peer_certificate, peer_subject, read_json
 from ..wire import AUTH_KIND, AUTH_PORT, CA_PATH, FORWARDED_IDENTITY, MEMBER_KINDS, WEB_PORT
-from . import audit_api, sso_api
+from . import audit_api, listing, sso_api
 from .authz import Identity
 from .service import AuthService
 
@@ -173,10 +173,17 @@ class AuthAPI:
         return web.json_response(await self.svc.status(self.ident(request)))
 
     async def get_resources(self, request):
-        items = await self.svc.resources.get(self.ident(request), request.match_info["kind"],
-                                             request.match_info.get("name"),
+        query = listing.parse_query(request.query)
+        kind = request.match_info["kind"]
+        items = await self.svc.resources.get(self.ident(request), kind, request.match_info.get("name"),
                                              with_secrets=request.query.get("with_secrets", "") == "true")
-        return web.json_response({"items": items})
+        if not (query.is_filtered or query.limit or query.start_after):
+            return web.json_response({"items": items})
+        if resources.canonical_kind(kind) != "remote_cluster":
+            raise BadParameter("labels, search and paging apply to remote clusters only (gatectl get rc "
+                               "--labels=env=prod); list other kinds whole")
+        items, after = listing.select(query, items, lambda r: r["metadata"]["name"], lambda r: r["metadata"]["labels"])
+        return web.json_response({"items": items, "next": after})
 
     async def put_resource(self, request):
         """Create or (force) replace a resource; `?dry_run=true` only says what would be stored and changed."""
@@ -315,7 +322,8 @@ class AuthAPI:
         return web.json_response({"proxies": proxies})
 
     async def clusters(self, request):
-        return web.json_response({"items": await self.svc.list_clusters(self.ident(request))})
+        items, after = await self.svc.cluster_page(self.ident(request), listing.parse_query(request.query))
+        return web.json_response({"items": items, "next": after})
 
     async def host_cas(self, request):
         return web.json_response({"items": await self.svc.host_cas(self.ident(request))})

@@ -21,7 +21,7 @@ from ..clock import now_iso
 from ..config import Config, join_hostport, public_addr, split_hostport
 from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
 from ..wire import AUTH_PORT, LEAF_ACCESS_CHECK_PATH, MEMBER_KINDS, NODE_PORT, NOLOGIN_PRINCIPAL
-from . import keys, passwords, snapshots
+from . import keys, listing, passwords, snapshots
 from .authz import Identity, require_admin, require_kind, require_node_itself
 from .limits import SharedRateLimiter
 from .members import MemberRegistry
@@ -308,10 +308,17 @@ class AuthService:
 
     async def list_clusters(self, ident: Identity) -> list[dict]:
         """This cluster and the leaves the caller may see (root roles' cluster_labels decide)."""
+        return (await self.cluster_page(ident, listing.parse_query({})))[0]
+
+    async def cluster_page(self, ident: Identity, query: listing.Query) -> tuple[list[dict], str]:
+        """list_clusters filtered and paged by QUERY (auth/listing.py): (the page, the name to continue
+        after, or "" on the last page). The root comes first, on the first page only; leaves follow by name."""
         checker = await self.checker_for_user(await self.get_user(ident.name)) if ident.kind == "user" else None
         own = {"name": self.cluster_name, "type": "root", "status": "online", "labels": {}}
-        return [own, *({"name": rc["metadata"]["name"], "type": "leaf", "status": rc["status"]["connection"],
-                        "labels": rc["metadata"]["labels"]} for rc in await self._leaves_visible_to(checker))]
+        leaves = [{"name": rc["metadata"]["name"], "type": "leaf", "status": rc["status"]["connection"],
+                   "labels": rc["metadata"]["labels"]} for rc in await self._leaves_visible_to(checker)]
+        items = leaves if query.start_after else [own, *leaves]
+        return listing.select(query, items, lambda c: c["name"], lambda c: c["labels"])
 
     async def _leaves_visible_to(self, checker: AccessChecker | None) -> list[dict]:
         """The remote clusters (leaves) whose labels the checker's roles may see; all of them without one."""

@@ -71,7 +71,7 @@ def _sso_login(api, args, ssh_public: str, tls_public: str, ttl: int) -> dict:
 
 def _check_cluster(profile, name: str) -> None:
     """NAME is the root or a leaf the user can reach (what 'gate clusters' lists)."""
-    names = [c["name"] for c in profile.api().get("/webapi/clusters")["items"]]
+    names = [c["name"] for c in _clusters(profile)]
     if name not in names:
         raise BadParameter(f'cluster "{name}" is not one you can reach from "{profile.cluster}" (you can reach '
                            f"{', '.join(names)}); pick one that 'gate clusters' lists")
@@ -159,6 +159,10 @@ def cmd_ls(args) -> int:
     from ..profile import load_profile
     profile = load_profile()
     profile.require_valid()
+    if args.all:
+        return _ls_all(profile, args)
+    if args.search:
+        raise BadParameter("--search looks through every cluster you can reach; add --all (-R)")
     cluster = args.cluster or profile.selected_cluster
     params = {"cluster": cluster} if cluster != profile.cluster else None
     items = profile.api().get("/webapi/nodes", params=params)["items"]
@@ -172,11 +176,35 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def _search_nodes(profile, name: str = "", search: str = "", timeout: float | None = None) -> dict:
+    """Nodes in every cluster the user can reach, through the proxy (proxy/fleet_search.py)."""
+    params = {k: v for k, v in (("name", name), ("search", search)) if v}
+    if timeout is not None:
+        params["timeout"] = f"{timeout:g}"
+    return profile.api().get("/webapi/nodes/all", params=params, timeout=(timeout or 5) + 60)
+
+
+def _ls_all(profile, args) -> int:
+    if args.cluster:
+        raise BadParameter("--all lists every cluster you can reach; leave out --cluster, or leave out --all")
+    answer = _search_nodes(profile, search=args.search or "", timeout=args.timeout)
+    if args.format == "json":
+        import json
+        print(json.dumps(answer, indent=2))
+        return 0
+    rows = [[n["cluster"], n["metadata"]["name"], (n.get("spec") or {}).get("addr", ""),
+             labels_text(n["metadata"].get("labels") or {})] for n in answer["items"]]
+    print(table(["Cluster", "Node Name", "Address", "Labels"], rows))
+    for miss in answer["unreachable"]:
+        print(f"{miss['cluster']}: not searched: {miss['error']}", file=sys.stderr)
+    return 0
+
+
 def cmd_clusters(args) -> int:
     from ..profile import load_profile
     profile = load_profile()
     profile.require_valid()
-    items = profile.api().get("/webapi/clusters")["items"]
+    items = _clusters(profile, labels=args.labels or "", search=args.search or "")
     selected = args.cluster or profile.selected_cluster
     if args.format == "json":
         import json
@@ -190,12 +218,30 @@ def cmd_clusters(args) -> int:
     return 0
 
 
+#: Clusters fetched per request: a fleet of thousands of leaves comes in a few pages.
+CLUSTER_PAGE = 1000
+
+
+def _clusters(profile, labels: str = "", search: str = "") -> list[dict]:
+    """Every cluster the user can reach that matches the filters, page by page (auth/listing.py)."""
+    items: list[dict] = []
+    after = ""
+    while True:
+        params = {"limit": str(CLUSTER_PAGE), **({"start_after": after} if after else {}),
+                  **({"labels": labels} if labels else {}), **({"search": search} if search else {})}
+        answer = profile.api().get("/webapi/clusters", params=params)
+        items += answer["items"]
+        after = answer.get("next") or ""
+        if not after:
+            return items
+
+
 def cmd_config(args) -> int:
     from ..profile import load_profile, ssh_config
     profile = load_profile()
     clusters = [profile.cluster]
     try:
-        clusters = [c["name"] for c in profile.api().get("/webapi/clusters")["items"]] or clusters
+        clusters = [c["name"] for c in _clusters(profile)] or clusters
     except GatehouseError:
         pass  # offline: the root cluster block is still useful
     print(ssh_config(profile, clusters))
@@ -215,8 +261,18 @@ def cmd_ssh(args) -> int:
         raise BadParameter("name the target as login@node, e.g. gate ssh root@node1")
     from ..sshclient import run_ssh
     command = " ".join(args.command) if args.command else None
-    return run_ssh(profile, login, node, args.cluster or profile.selected_cluster, command, args.port,
-                   force_tty=args.tty, no_tty=args.no_tty)
+    cluster = args.cluster or _cluster_of(profile, node)
+    return run_ssh(profile, login, node, cluster, command, args.port, force_tty=args.tty, no_tty=args.no_tty)
+
+
+def _cluster_of(profile, node: str) -> str:
+    """The cluster holding NODE when it is in exactly one cluster the user can reach; the selected
+    cluster when none has a node of that name (an address, say); BadParameter naming them when several do."""
+    found = sorted({n["cluster"] for n in _search_nodes(profile, name=node)["items"]})
+    if len(found) > 1:
+        raise BadParameter(f'node "{node}" exists in {len(found)} clusters you can reach ({", ".join(found)}); '
+                           f"pick one with --cluster, e.g. gate ssh --cluster={found[0]} {node}")
+    return found[0] if found else profile.selected_cluster
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,16 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=lambda args: print_version(args.format))
     ls = sub.add_parser("ls", help="list nodes")
     ls.add_argument("--cluster", help="cluster to list (default: the one you logged in to)")
+    ls.add_argument("-R", "--all", action="store_true",
+                    help="list nodes in every cluster you can reach, leaves searched in parallel")
+    ls.add_argument("--search", help="with --all: only nodes whose name, address or labels contain this text")
+    ls.add_argument("--timeout", type=float,
+                    help="with --all: seconds to wait for each leaf (default 5); a leaf slower than this is "
+                         "reported, not waited for")
     ls.add_argument("--format", choices=["text", "json"], default="text")
     ls.set_defaults(func=cmd_ls)
     clusters = sub.add_parser("clusters", help="list the root and leaf clusters you can reach")
     clusters.add_argument("--cluster", help=argparse.SUPPRESS)
+    clusters.add_argument("--labels", help="only clusters with all these labels, k=v,k2=v2")
+    clusters.add_argument("--search", help="only clusters whose name or labels contain this text")
     clusters.add_argument("-f", "--format", choices=["text", "json"], default="text")
     clusters.set_defaults(func=cmd_clusters)
     sub.add_parser("config", help="print an OpenSSH client config for stock ssh and Ansible").set_defaults(
         func=cmd_config)
     ssh = sub.add_parser("ssh", help="run a command or a shell on a node")
-    ssh.add_argument("--cluster", help="cluster of the node (default: the one you logged in to)")
+    ssh.add_argument("--cluster", help="cluster of the node (default: the one cluster you can reach that has a node "
+                                       "of that name, else the one you logged in to)")
     ssh.add_argument("-l", "--login", help="Unix login (or use login@node)")
     ssh.add_argument("-p", "--port", type=int, default=NODE_PORT, help=f"node SSH port (default {NODE_PORT})")
     ssh.add_argument("-t", "--tty", action="store_true", help="force a terminal even with a command")

@@ -202,9 +202,32 @@ def cmd_get(args) -> int:
     from ..resources import parse_ref, render
     kind, name = parse_ref(args.ref)
     path = f"/v1/resources/{kind}" + (f"/{name}" if name else "")
-    items = _client(args).get(path, params={"with_secrets": "true"} if args.with_secrets else None)["items"]
+    client = _client(args)
+    if kind == "remote_cluster" and not name:
+        items = _remote_clusters(client, args.labels or "", args.search or "")
+    elif args.labels or args.search:
+        raise BadParameter("--labels and --search filter remote clusters only, e.g. gatectl get rc --labels=env=prod")
+    else:
+        items = client.get(path, params={"with_secrets": "true"} if args.with_secrets else None)["items"]
     print(render(items, args.format if args.format != "text" else "yaml", with_secrets=args.with_secrets))
     return 0
+
+
+#: Remote clusters fetched per request: a fleet of thousands comes in a few pages (auth/listing.py).
+RC_PAGE = 1000
+
+
+def _remote_clusters(client, labels: str, search: str) -> list[dict]:
+    items: list[dict] = []
+    after = ""
+    while True:
+        params = {"limit": str(RC_PAGE), **({"start_after": after} if after else {}),
+                  **({"labels": labels} if labels else {}), **({"search": search} if search else {})}
+        answer = client.get("/v1/resources/remote_cluster", params=params)
+        items += answer["items"]
+        after = answer.get("next") or ""
+        if not after:
+            return items
 
 
 def cmd_rm(args) -> int:
@@ -358,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("-f", "--force", action="store_true", help="overwrite existing resources")
     get = add(sub, "get", cmd_get, "print resources as YAML (or --format json)", fmt="yaml")
     get.add_argument("ref", help="KIND or KIND/NAME, e.g. users, role/access, rc, oidc/corp")
+    get.add_argument("--labels", help="remote clusters only: those with all these labels, k=v,k2=v2")
+    get.add_argument("--search", help="remote clusters only: those whose name or labels contain this text")
     get.add_argument("--with-secrets", action="store_true",
                      help="include secrets such as an oidc connector's client_secret (keep the output safe)")
     access = sub.add_parser("access", help="explain access decisions").add_subparsers(dest="sub", required=True)

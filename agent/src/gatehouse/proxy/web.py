@@ -22,9 +22,11 @@ from ..member.context import MemberContext
 from ..member.routing import cluster_not_found
 from ..wire import (FORWARDED_IDENTITY, LEAF_ACCESS_CHECK_PATH, PING_PATH, PROXY_SSH_PORT, TUNNEL_PORT,
                     VALIDATE_PATH, WEB_PORT)
-from . import audit_web, sso
+from . import audit_web, fleet_search, sso
 
 log = logging.getLogger("gatehouse.proxy.web")
+#: The listing parameters `gate clusters` passes on to auth (auth/listing.py).
+CLUSTER_QUERY = ("labels", "search", "limit", "start_after")
 
 
 class ProxyWeb:
@@ -42,6 +44,7 @@ class ProxyWeb:
         r.add_post("/webapi/login", self.login)
         r.add_get("/webapi/nodes", self.nodes)
         r.add_get("/webapi/clusters", self.clusters)
+        r.add_get("/webapi/nodes/all", self.all_nodes)
         r.add_get("/webapi/hostcas", self.host_cas)
         r.add_post(VALIDATE_PATH, self.validate_trust)
         r.add_get("/webapi/mappings", self.mappings)
@@ -124,7 +127,31 @@ class ProxyWeb:
         return web.json_response({"items": out})
 
     async def clusters(self, request):
-        return web.json_response(await self._as_user(request, "/v1/clusters"))
+        """`gate clusters`: auth filters (labels, search) and pages (limit, start_after); see auth/listing.py."""
+        params = {k: request.query[k][:2000] for k in CLUSTER_QUERY if k in request.query}
+        return web.json_response(await self._as_user(request, "/v1/clusters", params or None))
+
+    async def all_nodes(self, request):
+        """`gate ls --all` and `gate ssh NODE` without --cluster: the nodes of this cluster and of every leaf
+        the user may see (auth decides; a hidden leaf is never asked), leaves asked in parallel through their
+        tunnels, each within `timeout` seconds. A leaf that is offline or does not answer in time is
+        reported under "unreachable", not waited for. `name` keeps only nodes of that name, `search`
+        those whose name, address or labels contain the text."""
+        query = fleet_search.parse_query(request.query)
+        me = await self._as_user(request, "/v1/whoami")
+        identity = {"user": me["name"], "roles": me["roles"], "traits": me["traits"], "logins": me["logins"]}
+        leaves = [c for c in (await self._as_user(request, "/v1/clusters"))["items"] if c["type"] == "leaf"]
+        own = (await self._as_user(request, "/v1/nodes"))["items"]
+        answers = await fleet_search.ask_leaves(leaves, lambda leaf: self._leaf_nodes(leaf, identity), query.timeout)
+        return web.json_response(fleet_search.combine(query, self.cache.cluster_name, own, answers))
+
+    async def _leaf_nodes(self, leaf: str, identity: dict) -> list[dict]:
+        if self.tunnels is None:
+            raise cluster_not_found(leaf)
+        answer = await self.tunnels.tunnel_for(leaf).list_nodes(identity)
+        if answer.get("denied"):
+            raise AccessDenied(answer["denied"])
+        return answer.get("items", [])
 
     async def host_cas(self, request):
         return web.json_response(await self._as_user(request, "/v1/hostcas"))

@@ -388,6 +388,7 @@ class RootLink:
         except BadParameter as exc:
             process.stdout.write(json.dumps(exc.to_dict()).encode())
             return
+        log.debug("tunnel: root %s lists the nodes %r may see", self.root, str(request.get("user"))[:100])
         cache = self.pool.cache
         ca = cache.active_root_user_ca(self.root)
         result: dict = {"items": [], "mapped_roles": []}
