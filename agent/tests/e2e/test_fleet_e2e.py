@@ -154,7 +154,11 @@ def test_ssh_without_cluster_resolves_a_unique_name(fleet):
     r = fleet.gate("alice", "ssh", "visitor@twin", "echo found-in-one-cluster")
     assert ok(r) == "found-in-one-cluster\n" and LEAF_B not in r.stderr
     assert [e for e in fleet.leaves[LEAF_A].audit("session.start") if e.get("user") == "alice"]
+    # A node of the selected cluster (the root) is found there: no leaf is asked.
+    marker = "lists the nodes 'bob' may see"
+    before = {name: leaf.log_text().count(marker) for name, leaf in fleet.leaves.items()}
     assert ok(fleet.gate("bob", "ssh", "visitor@rootnode", "echo on-the-root")) == "on-the-root\n"
+    assert {name: leaf.log_text().count(marker) for name, leaf in fleet.leaves.items()} == before
 
 
 def test_ssh_without_cluster_names_the_candidates(fleet):

@@ -266,8 +266,13 @@ def cmd_ssh(args) -> int:
 
 
 def _cluster_of(profile, node: str) -> str:
-    """The cluster holding NODE when it is in exactly one cluster the user can reach; the selected
-    cluster when none has a node of that name (an address, say); BadParameter naming them when several do."""
+    """The selected cluster when it has a node named NODE (one listing, no fleet search: the common
+    case stays as fast as before); otherwise the one cluster the user can reach that has it; the
+    selected cluster when none does (an address, say); BadParameter naming them when several do."""
+    cluster = profile.selected_cluster
+    params = {"cluster": cluster} if cluster != profile.cluster else None
+    if any(n["metadata"]["name"] == node for n in profile.api().get("/webapi/nodes", params=params)["items"]):
+        return cluster
     found = sorted({n["cluster"] for n in _search_nodes(profile, name=node)["items"]})
     if len(found) > 1:
         raise BadParameter(f'node "{node}" exists in {len(found)} clusters you can reach ({", ".join(found)}); '
