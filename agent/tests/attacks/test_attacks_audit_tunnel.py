@@ -101,7 +101,6 @@ def hostile():
             pair.start()
             pair.join([{"remote": "access", "local": ["access"]}])
             pair.leaf.daemon.stop()          # the leaf is taken over: its keys now serve the attacker
-            pair.wait_leaf("offline", 60)
             found = {}
 
             async def read(backend):
@@ -111,7 +110,6 @@ def hostile():
                                     cluster=LEAF)
             fake.ca = found
             fake.start()
-            pair.wait_leaf("online")
             # An honest batch first: the root stores it, so later refusals are the forgeries' doing.
             fake.honest = auditchain.link(LEAF, auditchain.Head(), [event(i) for i in range(5)])
             fake.batch = signed(found, fake.honest)
