@@ -292,14 +292,17 @@ class AuditShipper:
     def _prune(self) -> None:
         """Remove rotated files that were delivered and are old, and any beyond log_max_files."""
         ino, _unused = self._load_cursor()
-        rotated = self.audit.segments()[:-1]
+        segments = self.audit.segments()
+        rotated = segments[:-1]
         inodes = []
-        for path in rotated:
+        for path in segments:
             try:
                 inodes.append(os.stat(path).st_ino)
             except FileNotFoundError:
                 inodes.append(None)
-        pending_from = next((i for i, seg in enumerate(inodes) if seg == ino), len(rotated))
+        # The cursor points into the first file not fully delivered. No cursor, or one into a file
+        # that is gone, means delivery starts from the oldest file (_read_batch): none is delivered.
+        pending_from = next((i for i, seg in enumerate(inodes) if seg == ino), 0)
         now = time.time()
         for i, path in enumerate(rotated):
             delivered = i < pending_from

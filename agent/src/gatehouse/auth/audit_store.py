@@ -35,7 +35,6 @@ import binascii
 import json
 import logging
 import math
-import os
 import random
 import time
 import uuid
@@ -52,7 +51,7 @@ from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, G
 from ..wire import is_session_id
 from . import keys
 from .authz import Identity, require_kind
-from .recording_store import MAX_PIECE, LocalRecordingStore, RecordingStore
+from .recording_store import MAX_PIECE, RecordingStore, open_recording_store
 
 log = logging.getLogger("gatehouse.auth.audit")
 
@@ -80,9 +79,7 @@ class AuditStore:
         self.backend = svc.backend
         self.cluster = svc.cluster_name
         self.cfg = svc.cfg.audit
-        self.recordings = recordings or LocalRecordingStore(
-            self.cfg.recordings_dir if os.path.isabs(self.cfg.recordings_dir or "")
-            else os.path.join(svc.cfg.data_dir, self.cfg.recordings_dir or "recordings"))
+        self.recordings = recordings or open_recording_store(self.cfg.recordings_dir, svc.cfg.data_dir)
         self._lock = asyncio.Lock()
         self._ingest_lock = asyncio.Lock()
         self._since_anchor = 0

@@ -7,12 +7,31 @@ appends at exactly that offset (``append``), and ``complete`` checks the whole
 file's size and SHA-256 before the recording becomes readable; completing the same
 recording again is a no-op, completing a different one under the same id is refused.
 
-The interface is shaped so an S3-compatible object store fits behind it (the
-natural next step for several auth servers): ``append`` maps to multipart-upload
-parts, ``complete`` to CompleteMultipartUpload after a checksum, ``read`` to ranged
-GETs and ``entries`` to a listing. Today's ``LocalRecordingStore`` keeps files
-under ``audit.recordings_dir`` (default ``data_dir/recordings``); several auth
-servers need that directory on shared storage.
+The interface (``RecordingStore``) is what auth needs and nothing more, so an
+S3-compatible object store fits behind it (the natural next step for several auth
+servers); each method names its object-store counterpart:
+
+=================  ==========================================  ==================================
+method             contract                                    S3-compatible store
+=================  ==========================================  ==================================
+``size``           bytes held and whether complete             HEAD object, else ListParts sum
+``append``         only at exactly the held size; a torn       UploadPart (parts of 5 MiB and
+                   piece never stays                           more: buffer small pieces)
+``complete``       size and SHA-256 checked, then readable     CompleteMultipartUpload after the
+                   at once; again: no-op; other data: refused  checksum (x-amz-checksum-sha256)
+``read``           complete recordings only, <= MAX_PIECE      ranged GET
+``delete``         complete or partial, idempotent             DeleteObject / AbortMultipartUpload
+``entries``        complete recordings with size and time      ListObjectsV2 (LastModified)
+=================  ==========================================  ==================================
+
+Every id is checked (``check_ids``) before storage is touched; every storage failure is
+one sentence (``store_problem``: a full disk, an unwritable place). The contract is a
+test suite every store must pass: integration/test_recording_store_contract.py.
+``open_recording_store`` picks the store from ``audit.recordings_dir``: a path (or
+``file:///path``) is a ``LocalRecordingStore``, files under that directory (default
+``data_dir/recordings``; several auth servers need it on shared storage). A URL of
+another scheme (``s3://bucket/prefix``) is refused with one sentence until a store for
+it is added to ``STORES``.
 """
 
 from __future__ import annotations
@@ -217,6 +236,25 @@ class LocalRecordingStore(RecordingStore):
                         out.append(RecordingEntry(cluster, name[:-5], st.st_size, st.st_mtime))
             return out
         return await asyncio.to_thread(scan)
+
+
+#: Stores by URL scheme of audit.recordings_dir (a plain path is "file").
+STORES = {"file": LocalRecordingStore}
+
+
+def open_recording_store(recordings_dir: str, data_dir: str) -> RecordingStore:
+    """The store audit.RECORDINGS_DIR names: a path relative to DATA_DIR, an absolute one, or a URL."""
+    where = recordings_dir or "recordings"
+    scheme, sep, rest = where.partition("://")
+    if not sep:
+        scheme, rest = "file", where
+    elif scheme == "file":
+        rest = rest if rest.startswith("/") else "/" + rest
+    store = STORES.get(scheme.lower())
+    if store is None:
+        raise BadParameter(f"audit.recordings_dir {where!r} names an {scheme} store, which this version does not "
+                           f"have; use a local directory (a path or file:///path)")
+    return store(rest if os.path.isabs(rest) else os.path.join(data_dir, rest))
 
 
 def _sha256(path: str) -> str:

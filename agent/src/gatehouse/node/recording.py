@@ -139,6 +139,9 @@ class RecordingSpool:
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
         self.uploaded = 0
+        #: Metadata of finished recordings whose SID.json the disk refused (full): uploaded from here,
+        #: so a full spool empties without a restart (after one, recover() repairs them instead).
+        self._unwritten_meta: dict[str, dict] = {}
 
     # -- writing -----------------------------------------------------------------
     def prepare(self) -> None:
@@ -166,14 +169,17 @@ class RecordingSpool:
         try:
             return SessionRecorder(self, sid, header, meta, policy)
         except (OSError, RecordingSpoolFull) as exc:
+            # A header the disk cut off records nothing: left behind it would hold space and never be uploaded.
+            _remove(os.path.join(self.dir, f"{sid}.cast"))
             raise RecordingFailed(describe_failure(exc, self)) from None
 
     def finish(self, sid: str, meta: dict) -> None:
         try:
             _write_json(os.path.join(self.dir, f"{sid}.json"), meta)
         except OSError as exc:
-            log.error("cannot finish the recording of session %s (%s); it is uploaded after the next restart", sid,
-                      exc.strerror or exc)
+            self._unwritten_meta[sid] = meta
+            log.error("cannot write the metadata of the recording of session %s (%s); it is uploaded with the "
+                      "metadata kept in memory", sid, exc.strerror or exc)
         self._wake.set()
 
     # -- crash recovery ------------------------------------------------------------
@@ -213,9 +219,10 @@ class RecordingSpool:
 
     def pending(self) -> list:
         try:
-            return sorted(n[:-5] for n in os.listdir(self.dir) if n.endswith(".json") and is_session_id(n[:-5]))
+            on_disk = {n[:-5] for n in os.listdir(self.dir) if n.endswith(".json") and is_session_id(n[:-5])}
         except FileNotFoundError:
-            return []
+            on_disk = set()
+        return sorted(on_disk | set(self._unwritten_meta))
 
     async def _upload_loop(self) -> None:
         delay = 1.0
@@ -242,10 +249,13 @@ class RecordingSpool:
     async def upload(self, sid: str) -> None:
         cast = os.path.join(self.dir, f"{sid}.cast")
         meta_path = os.path.join(self.dir, f"{sid}.json")
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
+        meta = self._unwritten_meta.get(sid)
+        if meta is None:
+            with open(meta_path, encoding="utf-8") as fh:
+                meta = json.load(fh)
         if not os.path.exists(cast):   # the session could not record a byte: nothing to send
             _remove(meta_path)
+            self._unwritten_meta.pop(sid, None)
             return
         size = os.path.getsize(cast)
         state = await self.client.call("GET", f"/v1/recordings/{sid}/upload")
@@ -268,6 +278,7 @@ class RecordingSpool:
                                {"size": size, "sha256": digest, "meta": meta})
         _remove(cast)
         _remove(meta_path)
+        self._unwritten_meta.pop(sid, None)
         self.used = max(0, self.used - size)
         self.uploaded += 1
         log.info("uploaded the recording of session %s (%d bytes)", sid, size)

@@ -13,8 +13,8 @@ per answer:
         a piece of the recording of a root user's session on the leaf
 
 A leaf whose trusted_cluster says ``forward_audit: false`` answers every request with
-``{"error": …}``; the root closes the channel and asks again a minute later (the leaf
-decides). The root proxy hands each batch to its auth, which checks and stores it
+``{"error": …}``; the root closes the channel and asks again a minute later, or at once
+when the leaf reconnects (the leaf decides). The root proxy hands each batch to its auth, which checks and stores it
 (auth/audit_store.py) and says what it now holds, so a batch lost anywhere is asked for
 again: delivery is at least once, and the leaf's seq and uids make a resent event a
 duplicate the root drops. Nothing is kept only in memory: the leaf's events stay in its
@@ -133,11 +133,16 @@ class AuditReceiver:
         self.tasks: dict[str, asyncio.Task] = {}
         #: Per leaf: events received and when the last batch arrived (for logs and the benchmark).
         self.received: dict[str, int] = {}
+        #: Per leaf: set when a tunnel from it registers, so a leaf that said forwarding is off is
+        #: asked again at once (it may have restarted with forwarding on), not after OFF_RETRY.
+        self._reconnected: dict[str, asyncio.Event] = {}
 
     def ensure(self, leaf: str) -> None:
         task = self.tasks.get(leaf)
         if task is None or task.done():
             self.tasks[leaf] = asyncio.create_task(self._run(leaf), name=f"audit-forward-{leaf}")
+        else:
+            self._reconnected.setdefault(leaf, asyncio.Event()).set()
 
     async def stop(self) -> None:
         for task in self.tasks.values():
@@ -161,8 +166,14 @@ class AuditReceiver:
             except asyncio.CancelledError:
                 raise
             except ForwardingOff as exc:
-                log.info("audit forwarding from leaf %s is off (%s); asking again in %ds", leaf, exc, OFF_RETRY)
-                await asyncio.sleep(OFF_RETRY)
+                log.info("audit forwarding from leaf %s is off (%s); asking again in %ds or when it reconnects",
+                         leaf, exc, OFF_RETRY)
+                reconnected = self._reconnected.setdefault(leaf, asyncio.Event())
+                reconnected.clear()
+                try:
+                    await asyncio.wait_for(reconnected.wait(), OFF_RETRY)
+                except asyncio.TimeoutError:
+                    pass
             except NotFound as exc:
                 log.info("audit forwarding from leaf %s stops: %s", leaf, exc)
                 return
