@@ -163,9 +163,7 @@ def cmd_ls(args) -> int:
         return _ls_all(profile, args)
     if args.search:
         raise BadParameter("--search looks through every cluster you can reach; add --all (-R)")
-    cluster = args.cluster or profile.selected_cluster
-    params = {"cluster": cluster} if cluster != profile.cluster else None
-    items = profile.api().get("/webapi/nodes", params=params)["items"]
+    items = _nodes_of(profile, args.cluster or profile.selected_cluster)
     if args.format == "json":
         import json
         print(json.dumps(items, indent=2))
@@ -174,6 +172,12 @@ def cmd_ls(args) -> int:
             for n in sorted(items, key=lambda n: n["metadata"]["name"])]
     print(table(["Node Name", "Address", "Labels"], rows))
     return 0
+
+
+def _nodes_of(profile, cluster: str) -> list[dict]:
+    """The nodes of CLUSTER the user may see (a leaf's through its tunnel, decided by the leaf)."""
+    params = {"cluster": cluster} if cluster != profile.cluster else None
+    return profile.api().get("/webapi/nodes", params=params)["items"]
 
 
 def _search_nodes(profile, name: str = "", search: str = "", timeout: float | None = None) -> dict:
@@ -270,8 +274,7 @@ def _cluster_of(profile, node: str) -> str:
     case stays as fast as before); otherwise the one cluster the user can reach that has it; the
     selected cluster when none does (an address, say); BadParameter naming them when several do."""
     cluster = profile.selected_cluster
-    params = {"cluster": cluster} if cluster != profile.cluster else None
-    if any(n["metadata"]["name"] == node for n in profile.api().get("/webapi/nodes", params=params)["items"]):
+    if any(n["metadata"]["name"] == node for n in _nodes_of(profile, cluster)):
         return cluster
     found = sorted({n["cluster"] for n in _search_nodes(profile, name=node)["items"]})
     if len(found) > 1:
