@@ -14,6 +14,7 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -223,6 +224,21 @@ class Cluster:
         except FileNotFoundError:
             return []
         return [e for e in entries if event is None or e.get("event") == event]
+
+    def _backend(self):
+        return sqlite3.connect(f"file:{os.path.join(self.data_dir, 'backend.sqlite')}?mode=ro", uri=True, timeout=10)
+
+    def backend_revision(self) -> int:
+        """The SQLite backend's revision counter now (every write moves it)."""
+        with self._backend() as db:
+            return db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+
+    def keys_written_since(self, revision: int, kind: str = "") -> list[str]:
+        """The keys of the writes after REVISION (only KIND, "put" or "delete", when given), from the
+        SQLite backend's change log."""
+        with self._backend() as db:
+            rows = db.execute("SELECT type, key FROM changes WHERE revision > ? ORDER BY revision", (revision,))
+            return [key for type_, key in rows if not kind or type_ == kind]
 
     def wait_node(self, name: str, timeout: float = START_TIMEOUT) -> None:
         """Until `gatectl get node/NAME` finds the node (it heartbeats on start)."""

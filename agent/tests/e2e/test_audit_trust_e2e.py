@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -101,6 +102,20 @@ def test_one_session_id_from_the_root_proxy_to_the_leaf_node(pair):
     # The root's copy is the leaf's chain unaltered.
     out = ok(pair.root.run_gatectl("audit", "verify", f"--cluster={LEAF}"))
     assert f"{LEAF}: chain intact" in out
+
+
+def test_an_idle_forwarding_leaf_costs_the_root_no_backend_write(pair):
+    """Forwarding is on and has delivered; with nothing new on the leaf, the root proxy's long
+    poll over the tunnel waits and its lease is not renewed: no audit_forwarders/ write while idle
+    (issue 16: the root's writes must not grow with its leaves). The lease taken while events
+    flowed may expire in the window: that is one delete, not a write per period."""
+    from gatehouse.tunnel.forwarding import LEASE_EVERY
+    wait_until(lambda: search(pair.root, f"--cluster={LEAF}") or None, 60, "the leaf's events at the root")
+    time.sleep(3)  # the delivery in flight, if any, ends
+    start = pair.root.backend_revision()
+    time.sleep(LEASE_EVERY * 2.5)  # an observation window of more than two lease periods
+    written = pair.root.keys_written_since(start, "put")
+    assert not [k for k in written if k.startswith("audit_forwarders/")], written
 
 
 def test_a_denial_at_the_leaf_carries_the_root_session_id(pair):

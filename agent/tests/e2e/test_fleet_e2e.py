@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import tempfile
 
 import pytest
@@ -169,27 +168,13 @@ def test_ssh_without_cluster_names_the_candidates(fleet):
     assert ok(fleet.gate("bob", "ssh", f"--cluster={LEAF_B}", "visitor@twin", "echo chosen")) == "chosen\n"
 
 
-def _backend_revision(cluster: Cluster) -> int:
-    with sqlite3.connect(f"file:{os.path.join(cluster.data_dir, 'backend.sqlite')}?mode=ro", uri=True,
-                         timeout=10) as db:
-        return db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
-
-
-def _keys_written_since(cluster: Cluster, revision: int) -> list[str]:
-    """The keys of the writes after REVISION in the leaf's SQLite backend, from its change log."""
-    with sqlite3.connect(f"file:{os.path.join(cluster.data_dir, 'backend.sqlite')}?mode=ro", uri=True,
-                         timeout=10) as db:
-        return [r[0] for r in db.execute("SELECT key FROM changes WHERE revision > ? ORDER BY revision",
-                                         (revision,))]
-
-
 def test_leaf_does_not_write_its_backend_per_heartbeat(fleet):
     """Count the leaf's heartbeats the root saw (each new last_heartbeat is at least one beat) and
     the leaf's backend writes meanwhile: tunnel presence is written on change and every summary
     interval (300 s here), never per beat, so the idle window has beats and no tunnel presence write.
     (The leaf's own members still heartbeat to its auth: nodes/ and proxies/ records, every 5 s.)"""
     leaf = fleet.leaves[LEAF_A]
-    start = _backend_revision(leaf)
+    start = leaf.backend_revision()
     beats: set[str] = set()
 
     def heard() -> bool:
@@ -198,7 +183,7 @@ def test_leaf_does_not_write_its_backend_per_heartbeat(fleet):
         beats.add(rc["status"]["last_heartbeat"])
         return len(beats) >= 5
     wait_until(heard, 120, "five heartbeats of leaf-a seen at the root")
-    written = _keys_written_since(leaf, start)
+    written = leaf.keys_written_since(start)
     seen = len(beats) - 1  # the first value may predate the window
     assert seen >= 4
     tunnel = [k for k in written if k.startswith(("tunnel", "presence"))]

@@ -45,8 +45,13 @@ log = logging.getLogger("gatehouse.tunnel.forwarding")
 MAX_ANSWER_LINE = 2 * 1024 * 1024
 BATCH_EVENTS = 1000
 CHUNK = 512 * 1024
-#: How long a leaf waits for new events before it answers an empty batch.
-LONG_POLL = 10.0
+#: How long a leaf waits for new events before it answers an empty batch, by the tunnel's
+#: heartbeat mode: new events are answered at once, so this only sets what an idle leaf costs
+#: (one request and one empty answer per wait on the wire; issue 16's bytes per leaf per day).
+LONG_POLL = 60.0
+LONG_POLL_BY_MODE = {"default": LONG_POLL, "low_bandwidth": 600.0}
+#: The longest wait a leaf accepts (a root asks for at most the low-bandwidth wait).
+MAX_WAIT = 900.0
 POLL_EVERY = 0.5
 #: How long the root waits before asking a leaf that said forwarding is off again.
 OFF_RETRY = 60.0
@@ -95,7 +100,7 @@ async def _handle(client, root: str, request: dict) -> dict:
         ask = request["events"]
         after = int(_number(ask.get("after"), 0, 0, 2 ** 62))
         limit = int(_number(ask.get("limit"), BATCH_EVENTS, 1, BATCH_EVENTS))
-        wait = _number(ask.get("wait"), 0, 0, LONG_POLL * 2)
+        wait = _number(ask.get("wait"), 0, 0, MAX_WAIT)
         deadline = time.monotonic() + wait
         while True:
             batch = await client.call("GET", "/v1/audit/export",
@@ -194,8 +199,9 @@ class AuditReceiver:
                 for sid in want:
                     await self._pull_recording(leaf, sid, writer, reader)
                 want = []
+                wait = LONG_POLL_BY_MODE.get(tunnel.mode, LONG_POLL)
                 answer = await self._ask(leaf, writer, reader, {"events": {"after": have, "limit": BATCH_EVENTS,
-                                                                           "wait": LONG_POLL}})
+                                                                           "wait": wait}}, wait)
                 batch = answer.get("batch")
                 if not isinstance(batch, dict):
                     raise ConnectionProblem(f"leaf {leaf} answered an audit request without a batch")
@@ -209,7 +215,11 @@ class AuditReceiver:
                     have, want = int(stored["seq"]), list(stored.get("want") or [])
                     self.received[leaf] = self.received.get(leaf, 0) + int(stored.get("stored", 0))
                     await self._ask(leaf, writer, reader, {"ack": have})
-                if time.monotonic() - leased > LEASE_EVERY:
+                # The lease is renewed only while events flow: an idle leaf costs no backend write
+                # (issue 16: writes must not grow with leaves). A lease that expired meanwhile may
+                # let a second proxy forward too; the stored seq makes its copies duplicates,
+                # refused, and the next renewal sends one of them back to waiting.
+                if batch.get("events") and time.monotonic() - leased > LEASE_EVERY:
                     lease = await self.client.call("POST", f"/v1/audit/forwarded/{leaf}/lease")
                     if not lease.get("granted"):
                         return
@@ -217,9 +227,9 @@ class AuditReceiver:
         finally:
             writer.channel.close()
 
-    async def _ask(self, leaf: str, writer, reader, request: dict) -> dict:
+    async def _ask(self, leaf: str, writer, reader, request: dict, wait: float = 0.0) -> dict:
         writer.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
-        line = await asyncio.wait_for(reader.readline(), LONG_POLL * 2 + 30)
+        line = await asyncio.wait_for(reader.readline(), wait + 60)
         if not line:
             raise ConnectionProblem(f"leaf {leaf} closed the audit channel")
         if len(line) > MAX_ANSWER_LINE or not line.endswith(b"\n"):
