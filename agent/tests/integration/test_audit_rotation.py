@@ -17,19 +17,8 @@ import os
 import time
 
 from gatehouse.audit import AuditLog, AuditShipper
-from gatehouse.auth.authz import Identity
 
-ADMIN = Identity("admin", "admin", "c.test")
-SID = "0f0e0d0c-0b0a-4908-8706-050403020100"
-
-
-async def open_auth(tmp_path, **audit):
-    from gatehouse.auth.service import AuthService
-    from gatehouse.config import parse
-    cfg = parse({"gatehouse": {"nodename": "a", "data_dir": str(tmp_path / "data")},
-                 "auth_service": {"enabled": True, "cluster_name": "c.test", "listen_addr": "127.0.0.1:3025"},
-                 "audit": audit}, str(tmp_path / "gatehouse.yaml"))
-    return await AuthService.open(cfg)
+from .test_audit_retention import ADMIN, SID, open_auth  # one in-process auth for both retention suites
 
 
 def rotated(audit: AuditLog) -> list[str]:
