@@ -66,6 +66,7 @@ AUTH_ROUTES = [
     ("POST", "/v1/recordings/{name}/complete"),
 ]
 WEB_ROUTES = [("GET", "/webapi/ping"), ("POST", "/webapi/login"), ("GET", "/webapi/nodes"),
+              ("GET", "/webapi/nodes/all"),
               ("GET", "/webapi/clusters"), ("GET", "/webapi/hostcas"), ("POST", "/webapi/trustedclusters/validate"),
               ("GET", "/webapi/mappings"), ("POST", "/webapi/leaves/access_check"), ("POST", "/webapi/oidc/login"),
               ("GET", "/webapi/oidc/callback"), ("POST", "/webapi/oidc/certs"), ("POST", "/webapi/oidc/device"),

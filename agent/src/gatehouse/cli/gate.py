@@ -272,11 +272,16 @@ def cmd_ssh(args) -> int:
 def _cluster_of(profile, node: str) -> str:
     """The selected cluster when it has a node named NODE (one listing, no fleet search: the common
     case stays as fast as before); otherwise the one cluster the user can reach that has it; the
-    selected cluster when none does (an address, say); BadParameter naming them when several do."""
+    selected cluster when none does (an address, say) or the listing fails; BadParameter naming them when several do."""
     cluster = profile.selected_cluster
-    if any(n["metadata"]["name"] == node for n in _nodes_of(profile, cluster)):
+    try:
+        if any(n["metadata"]["name"] == node for n in _nodes_of(profile, cluster)):
+            return cluster
+        found = sorted({n["cluster"] for n in _search_nodes(profile, name=node)["items"]})
+    except GatehouseError:
+        # The lookup is a convenience: with the auth servers' database down, the proxy still routes
+        # and the node still decides from their caches, so an unanswered listing must not stop a login.
         return cluster
-    found = sorted({n["cluster"] for n in _search_nodes(profile, name=node)["items"]})
     if len(found) > 1:
         raise BadParameter(f'node "{node}" exists in {len(found)} clusters you can reach ({", ".join(found)}); '
                            f"pick one with --cluster, e.g. gate ssh --cluster={found[0]} {node}")
