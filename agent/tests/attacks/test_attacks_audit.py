@@ -196,3 +196,29 @@ async def test_only_root_proxies_forward_and_only_for_their_leaves(pair):
         await root.audit_store.ingest(PROXY, "stranger.test", {**batch, "stream": "stranger.test"})
     assert 'cluster "stranger.test" is not a leaf of this cluster' in str(exc.value)
     assert await stored(root) == []
+
+
+async def test_the_forwarding_lease_goes_to_another_proxy_only_when_its_holder_lets_go_or_dies(pair):
+    """One root proxy forwards a leaf at a time. A second proxy (hostile or not) cannot take the lease
+    from a live holder nor hand it back for it; it gets the lease when the holder lets go or its
+    proxies/ record is gone (it died). Holding costs no write: asking again as the holder writes nothing."""
+    root, _leaf = pair
+    other = Identity("rootproxy2", "proxy", ROOT)
+    for ident in (PROXY, other):
+        await root.backend.put(keys.proxy(ident.name), {"name": ident.name})
+    assert (await root.audit_store.forward_lease(PROXY, LEAF))["granted"]
+    revision = await root.backend.revision()
+    assert (await root.audit_store.forward_lease(PROXY, LEAF))["granted"]
+    assert await root.backend.revision() == revision, "a holder asking again wrote to the backend"
+    assert await root.audit_store.forward_lease(other, LEAF) == {"granted": False, "holder": PROXY.name}
+    assert await root.audit_store.release_lease(other, LEAF) == {"released": False}
+    assert (await root.backend.get(keys.audit_forwarder(LEAF))).value == {"proxy": PROXY.name}
+    with pytest.raises(AccessDenied):    # only root proxies forward
+        await root.audit_store.forward_lease(Identity("rootnode", "node", ROOT), LEAF)
+    # The holder dies: its record is gone, the next proxy that asks takes over.
+    await root.backend.delete(keys.proxy(PROXY.name))
+    assert (await root.audit_store.forward_lease(other, LEAF))["granted"]
+    assert await root.audit_store.forward_lease(PROXY, LEAF) == {"granted": False, "holder": other.name}
+    # The holder lets go: the lease is free for whoever asks next.
+    assert await root.audit_store.release_lease(other, LEAF) == {"released": True}
+    assert (await root.audit_store.forward_lease(PROXY, LEAF))["granted"]

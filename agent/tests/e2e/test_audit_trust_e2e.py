@@ -33,13 +33,17 @@ class Pair:
         self.leaf = Cluster(os.path.join(tmp, "leaf"), extra_auth=", login_rate: 600", cluster_name=LEAF,
                             node_name="leafnode", extra_general=", insecure: true")
 
-    def join(self, forward: bool = True) -> None:
-        token = json.loads(ok(self.root.run_gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=15m",
-                                                    "--format", "json")))["token"]
+    def trusted_cluster(self, forward: bool, token: str = "") -> str:
+        """The leaf's trusted_cluster for the root, as a file for `gatectl create`."""
         tc = {"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT},
               "spec": {"enabled": True, "token": token, "web_proxy_addr": self.root.web_addr,
                        "forward_audit": forward, "role_map": [{"remote": "access", "local": ["access"]}]}}
-        ok(self.leaf.run_gatectl("create", write_yaml(os.path.join(self.leaf.tmp, "tc.yaml"), json.dumps(tc))))
+        return write_yaml(os.path.join(self.leaf.tmp, "tc.yaml"), json.dumps(tc))
+
+    def join(self, forward: bool = True) -> None:
+        token = json.loads(ok(self.root.run_gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=15m",
+                                                    "--format", "json")))["token"]
+        ok(self.leaf.run_gatectl("create", self.trusted_cluster(forward, token)))
         wait_until(lambda: any(i["metadata"]["name"] == LEAF and i["status"]["connection"] == "online"
                                for i in json.loads(ok(self.root.run_gatectl("get", "rc", "--format", "json")))),
                    30, "the leaf online at the root")
@@ -107,8 +111,7 @@ def test_one_session_id_from_the_root_proxy_to_the_leaf_node(pair):
 def test_an_idle_forwarding_leaf_costs_the_root_no_backend_write(pair):
     """Forwarding is on and has delivered; with nothing new on the leaf, the root proxy's long
     poll over the tunnel waits and its lease is not renewed: no audit_forwarders/ write while idle
-    (issue 16: the root's writes must not grow with its leaves). The lease taken while events
-    flowed may expire in the window: that is one delete, not a write per period."""
+    (issue 16: the root's writes must not grow with its leaves): the lease has no expiry."""
     from gatehouse.tunnel.forwarding import LEASE_EVERY
     wait_until(lambda: search(pair.root, f"--cluster={LEAF}") or None, 60, "the leaf's events at the root")
     time.sleep(3)  # the delivery in flight, if any, ends
@@ -155,3 +158,33 @@ def test_the_leaf_buffers_while_the_root_is_down_and_the_root_catches_up(pair):
                120, "the root caught up with the leaf")
     out = ok(pair.root.run_gatectl("audit", "verify", f"--cluster={LEAF}"))
     assert f"{LEAF}: chain intact" in out
+
+
+def test_a_leaf_that_keeps_its_audit_costs_the_root_nothing_until_it_turns_forwarding_on(pair):
+    """The leaf's heartbeats say whether it forwards (issue 16): with forward_audit: false the root
+    proxy takes no lease and opens no audit channel for it (before, a lease write and a refused
+    channel per leaf every minute), and when the leaf turns forwarding on the root asks at once."""
+    def count(text: str) -> int:
+        return pair.root.log_text().count(text)
+
+    offs, connects = count("says its audit forwarding is now off"), count(f"tunnel: leaf {LEAF} is connected")
+    ok(pair.leaf.run_gatectl("create", "-f", pair.trusted_cluster(False)))
+    wait_until(lambda: count("says its audit forwarding is now off") > offs or None, 60,
+               "the root proxy told by the leaf's heartbeat that forwarding is off")
+    start = pair.root.backend_revision()
+    pair.root.restart()     # a fresh proxy: the leaf's first heartbeat on the new tunnel says "off"
+    wait_until(lambda: count(f"tunnel: leaf {LEAF} is connected") > connects or None, 60,
+               "the leaf's tunnel registered at the restarted root")
+    time.sleep(5)           # a forwarding start, if any, takes its lease right at registration
+    written = pair.root.keys_written_since(start, "put")
+    assert not [k for k in written if k.startswith("audit_forwarders/")], written
+
+    def carols_starts(c: Cluster, *flags) -> set[str]:
+        return {e["uid"] for e in search(c, *flags, "--event=session.start", "--user=carol")}
+
+    ok(pair.leaf.run_gatectl("create", "-f", pair.trusted_cluster(True)))
+    before = carols_starts(pair.leaf)
+    assert "after-on" in ok(pair.leaf.run_gate("ssh", "visitor@leafnode", "echo after-on"))
+    new = wait_until(lambda: carols_starts(pair.leaf) - before or None, 30, "carol's new session on the leaf")
+    wait_until(lambda: new <= carols_starts(pair.root, f"--cluster={LEAF}") or None, 60,
+               "the leaf's new event forwarded once it turned forwarding on")

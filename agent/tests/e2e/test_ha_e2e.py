@@ -92,7 +92,7 @@ def site():
                                          "--labels=env=ha", "--format", "json"))["token"]
             tc = {"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT},
                   "spec": {"enabled": True, "token": token, "web_proxy_addr": s.root.web_addr,
-                           "role_map": [{"remote": "access", "local": ["access"]}]}}
+                           "forward_audit": True, "role_map": [{"remote": "access", "local": ["access"]}]}}
             ok(s.leaf.run_gatectl("create", write_yaml(os.path.join(tmp, "tc.yaml"), json.dumps(tc))))
             yield s
     finally:
@@ -285,6 +285,37 @@ def test_proxy_leaving_and_coming_back_is_seen_by_the_leaf(site):
     assert ok(site.ssh_leaf(home, "echo after-kill")) == "after-kill\n"
     root.proxies[0].start()
     wait_until(lambda: site.leaf_tunnels() == 2, 60, "two tunnels again")
+
+
+def test_forwarding_moves_to_another_proxy_when_its_proxy_dies(site):
+    """One root proxy at a time forwards the leaf's audit, holding a lease with no expiry (an idle
+    leaf costs no write); when that proxy dies, another takes over once the dead one's record
+    expires, and the leaf's new events still reach the root. proxy1 is killed second, after
+    proxy0 came back: by then it is the forwarder whichever it was before (proxy0's death
+    moved the lease to it, or it held it all along)."""
+    root = site.root
+    home = site.home("carol-leaf")
+    ok(site.leaf.login("carol", PASSWORD, home))
+
+    def sessions() -> set[str]:
+        return {e["sid"] for e in json.loads(ok(site.leaf.run_gatectl(
+            "audit", "search", "--format=json", "--event=session.start", "--user=carol", "--limit=1000")))["items"]}
+
+    def forwarded(marker: str) -> None:
+        before = sessions()
+        assert marker in ok(site.leaf.run_gate("ssh", "visitor@leafnode", f"echo {marker}", gate_home=home))
+        sid, = wait_until(lambda: sessions() - before or None, 30, f"the session {marker}")
+        wait_until(lambda: json.loads(ok(root.gatectl(0, "audit", "search", "--format=json", f"--cluster={LEAF}",
+                                                      f"--session={sid}")))["items"] or None,
+                   120, f"the leaf's session {sid} ({marker}) at the root")
+
+    wait_until(lambda: site.leaf_tunnels() == 2, 60, "both tunnels")
+    forwarded("both-proxies")
+    for i in (0, 1):
+        root.kill(root.proxies[i])
+        forwarded(f"without-proxy{i}")
+        root.proxies[i].start()
+        wait_until(lambda: site.leaf_tunnels() == 2, 60, "two tunnels again")
 
 
 # ---------------------------------------------------------------- the database goes away

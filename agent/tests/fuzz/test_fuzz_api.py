@@ -61,6 +61,7 @@ AUTH_ROUTES = [
     ("POST", "/v1/audit/events"), ("GET", "/v1/audit/events"), ("GET", "/v1/audit/streams"),
     ("GET", "/v1/audit/verify"), ("GET", "/v1/audit/export"), ("POST", "/v1/audit/export/ack"),
     ("GET", "/v1/audit/export/recording"), ("POST", "/v1/audit/forwarded/{name}/lease"),
+    ("DELETE", "/v1/audit/forwarded/{name}/lease"),
     ("GET", "/v1/audit/forwarded/{name}"), ("POST", "/v1/audit/forwarded/{name}"), ("GET", "/v1/recordings"),
     ("GET", "/v1/recordings/{name}"), ("GET", "/v1/recordings/{name}/upload"), ("POST", "/v1/recordings/{name}/upload"),
     ("POST", "/v1/recordings/{name}/complete"),

@@ -86,6 +86,9 @@ def add_routes(router, api) -> None:
     async def lease(request):
         return web.json_response(await store().forward_lease(api.ident(request), request.match_info["cluster"]))
 
+    async def release(request):
+        return web.json_response(await store().release_lease(api.ident(request), request.match_info["cluster"]))
+
     async def forward_state(request):
         return web.json_response(await store().forward_state(api.ident(request), request.match_info["cluster"]))
 
@@ -126,6 +129,7 @@ def add_routes(router, api) -> None:
     router.add_post("/v1/audit/export/ack", export_ack)
     router.add_get("/v1/audit/export/recording", export_recording)
     router.add_post("/v1/audit/forwarded/{cluster}/lease", lease)
+    router.add_delete("/v1/audit/forwarded/{cluster}/lease", release)
     router.add_get("/v1/audit/forwarded/{cluster}", forward_state)
     router.add_post("/v1/audit/forwarded/{cluster}", ingest)
     router.add_get("/v1/recordings", recordings)

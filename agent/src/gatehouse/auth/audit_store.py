@@ -45,6 +45,7 @@ from ..audit import AuditShipper
 from ..auditchain import ANCHOR_EVENT, GAP_EVENT, PRUNE_EVENT, Head, Walk
 from ..auditquery import MAX_LIMIT, Query, encode_cursor, parse_query
 from ..backend.audit import MAX_RANGE
+from ..backend.base import Op
 from ..clock import now_iso
 from ..resources import validate_name
 from ..errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, GatehouseError, NotFound
@@ -63,7 +64,6 @@ EXPORT_EVENTS = 1000
 EXPORT_BYTES = 768 * 1024
 #: Recordings a root asks a leaf for at once.
 MAX_WANTED = 100
-LEASE_TTL = 30.0
 #: Events members may report, by kind (prefixes). Chain events (anchors, prunes, gaps) never.
 MEMBER_EVENTS = {"node": ("session.", "access.denied", "port", "audit.dropped"),
                  "proxy": ("session.", "tunnel.", "audit.dropped", "audit.forward")}
@@ -404,7 +404,10 @@ class AuditStore:
             raise NotFound(f'cluster "{leaf}" is not a leaf of this cluster')
 
     async def forward_lease(self, ident: Identity, leaf: str) -> dict:
-        """Whether the calling root proxy may forward LEAF's audit now (one proxy at a time; the lease expires)."""
+        """Whether the calling root proxy may forward LEAF's audit now: one proxy at a time. The holder
+        keeps the lease while it lives, with no renewal (an idle leaf costs no write: issue 16), and
+        gives it back when it stops forwarding (release_lease); the lease of a proxy that died (its
+        `proxies/` record expired) goes to the next proxy that asks."""
         require_kind(ident, ("proxy",), "only root proxies forward leaves' audit events")
         await self._leaf(leaf)
         key, value = keys.audit_forwarder(leaf), {"proxy": ident.name}
@@ -412,17 +415,36 @@ class AuditStore:
             item = await self.backend.get(key)
         except NotFound:
             try:
-                await self.backend.create(key, value, expires=time.time() + LEASE_TTL)
+                await self.backend.create(key, value)
                 return {"granted": True}
             except AlreadyExists:
                 item = await self.backend.get(key)
-        if item.value.get("proxy") != ident.name:
-            return {"granted": False, "holder": item.value.get("proxy", "")}
+        holder = str(item.value.get("proxy") or "")
+        if holder == ident.name:
+            return {"granted": True}
+        if holder and await self.backend.exists(keys.proxy(holder)):
+            return {"granted": False, "holder": holder}
         try:
-            await self.backend.compare_and_swap(key, item.revision, value, expires=time.time() + LEASE_TTL)
+            await self.backend.compare_and_swap(key, item.revision, value)
         except (CompareFailed, NotFound):
             return {"granted": False, "holder": ""}
+        log.info("audit: root proxy %s forwards leaf %s's audit now (proxy %s is gone)", ident.name, leaf,
+                 holder or "?")
         return {"granted": True}
+
+    async def release_lease(self, ident: Identity, leaf: str) -> dict:
+        """The calling root proxy stops forwarding LEAF (its tunnel went, or the leaf turned forwarding
+        off): the next proxy that asks gets the lease. Only the holder releases it."""
+        require_kind(ident, ("proxy",), "only root proxies forward leaves' audit events")
+        key = keys.audit_forwarder(leaf)
+        try:
+            item = await self.backend.get(key)
+            if item.value.get("proxy") != ident.name:
+                return {"released": False}
+            await self.backend.atomic([Op("delete", key, revision=item.revision)])
+        except (NotFound, CompareFailed):
+            return {"released": False}
+        return {"released": True}
 
     async def forward_state(self, ident: Identity, leaf: str) -> dict:
         """What this root holds of LEAF's stream, and the recordings it still wants."""

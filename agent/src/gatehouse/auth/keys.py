@@ -27,7 +27,7 @@ Keys are `/`-separated (see backend/base.py). One function per kind of record, o
     cluster_names/<tld>/.../<l1>  index: every cluster name this cluster knows, labels reversed, so the
                                   names under a name are one range (written with remote/trusted clusters)
     audit_forwarded/<root>        leaf side: the last event of this cluster's stream its root confirmed
-    audit_forwarders/<leaf>       root side: the root proxy that forwards a leaf's audit now (expires)
+    audit_forwarders/<leaf>       root side: the root proxy that forwards a leaf's audit now (until it lets go or dies)
     audit_retention               the auth server running audit retention now (expires)
 
 Audit events themselves are not items: they live in the backend's audit table (backend/audit.py).

@@ -172,6 +172,10 @@ class TrustManager:
                                   await cluster_index.delete_ops(self.backend, name) +
                                   [Op("delete", i.key) for i in await self.backend.get_range(keys.cas_of(name))])
         await self.svc.presence.forget_leaf(name)
+        try:
+            await self.backend.delete(keys.audit_forwarder(name))  # who forwarded its audit (audit_store.py)
+        except NotFound:
+            pass
         self.audit.emit("remote_cluster.delete", user=ident.name, name=name)
         log.info("trust: remote cluster %s removed; its tunnels will be dropped", name)
 

@@ -6,7 +6,8 @@ with jitter when the root is unreachable or busy (so it rides out a root restart
 a fleet of leaves does not come back in one wave), and stops when trust is disabled
 or removed — the cluster cache tells it within a second. It beats as the trusted
 cluster's `heartbeat_mode` says (`wire.HEARTBEAT_TIMING`), with an empty line when
-nothing changed, and tells the root its mode and interval in its first heartbeat.
+nothing changed, and tells the root its mode, interval and whether it forwards its
+audit in its first heartbeat (and again when one of them changes).
 
 On each tunnel this process is the SSH server: it accepts only the root proxy's
 tunnel certificate, and a root `direct-tcpip` channel may only reach a node
@@ -265,13 +266,19 @@ class RootLink:
 
     def _beat_object(self) -> dict:
         beat = {"cluster": self.pool.cache.cluster_name, "proxy": self.pool.name, "interval": self.interval,
-                "mode": self.mode, "protocol": HEARTBEAT_PROTOCOL}
+                "mode": self.mode, "protocol": HEARTBEAT_PROTOCOL, "audit": self._forwards_audit()}
         revoked = self.pool.cache.revoked_keys("proxy")
         if revoked:  # the root closes and refuses tunnels of this leaf's revoked proxies
             beat["revoked"] = revoked
         if listeners.draining():  # this process hands over: the root routes new sessions elsewhere
             beat["draining"] = True
         return beat
+
+    def _forwards_audit(self) -> bool:
+        """Whether this leaf forwards its audit to the root (its trusted_cluster's forward_audit): the root
+        asks for events only while this says so, so a leaf that keeps its audit costs the root nothing."""
+        return any(tc["metadata"]["name"] == self.root and bool(tc["spec"].get("forward_audit"))
+                   for tc in self.pool.cache.trusted_roots())
 
     async def _heartbeats(self, process, ready: asyncio.Future) -> None:
         interval = self.interval

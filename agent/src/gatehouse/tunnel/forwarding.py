@@ -12,9 +12,14 @@ per answer:
     {"recording": {"sid", "offset", "limit"}}         ->  {"chunk": {"sid", "offset", "data", "size"}}
         a piece of the recording of a root user's session on the leaf
 
-A leaf whose trusted_cluster says ``forward_audit: false`` answers every request with
-``{"error": …}``; the root closes the channel and asks again a minute later, or at once
-when the leaf reconnects (the leaf decides). The root proxy hands each batch to its auth, which checks and stores it
+The leaf decides: its heartbeats say whether its trusted_cluster has ``forward_audit``
+on (tunnel/agent.py), and the root proxy opens the channel only while they do, so a leaf
+that keeps its audit to itself costs the root no lease, no channel and no request. A
+leaf that says it forwards but answers with ``{"error": …}`` anyway (it turned forwarding
+off between two beats, or it lies) is asked again a minute later, or at once when it
+reconnects; a leaf that says nothing (an older one) is asked the same way.
+
+The root proxy hands each batch to its auth, which checks and stores it
 (auth/audit_store.py) and says what it now holds, so a batch lost anywhere is asked for
 again: delivery is at least once, and the leaf's seq and uids make a resent event a
 duplicate the root drops. Nothing is kept only in memory: the leaf's events stay in its
@@ -32,6 +37,7 @@ import base64
 import binascii
 import json
 import logging
+import random
 import time
 
 import asyncssh
@@ -55,7 +61,15 @@ MAX_WAIT = 900.0
 POLL_EVERY = 0.5
 #: How long the root waits before asking a leaf that said forwarding is off again.
 OFF_RETRY = 60.0
+#: The shortest time between two starts of a leaf's forwarding (each takes a lease, a backend
+#: write): a leaf whose beats turn forwarding on and off again and again costs no more than this.
+RESTART_GAP = 10.0
+#: How often a forwarding proxy checks, while events flow, that the lease is still its own.
 LEASE_EVERY = 10.0
+#: How long a proxy that did not get a leaf's lease waits before asking again (times 1 to 1.5), unless
+#: a root proxy leaves first (the holder died or stopped: its leases are free). A holder that stays
+#: but lost the leaf's tunnel hands the lease back; the others learn it by this timer.
+LEASE_RETRY = 120.0
 
 
 # --------------------------------------------------------------------------- leaf side
@@ -141,11 +155,44 @@ class AuditReceiver:
         #: Per leaf: set when a tunnel from it registers, so a leaf that said forwarding is off is
         #: asked again at once (it may have restarted with forwarding on), not after OFF_RETRY.
         self._reconnected: dict[str, asyncio.Event] = {}
+        #: Per leaf: when its forwarding last started (monotonic), for RESTART_GAP.
+        self._started: dict[str, float] = {}
+        #: Set (and replaced) when a root proxy leaves: leaves whose lease another proxy held ask again.
+        self._proxy_left = asyncio.Event()
+        self._waiting = 0
+
+    def proxy_left(self) -> None:
+        """A root proxy left (it stopped, or its record expired): its leases are free, ask again now."""
+        self._proxy_left.set()
+        self._proxy_left = asyncio.Event()
+
+    async def _wait_for_lease(self) -> None:
+        """Until a proxy leaves (then after a jitter that spreads the fleet's asks: 2 ms per waiting leaf,
+        at most 30 s), or LEASE_RETRY to 1.5 × LEASE_RETRY seconds, whichever comes first."""
+        left = self._proxy_left
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(left.wait(), LEASE_RETRY * random.uniform(1, 1.5))
+            await asyncio.sleep(random.uniform(0, min(30.0, 0.002 * self._waiting)))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiting -= 1
+
+    def wanted(self, leaf: str) -> bool:
+        """Whether LEAF may have audit to forward: connected, with a tunnel whose beats do not say forwarding is off."""
+        return any(t.forwards_audit is not False for t in self.server.tunnels.get(leaf, ()))
 
     def ensure(self, leaf: str) -> None:
+        """Forward LEAF's audit, if its beats say it forwards (a tunnel registered, or a beat turned it on)."""
+        if not self.wanted(leaf):
+            return
         task = self.tasks.get(leaf)
         if task is None or task.done():
-            self.tasks[leaf] = asyncio.create_task(self._run(leaf), name=f"audit-forward-{leaf}")
+            now = time.monotonic()
+            delay = max(0.0, self._started.get(leaf, now - RESTART_GAP) + RESTART_GAP - now)
+            self._started[leaf] = now + delay
+            self.tasks[leaf] = asyncio.create_task(self._run(leaf, delay), name=f"audit-forward-{leaf}")
         else:
             self._reconnected.setdefault(leaf, asyncio.Event()).set()
 
@@ -158,19 +205,24 @@ class AuditReceiver:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
 
-    async def _run(self, leaf: str) -> None:
-        backoff = 1.0
-        while self.server.tunnels.get(leaf):
+    async def _run(self, leaf: str, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
+        backoff, held = 1.0, False
+        while self.wanted(leaf):
             try:
                 lease = await self.client.call("POST", f"/v1/audit/forwarded/{leaf}/lease")
-                if not lease.get("granted"):
-                    await asyncio.sleep(LEASE_EVERY)
+                held = bool(lease.get("granted"))
+                if not held:    # another proxy forwards it; its lease is ours when it lets go or dies
+                    await self._wait_for_lease()
                     continue
                 await self._session(leaf)
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise
             except ForwardingOff as exc:
+                if not self.wanted(leaf):
+                    log.info("audit forwarding from leaf %s is off, as its heartbeats say", leaf)
+                    break  # its beats turn it on again (LeafTunnel.on_line)
                 log.info("audit forwarding from leaf %s is off (%s); asking again in %ds or when it reconnects",
                          leaf, exc, OFF_RETRY)
                 reconnected = self._reconnected.setdefault(leaf, asyncio.Event())
@@ -187,6 +239,12 @@ class AuditReceiver:
                             str(exc) or exc.__class__.__name__, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+        if held:    # the leaf went from this proxy, or keeps its audit now: another proxy may take over
+            try:
+                await self.client.call("DELETE", f"/v1/audit/forwarded/{leaf}/lease")
+            except GatehouseError as exc:
+                log.info("audit forwarding from leaf %s: could not hand the lease back (%s); it goes to another "
+                         "proxy when this one's record expires", leaf, exc)
 
     async def _session(self, leaf: str) -> None:
         tunnel = self.server.tunnel_for(leaf)
@@ -215,10 +273,9 @@ class AuditReceiver:
                     have, want = int(stored["seq"]), list(stored.get("want") or [])
                     self.received[leaf] = self.received.get(leaf, 0) + int(stored.get("stored", 0))
                     await self._ask(leaf, writer, reader, {"ack": have})
-                # The lease is renewed only while events flow: an idle leaf costs no backend write
-                # (issue 16: writes must not grow with leaves). A lease that expired meanwhile may
-                # let a second proxy forward too; the stored seq makes its copies duplicates,
-                # refused, and the next renewal sends one of them back to waiting.
+                # While events flow, check now and then that the lease is still this proxy's (a read:
+                # another proxy takes it over only if this one's record expired, say while the
+                # database was away; the stored seq made the copies both sent duplicates, refused).
                 if batch.get("events") and time.monotonic() - leased > LEASE_EVERY:
                     lease = await self.client.call("POST", f"/v1/audit/forwarded/{leaf}/lease")
                     if not lease.get("granted"):

@@ -136,8 +136,8 @@ class _HeartbeatChannel(asyncssh.SSHClientSession):
 class LeafTunnel:
     """One live tunnel to a leaf: heartbeats both ways, presence, routing.
 
-    The leaf's first heartbeat is a JSON object (its proxy, interval, heartbeat mode and
-    protocol); a protocol-2 leaf then sends an empty line per beat and JSON only when
+    The leaf's first heartbeat is a JSON object (its proxy, interval, heartbeat mode,
+    protocol and whether it forwards its audit); a protocol-2 leaf then sends an empty line per beat and JSON only when
     something changed, and this end answers the same way, every `root_interval` seconds
     (`wire.HEARTBEAT_TIMING`): its JSON hello (this proxy and every root proxy) after the
     leaf's first heartbeat and whenever the list changes, else an empty line. A protocol-1
@@ -165,6 +165,9 @@ class LeafTunnel:
         self.protocol = 1
         self.interval = server.interval
         self.mode = "default"
+        #: What the leaf's beats say of audit forwarding: True or False; None from a leaf that does not say
+        #: (an older one), which the root asks (tunnel/forwarding.py).
+        self.forwards_audit: bool | None = None
         self.root_interval = server.interval
         #: Close the tunnel when no valid beat came by then (monotonic); before its first, the proxy's own interval.
         self.deadline = now + MISSED_HEARTBEATS * server.interval + 1
@@ -209,9 +212,15 @@ class LeafTunnel:
             self.next_beat = time.monotonic()  # answer with the hello at the next sweep
         elif changed:
             self.server.presence.announced(self.leaf, interval, mode)
+        audit = beat.get("audit") if isinstance(beat.get("audit"), bool) else None
+        audit_changed, self.forwards_audit = audit != self.forwards_audit, audit
         if not self.registered:
             self.registered = True
             self.server.register(self)
+        elif audit_changed:
+            log.info("tunnel: leaf %s says its audit forwarding is now %s", self.leaf,
+                     {True: "on", False: "off"}.get(audit, "unknown"))
+            self.server.audit_receiver.ensure(self.leaf)
         self._beat()
 
     def _beat(self) -> None:
@@ -419,6 +428,8 @@ class TunnelServer:
                                                  "web_listen_addr": self.cfg.proxy.web_listen_addr})
                 proxies = answer.get("proxies") or [self.name]
                 if proxies != self.proxies:
+                    if set(self.proxies) - set(proxies):
+                        self.audit_receiver.proxy_left()  # the leaves it forwarded may be ours now
                     self.proxies = proxies
                     for tunnel in self._open:  # leaves learn of a proxy joining or leaving at the next sweep
                         tunnel.hello_due = True
