@@ -41,11 +41,26 @@ Then, once per run:
 Leaves dial ``--addresses`` loopback addresses in turn (127.0.0.1 … 127.0.0.N; the root's
 tunnel listener then takes every address), so no address runs out of ports.
 
-Not yet measured (issue 16 items left): snapshot bytes and CPU per change, a ``gate ssh``
-through a simulated leaf (and during the storm), 10,000 leaves.
+* ``snapshot``: what a proxy member receives: the JSON body of a full snapshot (first
+  sync, or after a gap) and of the delta after one change (a leaf's labels set through
+  the API), with the root's CPU per answer (a node gets no remote cluster at all:
+  ``auth/snapshots.py``, ``member_needs``).
+
+* ``real_leaf``: a real leaf site (auth, proxy and SSH node in one process, joined with
+  ``gatectl create trusted_cluster``) among the simulated ones, started after the idle
+  windows (its bytes are not in theirs): three ``gate ssh --cluster=real.fleet.test``
+  as a root user, the whole chain (root proxy, the leaf's tunnel, its node);
+* ``reconnect.gate_ssh_during_storm``: that ``gate ssh`` tried again and again during
+  the reconnect storm, from the moment the real leaf is back: how many worked, how long
+  they took, and the first failures with their errors.
+
+``--forward-audit``: the leaves' trusted clusters say ``forward_audit: true`` (the root
+then long-polls each over its tunnel); without it they keep their audit, and their
+heartbeats say so, which costs the root nothing.
 
 Usage: python3 bench/bench_fleet.py [--leaves N] [--idle-seconds S] [--windows W]
-                                    [--modes default,low_bandwidth] [--addresses K] [--keep]
+                                    [--modes default,low_bandwidth] [--addresses K] [--forward-audit]
+                                    [--keep]
 Prints one JSON document on stdout, progress on stderr. Needs root (iptables).
 Targets (issue 16): <= 5 MB/day per leaf by default, <= 1 MB/day in low-bandwidth mode.
 """
@@ -77,12 +92,15 @@ import requests  # noqa: E402
 import urllib3  # noqa: E402
 
 from gatehouse import __version__, pki, sshtuning  # noqa: E402
+from loopback_harness import UnixLogin  # noqa: E402
 from gatehouse.member.cache import key_only  # noqa: E402
 from gatehouse.sshserver import ListenerLimits  # noqa: E402
 from gatehouse.tunnel.agent import RootLink  # noqa: E402
 from gatehouse.wire import EXT_MEMBER_KIND, TUNNEL_PRINCIPAL, VALIDATE_PATH  # noqa: E402
 
 ROOT = "root.fleet.test"
+REAL_LEAF, REAL_NODE = "real.fleet.test", "realnode"
+PASSWORD = "fleet-bench-password"
 TARGETS_MB_DAY = {"default": 5.0, "low_bandwidth": 1.0}
 TAG = f"gatehouse-bench-fleet-{os.getpid()}"
 
@@ -104,25 +122,74 @@ def env() -> dict:
     return e
 
 
-# ---------------------------------------------------------------- the root
-class Root:
-    def __init__(self, tmp: Path, addresses: int = 1):
+# ---------------------------------------------------------------- the sites
+class Site:
+    """One `gatehouse start` process with its config in TMP, and `gatectl` on it."""
+
+    def __init__(self, tmp: Path):
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.data = tmp / "data"
+        self.config = tmp / "gatehouse.yaml"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        logf = open(self.tmp / "gatehouse.log", "ab")  # noqa: SIM115 - the daemon keeps it
+        ready = (self.tmp / "gatehouse.log").read_text(errors="replace").count("gatehouse is running") \
+            if (self.tmp / "gatehouse.log").exists() else 0
+        self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", str(self.config)],
+                                     stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env())
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (self.tmp / "gatehouse.log").read_text(errors="replace").count("gatehouse is running") > ready:
+                return
+            if self.proc.poll() is not None:
+                raise SystemExit(f"gatehouse exited at start; see {self.tmp / 'gatehouse.log'}")
+            time.sleep(0.3)
+        raise SystemExit(f"gatehouse did not start within 120 s; see {self.tmp / 'gatehouse.log'}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def gatectl(self, *args, stdin: str | None = None) -> str:
+        r = subprocess.run([sys.executable, "-m", "gatehouse.cli.gatectl", "-c", str(self.config), *args],
+                           capture_output=True, text=True, env=env(), timeout=120, input=stdin,
+                           stdin=None if stdin is not None else subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise SystemExit(f"gatectl {' '.join(args)} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+class Root(Site):
+    def __init__(self, tmp: Path, addresses: int = 1):
+        super().__init__(tmp)
         self.web = f"127.0.0.1:{free_port()}"
         self.auth = f"127.0.0.1:{free_port()}"
         self.tunnel_port = free_port()
         # Several loopback addresses to dial (127.0.0.1, .2, …): the tunnel listener takes them all.
         tunnel_host = "0.0.0.0" if addresses > 1 else "127.0.0.1"
         self.tunnel_addrs = [f"127.0.0.{1 + i}:{self.tunnel_port}" for i in range(addresses)]
-        self.config = tmp / "gatehouse.yaml"
         self.config.write_text(
             f"gatehouse: {{nodename: rootproxy, data_dir: {self.data}, log: {{severity: INFO}}}}\n"
             f"auth_service: {{enabled: true, cluster_name: {ROOT}, listen_addr: '{self.auth}', "
             f"validate_rate: 100000}}\n"
             f"proxy_service: {{enabled: true, web_listen_addr: '{self.web}', listen_addr: '127.0.0.1:{free_port()}', "
             f"tunnel_listen_addr: '{tunnel_host}:{self.tunnel_port}'}}\n")
-        self.proc: subprocess.Popen | None = None
         self._api = None
 
     def api(self):
@@ -144,36 +211,6 @@ class Root:
             if not after:
                 return out
 
-    def start(self) -> None:
-        logf = open(self.tmp / "gatehouse.log", "ab")  # noqa: SIM115 - the daemon keeps it
-        ready = (self.tmp / "gatehouse.log").read_text(errors="replace").count("gatehouse is running") \
-            if (self.tmp / "gatehouse.log").exists() else 0
-        self.proc = subprocess.Popen([sys.executable, "-m", "gatehouse.cli.daemon", "start", "-c", str(self.config)],
-                                     stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env())
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if (self.tmp / "gatehouse.log").read_text(errors="replace").count("gatehouse is running") > ready:
-                return
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the root exited at start; see {self.tmp / 'gatehouse.log'}")
-            time.sleep(0.3)
-        raise SystemExit("the root did not start within 120 s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def gatectl(self, *args) -> str:
-        r = subprocess.run([sys.executable, "-m", "gatehouse.cli.gatectl", "-c", str(self.config), *args],
-                           capture_output=True, text=True, env=env(), timeout=120, stdin=subprocess.DEVNULL)
-        if r.returncode != 0:
-            raise SystemExit(f"gatectl {' '.join(args)} failed: {r.stderr.strip()}")
-        return r.stdout
-
     def online(self) -> dict[str, str]:
         return {name: st.get("heartbeat_mode", "") for name, st in self.statuses().items()
                 if st["connection"] == "online"}
@@ -185,15 +222,48 @@ class Root:
         finally:
             conn.close()
 
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+class RealLeaf(Site):
+    """A real leaf site among the simulated ones: auth, proxy and an SSH node in one process, joined
+    with `gatectl create trusted_cluster`. A root user's `gate ssh` reaches its node through the
+    root proxy and this leaf's tunnel, like any user's session to a leaf node."""
+
+    def __init__(self, tmp: Path, root: Root, login: str):
+        super().__init__(tmp)
+        self.root, self.login = root, login
+        self.gate_home = tmp / "gate"
+        self.config.write_text(
+            f"gatehouse: {{nodename: {REAL_NODE}, data_dir: {self.data}, insecure: true, log: {{severity: INFO}}}}\n"
+            f"auth_service: {{enabled: true, cluster_name: {REAL_LEAF}, listen_addr: '127.0.0.1:{free_port()}'}}\n"
+            f"proxy_service: {{enabled: true, web_listen_addr: '127.0.0.1:{free_port()}', "
+            f"listen_addr: '127.0.0.1:{free_port()}', tunnel_listen_addr: '127.0.0.1:{free_port()}'}}\n"
+            f"ssh_service: {{enabled: true, listen_addr: '127.0.0.1:{free_port()}'}}\n")
+
+    def join(self, token: str, forward_audit: bool) -> None:
+        """Trust the root (its role access maps to access here), and log a root user in with gate."""
+        tc = self.tmp / "tc.yaml"
+        tc.write_text(json.dumps({"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT}, "spec": {
+            "enabled": True, "token": token, "web_proxy_addr": self.root.web, "tunnel_addr": self.root.tunnel_addrs[0],
+            "forward_audit": forward_audit, "role_map": [{"remote": "access", "local": ["access"]}]}}))
+        self.gatectl("create", str(tc))
+        self.root.gatectl("users", "add", "fleetuser", "--roles=access", f"--logins={self.login}",
+                          "--password-stdin", stdin=PASSWORD + "\n")
+        r = self.gate("login", f"--proxy={self.root.web}", "--user=fleetuser", "--insecure", "--password-stdin",
+                      stdin=PASSWORD + "\n")
+        if r.returncode != 0:
+            raise SystemExit(f"gate login at the root failed: {r.stderr.strip()}")
+
+    def gate(self, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gatehouse.cli.gate", *args], capture_output=True, text=True,
+                              env={**env(), "GATE_HOME": str(self.gate_home)}, timeout=120, input=stdin,
+                              stdin=None if stdin is not None else subprocess.DEVNULL)
+
+    def ssh(self) -> tuple[bool, float, str]:
+        """One `gate ssh --cluster=LEAF login@node echo`: (worked, seconds, the error's last line)."""
+        t0 = time.monotonic()
+        r = self.gate("ssh", f"--cluster={REAL_LEAF}", f"{self.login}@{REAL_NODE}", "echo fleet-ok")
+        worked = r.returncode == 0 and r.stdout.strip() == "fleet-ok"
+        return worked, time.monotonic() - t0, "" if worked else (r.stderr.strip().splitlines() or ["?"])[-1][:200]
 
 
 # ---------------------------------------------------------------- byte counters
@@ -223,9 +293,13 @@ class Counters:
 class _Cache:
     """What RootLink reads of a leaf proxy's cluster cache: the root's user CA, no revoked proxies, no nodes."""
 
-    def __init__(self, name: str, root_user_ca: str):
+    def __init__(self, name: str, root_user_ca: str, forward_audit: bool = False):
         self.cluster_name = name
         self._root_user_ca = key_only(root_user_ca)
+        self._forward_audit = forward_audit
+
+    def trusted_roots(self):
+        return [{"metadata": {"name": ROOT}, "spec": {"enabled": True, "forward_audit": self._forward_audit}}]
 
     def user_ca(self, line: str):
         return {"cluster_name": ROOT, "local": False} if key_only(line) == self._root_user_ca else None
@@ -268,13 +342,13 @@ class SimLeaf:
         self.summary_interval = 30.0
         self.link: RootLink | None = None
 
-    def join(self, web: str, token: str) -> None:
+    def join(self, web: str, token: str, forward_audit: bool = False) -> None:
         r = requests.post(f"https://{web}{VALIDATE_PATH}", verify=False, timeout=60,
                           json={"token": token, "cluster_name": self.name, "expected_root": ROOT,
                                 "host_cas": [self.host_ca.public_line], "version": __version__})
         if r.status_code != 200:
             raise SystemExit(f"the handshake of {self.name} failed: {r.text[:300]}")
-        self.cache = _Cache(self.name, r.json()["user_ca"])
+        self.cache = _Cache(self.name, r.json()["user_ca"], forward_audit)
 
     def start(self, tunnel_addr: str, mode: str) -> None:
         self.link = RootLink(self, ROOT, tunnel_addr, mode=mode)
@@ -378,24 +452,28 @@ async def measure_mode(root: Root, leaves: list, mode: str, counters: Counters, 
             "window_s": round(per_window, 1)}
 
 
-async def main_async(args, root: Root, counters: Counters) -> dict:
+async def main_async(args, root: Root, counters: Counters, real: RealLeaf) -> dict:
     rss_before = root.rss_mib()  # the root with no tunnel yet: what each idle tunnel adds is measured from here
     token = json.loads(root.gatectl("tokens", "add", "--type=trusted_cluster", "--ttl=2h", "--format", "json"))["token"]
     leaves = [SimLeaf(f"sim{i:04d}.fleet.test") for i in range(args.leaves)]
     t0 = time.monotonic()
     for leaf in leaves:
-        await asyncio.to_thread(leaf.join, root.web, token)
+        await asyncio.to_thread(leaf.join, root.web, token, args.forward_audit)
     join_s = time.monotonic() - t0
     log(f"{len(leaves)} leaves joined through the handshake in {join_s:.1f} s")
-    out = {"leaves": args.leaves, "join_all_s": round(join_s, 1), "idle_seconds_per_mode": args.idle_seconds,
-           "windows": args.windows, "modes": {}}
+    out = {"leaves": args.leaves, "forward_audit": args.forward_audit, "join_all_s": round(join_s, 1),
+           "idle_seconds_per_mode": args.idle_seconds, "windows": args.windows, "modes": {}}
     for mode in args.modes.split(","):
         out["modes"][mode] = await measure_mode(root, leaves, mode, counters, args.idle_seconds, args.windows)
     out["root_proxy_rss_mib_no_tunnels"] = round(rss_before, 1)
     out["root_rss_kib_per_idle_tunnel"] = {
         m: round((v["root_proxy_rss_mib"] - rss_before) * 1024 / len(leaves), 1) for m, v in out["modes"].items()}
+    out["real_leaf"] = await join_real_leaf(root, real, token, args.forward_audit)
     out["list_clusters_s"] = await asyncio.to_thread(measure_listings, root, leaves)
-    out["reconnect"] = await reconnect_storm(root, leaves)
+    out["snapshot"] = await asyncio.to_thread(measure_snapshots, root, leaves)
+    log(f"snapshot: full {out['snapshot']['full_bytes']['median']} B, delta per change "
+        f"{out['snapshot']['delta_bytes_per_change']['median']} B")
+    out["reconnect"] = await reconnect_storm(root, leaves, real)
     out["reconnect_all_s"] = out["reconnect"]["all_online_after_ready_s"]
     out["offline_detection_s"] = {m: v["offline_detection_s"] for m, v in out["modes"].items()}
     out["backend_writes_per_s_idle"] = {m: v["backend_writes_per_s"]["median"] for m, v in out["modes"].items()}
@@ -408,6 +486,32 @@ async def main_async(args, root: Root, counters: Counters) -> dict:
     out["idle_bytes_per_leaf_day"] = {m: v["idle_bytes_per_leaf_day"]["median"] for m, v in out["modes"].items()}
     out["cpu_count"] = os.cpu_count()
     return out
+
+
+def measure_snapshots(root: Root, leaves: list, changes: int = 20, fulls: int = 3) -> dict:
+    """What a proxy member receives (the admin identity gets the same sections): the JSON body of a
+    full snapshot (first sync, or after a gap) and of the delta after one change (a leaf's labels set
+    through the API, as `gatectl update rc` does), with the root process's CPU per answer (per delta:
+    the write and the delta together)."""
+    api = root.api()
+    c0 = root.cpu_s()
+    full_bytes = []
+    for _ in range(fulls):
+        full_bytes.append(len(json.dumps(api.get("/v1/snapshot"))))
+    full_cpu = (root.cpu_s() - c0) / fulls
+    rev = api.get("/v1/snapshot")["revision"]
+    delta_bytes, full_answers = [], 0
+    c0 = root.cpu_s()
+    for i in range(changes):
+        api.put(f"/v1/remote_clusters/{leaves[i % len(leaves)].name}/labels", {"labels": {"bench": str(i)}})
+        answer = api.get("/v1/snapshot", params={"since": str(rev), "delta": "1", "timeout": "10"})
+        full_answers += not answer.get("delta")
+        delta_bytes.append(len(json.dumps(answer)))
+        rev = answer["revision"]
+    delta_cpu = (root.cpu_s() - c0) / changes
+    return {"full_bytes": spread(full_bytes), "full_root_cpu_ms": round(full_cpu * 1000, 1),
+            "delta_bytes_per_change": spread(delta_bytes), "delta_root_cpu_ms_per_change": round(delta_cpu * 1000, 1),
+            "changes": changes, "full_answers_among_deltas": full_answers}
 
 
 def measure_listings(root: Root, leaves: list, runs: int = 3) -> dict:
@@ -429,9 +533,11 @@ def measure_listings(root: Root, leaves: list, runs: int = 3) -> dict:
     return result
 
 
-async def reconnect_storm(root: Root, leaves: list) -> dict:
+async def reconnect_storm(root: Root, leaves: list, real: RealLeaf) -> dict:
     """The fleet online (default mode), then the root process restarted: seconds until every leaf is back,
-    from the moment the new root is ready (and from the stop), with the load average around it."""
+    from the moment the new root is ready (and from the stop), with the load average around it. All the
+    while, a root user's `gate ssh` to the real leaf's node is tried again and again: how many tries
+    worked once that leaf was back, and how many did not (and why)."""
     start_leaves(root, leaves, "default")
     await wait_online(root, leaves, "default")
     load_start = os.getloadavg()
@@ -439,14 +545,55 @@ async def reconnect_storm(root: Root, leaves: list) -> dict:
     await asyncio.to_thread(root.stop)
     await asyncio.to_thread(root.start)
     t_ready = time.monotonic()
+    storm_over = asyncio.Event()
+    tries: list[dict] = []
+
+    async def probe():
+        back = None
+        while not storm_over.is_set():
+            if back is None and (await asyncio.to_thread(root.statuses)).get(REAL_LEAF, {}).get("connection") \
+                    == "online":
+                back = time.monotonic() - t_ready
+            if back is not None:
+                worked, took, err = await asyncio.to_thread(real.ssh)
+                tries.append({"at_s": round(time.monotonic() - t_ready, 1), "ok": worked, "s": round(took, 2),
+                              **({"error": err} if err else {})})
+            await asyncio.sleep(0.5)
+        return back
+
+    prober = asyncio.create_task(probe())
     back = await wait_online(root, leaves, "default")
+    storm_over.set()
+    real_back = await prober
+    failed = [t for t in tries if not t["ok"]]
     out = {"all_online_after_ready_s": round(back, 1), "all_online_after_stop_s": round(time.monotonic() - t_stop, 1),
            "root_restart_s": round(t_ready - t_stop, 1), "root_proxy_rss_mib_after": round(root.rss_mib(), 1),
+           "gate_ssh_during_storm": {"real_leaf_back_after_ready_s": None if real_back is None else round(real_back, 1),
+                                     "tries_after_it_was_back": len(tries), "worked": len(tries) - len(failed),
+                                     "seconds": spread([t["s"] for t in tries]) if tries else None,
+                                     "failed": failed[:10]},
            "loadavg_start": [round(x, 2) for x in load_start],
            "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     log(f"reconnect storm: {out}")
     for leaf in leaves:
         await leaf.stop()
+    return out
+
+
+async def join_real_leaf(root: Root, real: RealLeaf, token: str, forward_audit: bool, tries: int = 3) -> dict:
+    """The real leaf started, joined and online at the root; then TRIES `gate ssh` to its node, idle fleet."""
+    await asyncio.to_thread(real.start)
+    await asyncio.to_thread(real.join, token, forward_audit)
+    t0 = time.monotonic()
+    while REAL_LEAF not in await asyncio.to_thread(root.online):
+        if time.monotonic() - t0 > 120:
+            raise SystemExit(f"the real leaf {REAL_LEAF} did not come online at the root within 120 s")
+        await asyncio.sleep(1)
+    results = [await asyncio.to_thread(real.ssh) for _ in range(tries)]
+    if not all(worked for worked, _s, _e in results):
+        raise SystemExit(f"gate ssh through the real leaf failed: {[e for _w, _s, e in results if e]}")
+    out = {"gate_ssh_s": spread([took for _w, took, _e in results])}
+    log(f"real leaf: {out}")
     return out
 
 
@@ -458,6 +605,9 @@ def main() -> int:
     parser.add_argument("--modes", default="default,low_bandwidth")
     parser.add_argument("--addresses", type=int, default=4,
                         help="loopback addresses the leaves dial in turn (127.0.0.1 … 127.0.0.N)")
+    parser.add_argument("--forward-audit", action="store_true",
+                        help="leaves forward their audit to the root (their trusted_cluster's forward_audit): the "
+                             "root then long-polls each one over its tunnel; without it they keep their audit")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -472,12 +622,17 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gatehouse-bench-fleet-"))
     root = Root(tmp, args.addresses)
     counters = Counters(root.tunnel_port)
+    login = UnixLogin("ghfleet", log)   # the real leaf's node logs the root user in as this account
+    real = RealLeaf(tmp / "realleaf", root, login.name)
     try:
         counters.add()
+        login.ensure()
         root.start()
-        result = asyncio.run(main_async(args, root, counters))
+        result = asyncio.run(main_async(args, root, counters, real))
     finally:
+        real.stop()
         root.stop()
+        login.remove()
         counters.remove()
         if args.keep:
             log(f"kept {tmp}")
