@@ -29,6 +29,7 @@ import uuid
 from typing import Awaitable, Callable, Optional
 
 from .clock import now_iso
+from .waits import wait_event
 
 log = logging.getLogger("gatehouse.audit")
 
@@ -197,10 +198,7 @@ class AuditShipper:
                 self.failing_since = 0.0
                 self._prune()
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 5.0)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._wake, 5.0)
                 await asyncio.sleep(0.05)   # let a burst of events gather into one batch
             except asyncio.CancelledError:
                 raise

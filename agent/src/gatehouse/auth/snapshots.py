@@ -23,6 +23,7 @@ import logging
 import time
 
 from ..errors import GatehouseError
+from ..waits import wait_event
 from . import keys
 
 log = logging.getLogger("gatehouse.auth.snapshots")
@@ -138,10 +139,7 @@ class SnapshotFeed:
 
     async def wait(self, timeout: float) -> None:
         """Until the next snapshot change (or TIMEOUT seconds)."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._changed.wait()), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._changed, timeout)
 
 
 def delta_changes(changes: list, kind: str, local_cluster: str, public_ca) -> list[dict]:

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 from .. import asciicast
 from ..errors import BadParameter, GatehouseError
+from ..waits import wait_event
 from ..wire import is_session_id
 
 log = logging.getLogger("gatehouse.node.recording")
@@ -239,10 +240,7 @@ class RecordingSpool:
                     failed = True
                     log.warning("cannot upload the recording of session %s to auth yet: %s", sid, exc)
                     break
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay if failed else 30.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, delay if failed else 30.0)
             if failed:
                 delay = min(delay * 2, 30.0)
 

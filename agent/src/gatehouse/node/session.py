@@ -54,6 +54,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import asyncssh
 
+from ..waits import wait_event
+
 __all__ = ["SessionResult", "SessionProcess", "run_session", "refuse_session", "find_sftp_server", "SAFE_PATH",
            "KILL_GRACE", "DRAIN_IDLE"]
 
@@ -697,10 +699,7 @@ class _Session:
                                             f"without input from the client (client_idle_timeout of your roles "
                                             f'on node "{self.node}")')
                 waits.append(self.idle_timeout - idle)
-            try:
-                await asyncio.wait_for(self._stop_event.wait(), max(min(waits), 0.05))
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._stop_event, max(min(waits), 0.05))
 
     def _input_seen(self) -> None:
         self.last_input = time.monotonic()

@@ -36,6 +36,7 @@ from ..resources import tunnel_addr_is_discovered, tunnel_dial_addr, validate_na
 from ..rootclient import RootWebClient
 from ..sshparams import CARRIER_MAX_PKTSIZE, server_options
 from ..sshserver import CertificateOnlyServer, ListenerLimits
+from ..waits import wait_event
 from ..wire import (ACCESS_SUBSYSTEM, AUDIT_SUBSYSTEM, HEARTBEAT_PROTOCOL, HEARTBEAT_SUBSYSTEM,
                     MAX_ANNOUNCED_PROXIES, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, MISSED_HEARTBEATS,
                     NODES_SUBSYSTEM, TUNNEL_LOGIN, TUNNEL_PORT, heartbeat_interval, heartbeat_timing, new_session_id,
@@ -156,9 +157,7 @@ class RootLink:
         while not listeners.draining():  # a draining process dials no more: its successor does
             if not self._missing():
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.pool.summary_interval)
-                except asyncio.TimeoutError:
+                if not await wait_event(self._wake, self.pool.summary_interval):
                     await self._report()
                     continue
                 if self._missing():  # a tunnel dropped: redial soon, not all leaves of a fleet at once

@@ -43,6 +43,7 @@ import time
 import asyncssh
 
 from ..errors import AccessDenied, BadParameter, CompareFailed, ConnectionProblem, GatehouseError, NotFound, from_dict
+from ..waits import wait_event
 from ..wire import AUDIT_SUBSYSTEM, is_session_id
 from .framing import MAX_REQUEST
 
@@ -172,10 +173,8 @@ class AuditReceiver:
         left = self._proxy_left
         self._waiting += 1
         try:
-            await asyncio.wait_for(left.wait(), LEASE_RETRY * random.uniform(1, 1.5))
-            await asyncio.sleep(random.uniform(0, min(30.0, 0.002 * self._waiting)))
-        except asyncio.TimeoutError:
-            pass
+            if await wait_event(left, LEASE_RETRY * random.uniform(1, 1.5)):
+                await asyncio.sleep(random.uniform(0, min(30.0, 0.002 * self._waiting)))
         finally:
             self._waiting -= 1
 
@@ -227,10 +226,7 @@ class AuditReceiver:
                          leaf, exc, OFF_RETRY)
                 reconnected = self._reconnected.setdefault(leaf, asyncio.Event())
                 reconnected.clear()
-                try:
-                    await asyncio.wait_for(reconnected.wait(), OFF_RETRY)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(reconnected, OFF_RETRY)
             except NotFound as exc:
                 log.info("audit forwarding from leaf %s stops: %s", leaf, exc)
                 return

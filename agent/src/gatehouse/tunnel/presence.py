@@ -19,6 +19,7 @@ import time
 
 from .. import listeners
 from ..errors import GatehouseError
+from ..waits import wait_event
 from ..wire import PRESENCE_FLUSH_DELAY, presence_shard
 
 log = logging.getLogger("gatehouse.tunnel.presence")
@@ -116,11 +117,8 @@ class PresenceReporter:
     async def _run(self) -> None:
         next_summary = time.monotonic() + self.interval
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_summary - time.monotonic()))
+            if await wait_event(self._wake, next_summary - time.monotonic()):
                 await asyncio.sleep(PRESENCE_FLUSH_DELAY)  # connects and disconnects come in bursts
-            except asyncio.TimeoutError:
-                pass
             self._wake.clear()
             summary = time.monotonic() >= next_summary
             if summary:
