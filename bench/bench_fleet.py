@@ -92,6 +92,7 @@ import requests  # noqa: E402
 import urllib3  # noqa: E402
 
 from gatehouse import __version__, pki, sshtuning  # noqa: E402
+from gatehouse.fdlimit import raise_open_files  # noqa: E402
 from loopback_harness import UnixLogin  # noqa: E402
 from gatehouse.member.cache import key_only  # noqa: E402
 from gatehouse.sshserver import ListenerLimits  # noqa: E402
@@ -614,6 +615,7 @@ def main() -> int:
         print("bench_fleet: needs root (iptables counters)", file=sys.stderr)
         return 2
     urllib3.disable_warnings()
+    raise_open_files()  # a socket per simulated tunnel, as in the agent
     # As in a leaf proxy (process.run): without it asyncssh sends an SSH_MSG_IGNORE before every packet.
     sshtuning.install()
     # SIGTERM and SIGHUP end the run through the clean-up below (root stopped, iptables rules removed).
